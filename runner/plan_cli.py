@@ -1,0 +1,57 @@
+"""`runner plan cfg.yaml [KEY=VALUE ...] [--json]`: every derived decision and the hashes."""
+
+from __future__ import annotations
+
+import sys
+
+from runner.plan import Plan, make_plan
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", help="config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. training.learning_rate=1e-4")
+    p.add_argument("--json", action="store_true", help="print the Plan as JSON")
+
+
+def run(args) -> int:
+    plan = make_plan(args.config, args.overrides)
+    for w in plan.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(plan.to_json() if args.json else render(plan))
+    return 0
+
+
+def _flat(value, prefix="") -> list[tuple[str, object]]:
+    if isinstance(value, dict) and value:
+        out = []
+        for k, v in value.items():
+            out += _flat(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [(prefix, value)]
+
+
+def render(plan: Plan) -> str:
+    h = plan.hashes
+    lines = [f"plan {plan.name}", ""]
+    lines.append(f"  config_hash  {h['config']}")
+    lines.append(f"  data_hash    {h['data'] or 'unresolved'}")
+    lines.append(f"  plan_hash    {h['plan'] or 'unresolved'}" + ("  (runtime part joins at launch)" if h["plan"] else ""))
+    for u in h.get("unresolved", []):
+        lines.append(f"  unresolved   {u}")
+    t = plan.training
+    lines += ["", f"  stage {t['stage']} via {t['trainer']} trainer, collator {t['collator']}",
+              f"  batch: {t['micro_batch_size']} x {t['gradient_accumulation']} accumulation = "
+              f"{t['effective_batch_size']} per process (x world size at launch)",
+              f"  output: {plan.output['dir']}"]
+    if plan.deferred:
+        lines.append(f"  deferred to launch: {', '.join(plan.deferred)}")
+    sections = ("model", "adapter", "quantization", "data", "training", "distributed", "tracking", "output")
+    for section in sections:
+        value = getattr(plan, section)
+        lines += ["", f"{section}:"]
+        if value is None:
+            lines.append("  (none)")
+            continue
+        for key, v in _flat(value):
+            lines.append(f"  {key} = {v!r}" if not isinstance(v, str) else f"  {key} = {v}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""The config schema (runner/schemas/config.schema.json) is the single source of truth for every key.
+This module reads it: validation with errors for people, defaults, key types, secret keys."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from pathlib import Path
+
+from runner.errors import UserError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(name: str = "config") -> dict:
+    return json.loads((Path(__file__).parent / "schemas" / f"{name}.schema.json").read_text())
+
+
+def _object_branch(node: dict) -> dict | None:
+    """The object schema inside `node`, looking through oneOf/anyOf (e.g. wandb: null | object)."""
+    if node.get("type") == "object" or "properties" in node:
+        return node
+    for branch in node.get("oneOf", []) + node.get("anyOf", []):
+        found = _object_branch(branch)
+        if found:
+            return found
+    return None
+
+
+def subschema(path: tuple, root: dict | None = None) -> dict | None:
+    """The schema of a key path such as ("datasets", 0, "format"); None if no such key."""
+    node = root or load_schema()
+    for part in path:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+            items = node.get("items")
+            if items is None:
+                return None
+            node = items
+            continue
+        obj = _object_branch(node)
+        if obj is None or part not in obj.get("properties", {}):
+            return None
+        node = obj["properties"][part]
+    return node
+
+
+def types_at(path: tuple) -> set:
+    """JSON types a key accepts ({"string"}, {"number", "null"}, ...); empty if unknown."""
+    node = subschema(path)
+    if node is None:
+        return set()
+    found: set = set()
+
+    def collect(n):
+        t = n.get("type")
+        if isinstance(t, list):
+            found.update(t)
+        elif t:
+            found.add(t)
+        if "const" in n:
+            found.add(type_name(n["const"]))
+        for v in n.get("enum", []):
+            found.add(type_name(v))
+        for b in n.get("oneOf", []) + n.get("anyOf", []):
+            collect(b)
+
+    collect(node)
+    return found
+
+
+def type_name(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def secret_paths(node: dict | None = None, prefix: tuple = ()) -> list[tuple]:
+    """Key paths marked `x-secret` (never printed, hashed or written). Array items appear as '*'."""
+    node = node or load_schema()
+    out = []
+    if node.get("x-secret"):
+        out.append(prefix)
+    obj = _object_branch(node)
+    if obj:
+        for key, sub in obj.get("properties", {}).items():
+            out += secret_paths(sub, prefix + (key,))
+    if "items" in node:
+        out += secret_paths(node["items"], prefix + ("*",))
+    return out
+
+
+def fill_defaults(value, node: dict | None = None):
+    """A copy of `value` with every omitted key set to its schema default (sections recursively)."""
+    node = node or load_schema()
+    obj = _object_branch(node)
+    if isinstance(value, dict) and obj:
+        out = dict(value)
+        for key, sub in obj.get("properties", {}).items():
+            if key in out:
+                out[key] = fill_defaults(out[key], sub)
+            elif "default" in sub:
+                out[key] = fill_defaults(json.loads(json.dumps(sub["default"])), sub)
+            elif _object_branch(sub) is sub and sub.get("type") == "object":
+                out[key] = fill_defaults({}, sub)
+        return out
+    if isinstance(value, list) and "items" in node:
+        return [fill_defaults(v, node["items"]) for v in value]
+    return value
+
+
+def _aliases(obj: dict) -> dict:
+    """Other tools' names for keys of one section: {"lora_rank": "r", "num_epochs": "epochs", ...}."""
+    out = {}
+    for key, sub in obj.get("properties", {}).items():
+        for alias in sub.get("x-aliases", []):
+            out.setdefault(alias, key)
+    return out
+
+
+def suggest(word: str, choices, aliases: dict | None = None) -> str | None:
+    """A did-you-mean for a misspelt key or value."""
+    if aliases and word in aliases and aliases[word] != word:
+        return aliases[word]
+    text = [str(c) for c in choices]
+    stripped = str(word).strip().lower().replace("-", "_")
+    for c in text:
+        if c.lower().replace("-", "_") == stripped:
+            return c
+    match = difflib.get_close_matches(str(word), text, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _describe(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _explain(err, where) -> list[UserError]:
+    """One jsonschema error as UserErrors that say path, position, what was expected, did-you-mean."""
+    path = tuple(err.absolute_path)
+    kind = err.validator
+    if kind == "additionalProperties":
+        obj = _object_branch(err.schema) or err.schema
+        allowed = list(obj.get("properties", {}))
+        extra = [k for k in err.instance if k not in allowed]
+        out = []
+        for key in extra:
+            hint = suggest(key, allowed, _aliases(obj))
+            out.append(UserError(
+                f"{_dotted(path + (key,))}: unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else ""),
+                where=where(path + (key,)),
+                hint=None if hint else f"keys here: {', '.join(allowed)}"))
+        return out
+    if kind == "enum" or kind == "const":
+        choices = err.validator_value if kind == "enum" else [err.validator_value]
+        hint = suggest(err.instance, choices) if isinstance(err.instance, str) else None
+        msg = f"{_dotted(path)}: {_describe(err.instance)} is not one of {', '.join(_describe(c) for c in choices)}"
+        return [UserError(msg + (f"; did you mean {hint!r}?" if hint else ""), where=where(path))]
+    if kind == "type":
+        want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        got = type_name(err.instance)
+        hint = None
+        if want in ("number", "integer") and isinstance(err.instance, str):
+            hint = "write the number without quotes (YAML 1.2: 2e-4 is a number)"
+        if want == "object":
+            hint = f"{_dotted(path)} is a section: write its keys indented below it"
+        return [UserError(f"{_dotted(path)}: expected {want}, got {got} {_describe(err.instance)}",
+                          where=where(path), hint=hint)]
+    if kind == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return [UserError(f"{_dotted(path + (k,))}: required key {k!r} is missing", where=where(path))
+                for k in missing]
+    if kind in ("oneOf", "anyOf"):
+        # Report the branch that got furthest, in the user's terms.
+        if err.context:
+            best = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+            if len(best.absolute_path) > len(err.absolute_path):
+                return _explain(best, where)
+        shapes = []
+        for b in err.validator_value:
+            shapes.append(_describe(b["const"]) if "const" in b else b.get("type", "value"))
+        return [UserError(f"{_dotted(path)}: {_describe(err.instance)} is not valid; expected {' or '.join(map(str, shapes))}",
+                          where=where(path))]
+    limits = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if kind in limits:
+        return [UserError(f"{_dotted(path)}: {_describe(err.instance)} must be {limits[kind]} {err.validator_value}",
+                          where=where(path))]
+    if kind == "pattern":
+        return [UserError(f"{_dotted(path)}: {_describe(err.instance)} does not match {err.validator_value}",
+                          where=where(path), hint=(subschema(path) or {}).get("description"))]
+    if kind == "minItems":
+        return [UserError(f"{_dotted(path)}: needs at least {err.validator_value} item(s)", where=where(path))]
+    return [UserError(f"{_dotted(path)}: {err.message}", where=where(path))]
+
+
+def validate(data, where, name: str = "config") -> list[UserError]:
+    """All schema errors of `data`, ordered by position. `where(path)` gives "file:line:col"."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema(name))
+    errors: list[UserError] = []
+    seen = set()
+    for err in validator.iter_errors(data):
+        for e in _explain(err, where):
+            if str(e) not in seen:
+                seen.add(str(e))
+                errors.append(e)
+    return sorted(errors, key=_position_key)
+
+
+def _position_key(e: UserError):
+    """Errors in file order: "file:line:col" sorts by file, then line and column as numbers."""
+    parts = (e.where or "").rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return (parts[0], int(parts[1]), int(parts[2]))
+    return (e.where or "", 0, 0)
