@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from runner.errors import EXIT_USER_ERROR, ConfigErrors, UserError
@@ -48,6 +49,17 @@ def _fmt(e: UserError, severity: str) -> str:
 
 
 def main(argv=None) -> int:
+    code = 1
+    try:
+        code = _main(argv)
+        return code
+    finally:
+        if "RUNNER_EXIT_DIR" in os.environ:  # started by `runner launch`: report this rank's own code
+            from runner.launch import record_exit
+            record_exit(code)
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
