@@ -1,0 +1,203 @@
+"""Load the base model the Plan names: local directory, hub id or GGUF file, in the resolved dtype,
+optionally quantized with bitsandbytes (QLoRA). Heavy imports stay inside the functions so that
+importing this module is cheap."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+from runner.errors import UserError
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def device_type() -> str:
+    """The accelerator this process trains on: cuda, xpu, mps or cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def local_device() -> str:
+    """The device string of this process (cuda:LOCAL_RANK under a launcher)."""
+    kind = device_type()
+    if kind in ("cuda", "xpu"):
+        return f"{kind}:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return kind
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    kind = device_type()
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if kind == "xpu":
+        return True
+    # bf16 runs on CPU but far slower than fp32 there; "supported" means "a good idea" here.
+    return False
+
+
+def resolve_dtype(name: str) -> str:
+    """`auto` becomes bfloat16 where the device handles it well, else float32."""
+    if name == "auto":
+        return "bfloat16" if bf16_supported() else "float32"
+    if name not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {name!r}", where="model.dtype", hint=f"use one of auto, {', '.join(DTYPE_NAMES)}")
+    return name
+
+
+def resolve_precision(precision: str, dtype: str) -> str:
+    """Mixed-precision mode of the Trainer: bf16 / fp16 / fp32."""
+    if precision == "auto":
+        return "bf16" if dtype == "bfloat16" or bf16_supported() else ("fp16" if dtype == "float16" else "fp32")
+    return precision
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def check_attn_implementation(name: str) -> None:
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise UserError(
+            "model.attn_implementation is flash_attention_2 but the flash-attn package is not installed",
+            where="model.attn_implementation",
+            hint="install it (`pip install 'runner[flash]'`, needs a CUDA toolchain) or use `sdpa` (the default)",
+        )
+    if name == "flash_attention_2" and device_type() != "cuda":
+        raise UserError(
+            "flash_attention_2 needs a CUDA GPU", where="model.attn_implementation", hint="use `sdpa` on this machine"
+        )
+
+
+def bnb_config(quantization: dict | None, dtype: str):
+    """A BitsAndBytesConfig for plan.quantization (None when the base stays unquantized)."""
+    if not quantization or not quantization.get("bits"):
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(
+            "quantization.bits is set but bitsandbytes is not installed",
+            where="quantization.bits",
+            hint="pip install 'runner[qlora]'",
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization["bits"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = quantization.get("compute_dtype", "auto")
+    compute = dtype if compute == "auto" else compute
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(quantization.get("double_quant", True)),
+        bnb_4bit_compute_dtype=torch_dtype(compute),
+        bnb_4bit_quant_storage=torch_dtype(quantization.get("quant_storage", "uint8"))
+        if quantization.get("quant_storage", "uint8") != "uint8"
+        else None,
+    )
+
+
+def _hub_error(model: dict, exc: Exception) -> UserError:
+    name = model["path"]
+    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    why = "the hub is offline (HF_HUB_OFFLINE)" if offline else "it is not in the local cache and the hub is unreachable"
+    return UserError(
+        f"cannot load model {name!r}: {why} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+        where="model.path",
+        hint=(
+            f"download it once where there is network (`hf download {name} --local-dir models/{name.split('/')[-1]}`), "
+            f"copy the folder here and set `model.path: models/{name.split('/')[-1]}` (a local directory), "
+            "or check the spelling of the hub id"
+        ),
+    )
+
+
+def load_model(
+    plan,
+    *,
+    dtype: str | None = None,
+    quantize: bool = True,
+    for_training: bool = True,
+    device_map=None,
+):
+    """Load plan.model in `dtype` (default: the resolved plan dtype). With `quantize` and
+    plan.quantization set, the base is loaded in 4/8-bit and prepared for k-bit training."""
+    from transformers import AutoModelForCausalLM
+
+    model_cfg = plan.model
+    dtype = dtype or resolve_dtype(model_cfg.get("dtype", "auto"))
+    attn = model_cfg.get("attn_implementation") or "sdpa"
+    check_attn_implementation(attn)
+    if model_cfg.get("trust_remote_code"):
+        print(f"warning: trust_remote_code is on: Python code shipped with {model_cfg['path']} will run", file=sys.stderr)
+    kwargs = {
+        "dtype": torch_dtype(dtype),
+        "attn_implementation": attn,
+        "trust_remote_code": bool(model_cfg.get("trust_remote_code", False)),
+    }
+    if model_cfg.get("gguf_file"):
+        kwargs["gguf_file"] = model_cfg["gguf_file"]
+    if model_cfg.get("revision"):
+        kwargs["revision"] = model_cfg["revision"]
+    token = _secret(plan, "model.token")
+    if token:
+        kwargs["token"] = token
+    quant = bnb_config(plan.quantization, dtype) if quantize else None
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        # bitsandbytes places weights at load time; each process takes its own device.
+        kwargs["device_map"] = device_map or {"": local_device()}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_cfg["path"], **kwargs)
+    except OSError as exc:
+        if model_cfg.get("source") == "hub" or not os.path.isdir(model_cfg["path"]):
+            raise _hub_error(model_cfg, exc) from exc
+        raise UserError(f"cannot load model from {model_cfg['path']}: {exc}", where="model.path") from exc
+    drop_gguf_quantizer(model)
+    if for_training:
+        # The KV cache is for generation; in training it also stops transformers from reading
+        # packed position_ids as sample boundaries.
+        model.config.use_cache = False
+        if quant is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(plan.training.get("gradient_checkpointing", False))
+            )
+    else:
+        model.config.use_cache = True
+        model.eval()
+    return model
+
+
+def drop_gguf_quantizer(model) -> None:
+    """A GGUF file is dequantized on load, but transformers keeps a GGUF quantizer and a
+    quantization_config on the model; saving it then writes a config that claims GGUF weights,
+    which other tools misread. The weights are plain tensors: forget the GGUF origin."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) == "gguf":
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _secret(plan, key: str):
+    secrets = getattr(plan, "secrets", None) or {}
+    return secrets.get(key) if hasattr(secrets, "get") else None

@@ -1,0 +1,118 @@
+"""Tiny random Llama / Qwen2 models built in-process and saved as Hugging Face directories (with the
+tiny tokenizer of tests/tiny_tokenizer.py), plus a helper that writes a runner config around them.
+Everything trains in seconds on one CPU thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.tiny_tokenizer import save_tiny_tokenizer, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(arch: str = "llama", vocab_size: int = 700, hidden: int = 32, layers: int = 2, **extra):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        use_cache=True,
+        **extra,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"unknown tiny arch {arch!r}")
+
+
+def save_tiny_model(directory, arch: str = "llama", seed: int = 0, dtype: str = "float32", **config) -> Path:
+    """A random model and the tiny tokenizer in `directory`; returns the directory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    tokenizer = tiny_tokenizer()
+    cfg = tiny_config(arch, vocab_size=len(tokenizer), **config)
+    cfg.pad_token_id = tokenizer.pad_token_id
+    cfg.eos_token_id = tokenizer.eos_token_id
+    cfg.bos_token_id = tokenizer.bos_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    save_tiny_tokenizer(directory)
+    return directory
+
+
+# Memorisable subsets of the shared data, per stage: (file, format, rows).
+STAGE_DATA = {
+    "sft": ("identity.json", "alpaca", 8),
+    "pt": ("c4_demo.jsonl", "text", 8),
+    "dpo": ("dpo_en_demo.json", "preference", 8),
+    "orpo": ("dpo_en_demo.json", "preference", 8),
+    "kto": ("kto_en_demo.json", "kto", 8),
+}
+
+
+def write_config(
+    directory,
+    model_dir,
+    *,
+    stage: str = "sft",
+    adapter: dict | None = None,
+    training: dict | None = None,
+    sequence: dict | None = None,
+    dataset: dict | None = None,
+    extra: dict | None = None,
+    name: str = "tiny",
+) -> Path:
+    """A runner YAML in `directory` that trains the tiny model on a small slice of the shared data."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    file, fmt, rows = STAGE_DATA[stage]
+    ds = {"path": str(SHARED_DATA / file), "format": fmt, "num_samples": rows}
+    if file == "identity.json":
+        ds["substitute"] = {"name": "Nova", "author": "Acme Labs"}
+    ds.update(dataset or {})
+    cfg = {
+        "name": name,
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "adapter": {"kind": "lora", "r": 8, "dropout": 0.0, **(adapter or {})},
+        "datasets": [ds],
+        "template": {"name": "tokenizer"},
+        "sequence": {"max_length": 128, **(sequence or {})},
+        "data": {"cache_dir": str(directory / "cache")},
+        "training": {
+            "stage": stage,
+            "max_steps": 20,
+            "micro_batch_size": 4,
+            "gradient_accumulation": 1,
+            "learning_rate": 5e-3,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            **(training or {}),
+        },
+        "tracking": {"log_every": 1, "progress_bar": False},
+        "output": {"dir": str(directory / "run")},
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
