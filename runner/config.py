@@ -14,6 +14,7 @@ from runner.errors import ConfigErrors, UserError
 from runner.yamlsafe import load_yaml, scalar
 
 COMMAND_LINE = "<command line>"
+_HUB_LIKE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -72,6 +73,7 @@ def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
     if not isinstance(data, dict):
         raise UserError(f"a config is a mapping of sections, got a {type(data).__name__}", where=f"{source}:1:1",
                         hint="start with `model:` and `datasets:`")
+    _rebase_paths(data, path.parent)
     files = [str(path)]
     bases = data.pop("extends", None)
     if bases is None:
@@ -95,6 +97,37 @@ def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
     merged = _merge(merged, data, merged_pos, positions)
     merged_pos.update(positions)
     return merged, merged_pos, files
+
+
+def _rebase_paths(data: dict, directory: Path) -> None:
+    """Make the file paths a config file writes relative to that file, so a base config's datasets
+    resolve beside the base, wherever the including file lives. Hub ids (org/name, not on disk) and
+    values still holding ${env:...} are left alone."""
+
+    def visit(node, path):
+        if not path:
+            return
+        head, rest = path[0], path[1:]
+        targets = range(len(node)) if head == "*" and isinstance(node, list) else [head]
+        for t in targets:
+            if isinstance(node, dict) and t not in node or isinstance(node, list) and not isinstance(t, int):
+                continue
+            if rest:
+                visit(node[t], rest)
+            elif isinstance(node[t], str):
+                node[t] = _rebased(node[t], directory)
+
+    for keys in schema.path_keys():
+        visit(data, keys)
+
+
+def _rebased(value: str, directory: Path) -> str:
+    if "${" in value or value.startswith("package:") or os.path.isabs(os.path.expanduser(value)):
+        return value
+    candidate = directory / value
+    if candidate.exists() or not _HUB_LIKE.match(value):
+        return str(candidate.resolve()) if candidate.exists() else os.path.normpath(str(candidate))
+    return value
 
 
 def _interpolate(value, path: tuple, loaded: Loaded, errors: list):

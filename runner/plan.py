@@ -171,6 +171,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
     weights["eval_datasets"] = [_strip(d, ("path",)) for d in cfg["eval_datasets"]]
     weights["data"] = _strip(cfg["data"], ("cache_dir",))
     weights["distributed"] = _strip(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
+    ds_file = cfg["distributed"]["deepspeed"]["config"]
+    if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
+        weights["distributed"]["deepspeed"] = {**cfg["distributed"]["deepspeed"], "config": cache.file_digest(Path(ds_file))}
     weights["model"] = _strip(cfg["model"], ("token",) + (("path",) if model.get("source") == "local" else ()))
     config_hash = hashing.digest_text(weights)
 

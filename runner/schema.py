@@ -99,6 +99,19 @@ def secret_paths(node: dict | None = None, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def path_keys(node: dict | None = None, prefix: tuple = ()) -> list[tuple]:
+    """Key paths marked `x-path`: file locations, relative to the file that writes them."""
+    node = node or load_schema()
+    out = [prefix] if node.get("x-path") else []
+    obj = _object_branch(node)
+    if obj:
+        for key, sub in obj.get("properties", {}).items():
+            out += path_keys(sub, prefix + (key,))
+    if "items" in node:
+        out += path_keys(node["items"], prefix + ("*",))
+    return out
+
+
 def fill_defaults(value, node: dict | None = None):
     """A copy of `value` with every omitted key set to its schema default (sections recursively)."""
     node = node or load_schema()
