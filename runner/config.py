@@ -85,8 +85,11 @@ def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
     merged, merged_pos = {}, {}
     for i, base in enumerate(bases):
         base_path = (path.parent / os.path.expanduser(base)).resolve()
+        where = positions.get(("extends", i), positions.get(("extends",), source))
+        if base_path in chain + (path,):
+            cycle = " -> ".join(_display(p) for p in chain + (path, base_path))
+            raise UserError(f"extends cycle: {cycle}", where=where, hint="remove one of the extends")
         if not base_path.exists():
-            where = positions.get(("extends", i), positions.get(("extends",), source))
             raise UserError(f"extends: base config not found: {base}", where=where,
                             hint="paths in extends are relative to the file that names them")
         b_data, b_pos, b_files = _read_file(base_path, chain + (path,))
@@ -166,9 +169,11 @@ def _apply_override(loaded: Loaded, text: str) -> None:
     parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
     value = scalar(raw)
     # Typed by the schema: a string key keeps the text as written (`name=007` stays "007").
-    if isinstance(value, (int, float, bool)) or value is None:
-        if "string" in schema.types_at(parts) and not schema.types_at(parts) & {"number", "integer", "boolean", "null"}:
-            value = raw
+    types = schema.types_at(parts)
+    kind = schema.type_name(value)
+    if value is not None and kind != "string" and "string" in types and kind not in types \
+            and not (kind == "integer" and "number" in types):
+        value = raw
     node = loaded.data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list) and isinstance(part, int):

@@ -199,10 +199,15 @@ def _explain(err, where) -> list[UserError]:
                 for k in missing]
     if kind in ("oneOf", "anyOf"):
         # Report the branch that got furthest, in the user's terms.
-        if err.context:
-            best = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
-            if len(best.absolute_path) > len(err.absolute_path):
-                return _explain(best, where)
+        # The branches whose type matched the value failed for a reason worth telling; the others
+        # only say "not a string / not null".
+        relevant = [e for e in (err.context or []) if e.validator not in ("type", "const")
+                    or len(e.absolute_path) > len(err.absolute_path)]
+        if relevant:
+            out = []
+            for e in relevant:
+                out += _explain(e, where)
+            return out
         shapes = []
         for b in err.validator_value:
             shapes.append(_describe(b["const"]) if "const" in b else b.get("type", "value"))

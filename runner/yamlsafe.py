@@ -19,6 +19,8 @@ MAX_BYTES = 1 << 20  # a config is a page of YAML; 1 MiB leaves room for generat
 MAX_NODES = 20_000  # values built, counting each alias expansion again
 MAX_DEPTH = 64
 
+# libyaml when present (fast). It recurses in C per nesting level, so a 60 KB file of brackets would
+# crash the process: _check_depth refuses deep nesting before libyaml sees the text.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -143,6 +145,22 @@ class _Builder:
                             where=_where(self.source, node)) from None
 
 
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
+_BRACKETS = re.compile(r"[\[\]{}]")
+_DASHES = re.compile(r"^(?:[ \t]*-[ \t]+){%d,}" % (MAX_DEPTH + 1), re.MULTILINE)
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse deep nesting before parsing: a parser spends seconds (or its stack) on 10,000 levels."""
+    depth = deepest = 0
+    for ch in _BRACKETS.findall(_QUOTED.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH or _DASHES.search(text):
+        raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=source,
+                        hint="a config is a few levels deep; this file is not a config")
+
+
 def load_yaml(text: str | bytes, source: str) -> Located:
     """Parse one YAML document into plain values and positions. Raises UserError with a location."""
     if len(text) > MAX_BYTES:
@@ -156,6 +174,7 @@ def load_yaml(text: str | bytes, source: str) -> Located:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
             raise UserError(f"not UTF-8 text (byte {err.start})", where=source) from None
+    _check_depth(text, source)
     try:
         node = yaml.compose(text, Loader=_Core12Loader)
     except yaml.MarkedYAMLError as err:
@@ -164,6 +183,9 @@ def load_yaml(text: str | bytes, source: str) -> Located:
         raise UserError(f"malformed YAML: {err.problem or err.context}", where=where) from None
     except yaml.YAMLError as err:
         raise UserError(f"malformed YAML: {err}", where=source) from None
+    except RecursionError:
+        raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=source,
+                        hint="a config is a few levels deep; this file is not a config") from None
     if node is None:
         raise UserError("the file is empty", where=source, hint="a config needs at least `model:` and `datasets:`")
     builder = _Builder(source)
