@@ -260,3 +260,14 @@ def test_hub_model_plans_offline_and_says_what_is_unresolved(monkeypatch, tmp_pa
     assert "unresolved" in text and "SmolLM2-135M-Instruct" in text, text
     local = make_plan(CONFIGS / "lora.yaml")
     assert "SmolLM2" not in json.dumps(local.hashes) and not local.hashes.get("unresolved")
+
+
+def test_secret_given_as_an_override_is_neither_printed_nor_hashed(project, capsys):
+    override = f"model.token={SECRET_TOKEN}"
+    assert hashes(project, [override]) == hashes(project)
+    assert make_plan(project, [override]).secrets.get("model.token") == SECRET_TOKEN
+    for args in (["plan", str(project), override], ["plan", "--json", str(project), override],
+                 ["plan", str(project), override, "training.learning_rate=abc"]):
+        main(args)
+        captured = capsys.readouterr()
+        assert SECRET_TOKEN not in captured.out + captured.err, args

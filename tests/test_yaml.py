@@ -120,19 +120,36 @@ def test_ten_megabyte_config_fails_fast_with_a_clear_message(capsys, tmp_path):
     assert "Traceback" not in out
 
 
+def test_config_just_under_any_size_cap_is_still_refused_fast(capsys, tmp_path):
+    # 900 KB of list items: small enough to pass a 1 MiB byte cap, far more values than any config has.
+    path = tmp_path / "wide.yaml"
+    item = "  - {path: data.json, format: alpaca}\n"
+    path.write_text(HEAD + "eval_datasets:\n" + item * (900_000 // len(item)))
+    code, out, elapsed = lint(capsys, path)
+    assert code == 2, out
+    assert elapsed < 1.0, f"a 900 KB config took {elapsed:.2f} s to refuse"
+    assert "wide.yaml" in out and "Traceback" not in out
+
+
 def test_deep_nesting_fails_fast_with_a_clear_message(capsys):
     code, out, elapsed = lint(capsys, BAD / "deep_nesting.yaml")
     assert code == 2
     assert elapsed < 1.0
-    assert re.search(r"nest|deep|depth", out, re.IGNORECASE), out
+    assert re.search(r"nest|deep|depth", out.replace("deep_nesting.yaml", ""), re.IGNORECASE), out
     assert "Traceback" not in out
 
 
-def test_very_deep_nesting_in_a_small_file_fails_cleanly_not_by_crashing(tmp_path):
-    # 30,000 nested lists are 60 KB, far under any size cap; libyaml's composer recurses per level.
+@pytest.mark.parametrize("opening, closing", [
+    ("", ""),  # plain brackets
+    ("[a#b, ", "]"),  # `#` not after a space is text, not a comment: the brackets after it still nest
+    ("[it's, ", ", 'x']"),  # an apostrophe inside a plain scalar is not a quote
+], ids=["brackets", "hash-inside-a-scalar", "apostrophe-inside-a-scalar"])
+def test_very_deep_nesting_in_a_small_file_fails_cleanly_not_by_crashing(tmp_path, opening, closing):
+    # 30,000 nested lists are 60 KB, far under any size cap; libyaml's composer recurses in C per level,
+    # so this runs in a subprocess: a crash must fail this test, not kill pytest.
     depth = 30_000
-    cfg = tmp_path / "deeper.yaml"
-    cfg.write_text(HEAD + "training: {epochs: " + "[" * depth + "]" * depth + "}\n")
+    cfg = tmp_path / "tower.yaml"
+    cfg.write_text(HEAD + "training: {epochs: " + opening + "[" * depth + "]" * depth + closing + "}\n")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "runner", "lint", str(cfg)], capture_output=True, text=True,
                           timeout=120)
