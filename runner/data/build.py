@@ -1,0 +1,129 @@
+"""build_datasets(plan): read, normalise, mix, render, tokenize, apply the length policy, pack,
+and cache — or load the cached result when plan.hashes["data"] matches (no tokenizer needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.errors import UserError
+
+STAGE_FORMATS = {
+    "sft": {"alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
+    "pt": {"text", "alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
+    "dpo": {"preference"},
+    "orpo": {"preference"},
+    "kto": {"kto"},
+}
+
+
+@dataclass
+class PreparedData:
+    train: object            # datasets.Dataset
+    eval: object | None      # datasets.Dataset or None
+    stats: dict
+
+
+def check_formats(plan) -> list[str]:
+    """Errors for datasets whose format the training stage cannot use."""
+    stage = plan.data.get("stage", "sft")
+    problems = []
+    for key in ("datasets", "eval_datasets"):
+        for i, ds in enumerate(plan.data.get(key) or []):
+            fmt = ds.get("format", "alpaca")
+            if fmt not in STAGE_FORMATS.get(stage, set()):
+                wanted = ", ".join(sorted(STAGE_FORMATS.get(stage, ())))
+                problems.append(f"error: {key}[{i}] ({ds['path']}) has format {fmt}, which stage {stage} cannot "
+                                f"train on (use one of: {wanted})")
+    return problems
+
+
+def build_datasets(plan, tokenizer=None, progress: bool = True) -> PreparedData:
+    """The tokenized train/eval datasets of the plan. `tokenizer` may be None or a zero-argument
+    callable: it is loaded only when the cache must be built."""
+    from runner.data import cache
+
+    entry = cache.entry_dir(plan.data["cache_dir"], plan.hashes["data"])
+    train, evaluation, stats, built = cache.build_or_load(entry, lambda: _build(plan, tokenizer, progress))
+    stats = dict(stats, cache="built" if built else "hit", cache_dir=str(entry))
+    return PreparedData(train, evaluation, stats)
+
+
+def _get_tokenizer(plan, tokenizer):
+    if tokenizer is None:
+        from runner.tokenizer import load_tokenizer
+
+        return load_tokenizer(plan)
+    return tokenizer() if callable(tokenizer) and not hasattr(tokenizer, "encode") else tokenizer
+
+
+def _build(plan, tokenizer, progress):
+    import datasets
+
+    from runner.data.packing import pack
+    from runner.data.render import Renderer
+    from runner.data.stats import summarize
+    from runner.data.templates import resolve_template
+    from runner.data.tokenize import tokenize_items
+
+    problems = check_formats(plan)
+    if problems:
+        raise UserError(problems[0][len("error: "):], where="datasets")
+    data, stage = plan.data, plan.data.get("stage", "sft")
+    train_items, ds_stats = _load_items(data["datasets"], data, mix=True)
+    if data.get("eval_datasets"):
+        eval_items, eval_stats = _load_items(data["eval_datasets"], data, mix=False)
+        ds_stats += eval_stats
+    else:
+        from runner.data.mixing import split_validation
+
+        train_items, eval_items = split_validation(train_items, data.get("val_size") or 0, data.get("seed", 0))
+    if not train_items:
+        raise UserError("no training rows are left after reading the datasets", where="datasets")
+
+    tok = _get_tokenizer(plan, tokenizer)
+    renderer, template_info = None, {"name": None, "origin": None}
+    if stage != "pt":
+        template = resolve_template(data["template"], tok)
+        renderer = Renderer.for_tokenizer(template, tok)
+        template_info = {"name": template.name, "origin": template.origin}
+    seq = data["sequence"]
+    stats = {"data_hash": plan.hashes["data"], "stage": stage, "template": template_info, "datasets": ds_stats}
+    splits = {}
+    for split, items in (("train", train_items), ("eval", eval_items)):
+        if not items:
+            splits[split], stats[split] = None, None
+            continue
+        encoded = tokenize_items(items, stage, tok, renderer, data["template"], seq, progress)
+        part = summarize(encoded.columns, stage)
+        part["counts"] = dict(encoded.counts)
+        part["template_refused_skipped"] = sum(encoded.skipped.values())
+        columns = encoded.columns
+        if seq.get("packing") and stage in ("sft", "pt"):
+            columns, part["packing"] = pack(columns, seq["max_length"])
+        if not columns[next(iter(columns))]:
+            raise UserError(f"no {split} samples are left after the length policy", where="sequence",
+                            hint="see the counts of dropped rows; raise max_length or change truncation")
+        splits[split], stats[split] = datasets.Dataset.from_dict(columns), part
+    return splits["train"], splits["eval"], stats
+
+
+def _load_items(entries, data, mix: bool):
+    from runner.data.mixing import mix as mix_items
+    from runner.data.readers import load_rows
+    from runner.data.tokenize import Item
+
+    system_default = (data.get("template") or {}).get("system_prompt")
+    groups, ds_stats = [], []
+    for entry in entries:
+        entry = dict(entry)
+        if entry.get("system") is None and system_default:
+            entry["system"] = system_default
+        loaded = load_rows(entry)
+        policy = entry.get("on_bad_row", "error")
+        items = [Item(row, origin, policy) for row, origin in zip(loaded.rows, loaded.origins)]
+        groups.append((items, entry))
+        ds_stats.append({"path": entry["path"], "format": entry.get("format", "alpaca"), "rows_read": loaded.rows_read,
+                         "rows": len(items), "skipped": dict(loaded.skipped)})
+    if mix:
+        return mix_items(groups, data.get("seed", 0), data.get("shuffle", True)), ds_stats
+    return mix_items(groups, data.get("seed", 0), shuffle=False), ds_stats

@@ -1,0 +1,282 @@
+"""Read dataset files (json, jsonl, csv, parquet, txt, a folder of them, or a hub id) into
+normalised rows, with the bad-row policy: stop with `file:line: reason` for the first few rows
+found and the total count, or skip them and count them by reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from runner.data.formats import Normalizer, RowError
+from runner.errors import DataError, UserError
+
+SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".txt": "txt"}
+SHOWN_BAD_ROWS = 5
+
+
+@dataclass
+class LoadedDataset:
+    """The rows of one `datasets[]` entry, each with the place it came from."""
+
+    name: str
+    rows: list = field(default_factory=list)
+    origins: list = field(default_factory=list)   # "file:line" per row
+    rows_read: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count (on_bad_row: skip)
+
+
+class _BadRows:
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.found: list[tuple[str, str]] = []
+        self.total = 0
+        self.by_reason: Counter = Counter()
+
+    def add(self, where: str, reason: str) -> None:
+        self.total += 1
+        self.by_reason[_reason_kind(reason)] += 1
+        if len(self.found) < SHOWN_BAD_ROWS:
+            self.found.append((where, reason))
+
+    def raise_if_any(self, name: str) -> None:
+        if self.policy == "skip" or not self.total:
+            return
+        lines = [f"{w}: {r}" for w, r in self.found]
+        more = f"\n  ... and {self.total - len(self.found)} more" if self.total > len(self.found) else ""
+        raise DataError(
+            f"{self.total} malformed row(s) in dataset {name}:\n  " + "\n  ".join(lines) + more,
+            where=self.found[0][0],
+            hint="fix the rows, or set on_bad_row: skip on this dataset to skip and count them",
+        )
+
+
+def _reason_kind(reason: str) -> str:
+    """A short, stable key for counting skipped rows by kind."""
+    for key in ("invalid JSON", "not valid JSON", "not UTF-8", "missing field", "unknown role", "empty assistant",
+                "must be", "no assistant", "empty"):
+        if key in reason:
+            return {"not valid JSON": "invalid JSON", "must be": "wrong type"}.get(key, key)
+    return "other"
+
+
+def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
+    """Read and normalise one dataset entry of the plan (`path`, `format`, `columns`, ...)."""
+    normalise = Normalizer(ds.get("format", "alpaca"), ds.get("columns"), ds.get("roles"),
+                           ds.get("substitute"), ds.get("system"))
+    out = LoadedDataset(name=ds["path"])
+    bad = _BadRows(ds.get("on_bad_row", "error"))
+    for where, raw in iter_raw_rows(ds, base_dir):
+        out.rows_read += 1
+        if isinstance(raw, RowError):
+            bad.add(where, str(raw))
+            continue
+        try:
+            row = normalise(raw)
+        except RowError as e:
+            bad.add(where, str(e))
+            continue
+        out.rows.append(row)
+        out.origins.append(where)
+    bad.raise_if_any(ds["path"])
+    out.skipped = bad.by_reason
+    return out
+
+
+def iter_raw_rows(ds: dict, base_dir: str | None = None):
+    """Yield (where, raw row or RowError) for every row of a dataset entry, in file order."""
+    path = Path(ds["path"])
+    if base_dir and not path.is_absolute():
+        path = Path(base_dir) / path
+    kind = ds.get("type", "auto")
+    if kind == "hub" or (kind == "auto" and not path.exists()):
+        if kind == "auto" and (path.suffix.lower() in SUFFIX_TYPES or ds["path"].startswith((".", "/"))
+                               or ds["path"].count("/") > 1):
+            raise UserError(f"dataset file {path} does not exist", where=f"datasets: {ds['path']}")
+        yield from _hub_rows(ds)
+        return
+    files = [path] if path.is_file() else _folder_files(path)
+    if not files:
+        raise UserError(f"folder {path} holds no json/jsonl/csv/parquet/txt files", where=f"datasets: {ds['path']}")
+    for file in files:
+        file_kind = kind if kind != "auto" else SUFFIX_TYPES.get(file.suffix.lower())
+        if file_kind is None:
+            raise UserError(f"cannot tell the type of {file} from its extension",
+                            hint="set type: json | jsonl | csv | parquet | txt on the dataset")
+        yield from READERS[file_kind](file, ds)
+
+
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIX_TYPES)
+
+
+def _read_text(path: Path) -> str | UnicodeDecodeError:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return e
+
+
+def _line_of(text_bytes: bytes, offset: int) -> int:
+    return text_bytes.count(b"\n", 0, offset) + 1
+
+
+def read_json(path: Path, ds: dict):
+    text = _read_text(path)
+    if isinstance(text, UnicodeDecodeError):
+        line = _line_of(path.read_bytes(), text.start)
+        yield f"{path}:{line}", RowError(f"not UTF-8 (byte {text.start}); the whole file is unreadable")
+        return
+    stripped = text.lstrip()
+    if not stripped.startswith("["):
+        if stripped.startswith("{"):  # JSON lines saved as .json are common
+            first_line = stripped.split("\n", 1)[0]
+            if first_line.rstrip().endswith("}") and "\n{" in stripped:
+                yield from read_jsonl(path, ds)
+                return
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            yield f"{path}:{getattr(e, 'lineno', 1)}", RowError(f"invalid JSON: {e}")
+            return
+        rows = data.get(ds.get("split", "train"), data.get("data")) if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            yield f"{path}:1", RowError("expected a JSON array of rows (or an object with a 'train'/'data' list)")
+            return
+        for i, row in enumerate(rows):
+            yield f"{path}:row {i + 1}", row
+        return
+    try:
+        rows = json.loads(text)
+    except ValueError as e:
+        yield f"{path}:{getattr(e, 'lineno', 1)}", RowError(f"invalid JSON: {e}")
+        return
+    lines = _array_item_lines(text)
+    for i, row in enumerate(rows):
+        yield f"{path}:{lines[i] if i < len(lines) else '?'}", row
+
+
+def _array_item_lines(text: str) -> list[int]:
+    """The line each top-level array element starts on; only the error path reads it, but it is cheap."""
+    decoder = json.JSONDecoder()
+    lines, pos, line = [], text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+    n = len(text)
+    last = 0
+    while pos < n:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n or text[pos] == "]":
+            break
+        line += text.count("\n", last, pos)
+        last = pos
+        lines.append(line)
+        _, pos = decoder.raw_decode(text, pos)
+    return lines
+
+
+def read_jsonl(path: Path, ds: dict):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield where, RowError(f"not UTF-8 (byte {e.start} of the line)")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except ValueError as e:
+                yield where, RowError(f"invalid JSON line: {e}")
+
+
+def read_csv(path: Path, ds: dict):
+    import csv
+
+    text = _read_text(path)
+    if isinstance(text, UnicodeDecodeError):
+        yield f"{path}:{_line_of(path.read_bytes(), text.start)}", RowError("not UTF-8; the whole file is unreadable")
+        return
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    start = reader.line_num + 1
+    for cells in reader:
+        where = f"{path}:{start}"
+        start = reader.line_num + 1
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            yield where, RowError(f"expected {len(header)} columns, found {len(cells)}")
+            continue
+        # An empty CSV cell is an absent value, not an empty string.
+        yield where, {k: (v if v != "" else None) for k, v in zip(header, cells)}
+
+
+def read_parquet(path: Path, ds: dict):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for broken files
+        yield f"{path}:row 1", RowError(f"unreadable parquet file: {e}")
+        return
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}:row {i + 1}", row
+
+
+def read_txt(path: Path, ds: dict):
+    text_column = ds.get("columns", {}).get("text", "text")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                yield where, RowError(f"not UTF-8 (byte {e.start} of the line)")
+                continue
+            if line.strip():
+                yield where, {text_column: line}
+
+
+READERS = {"json": read_json, "jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet, "txt": read_txt}
+
+
+def hub_offline_reason() -> str | None:
+    """Why a hub dataset cannot be fetched now, or None when the hub looks reachable."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError as e:
+        return f"{endpoint.hostname} cannot be reached ({e.__class__.__name__})"
+    return None
+
+
+def _hub_rows(ds: dict):
+    reason = hub_offline_reason()
+    if reason:
+        raise UserError(
+            f"dataset {ds['path']!r} is not a local file or folder, and the hub cannot be used: {reason}",
+            where=f"datasets: {ds['path']}",
+            hint="download it while online (datasets.load_dataset(...).to_json(...)) and point path at the file",
+        )
+    import datasets
+
+    try:
+        data = datasets.load_dataset(ds["path"], split=ds.get("split", "train"))
+    except Exception as e:  # the hub raises many types; the user needs the message, not the class
+        raise UserError(f"could not load hub dataset {ds['path']!r}: {e}", where=f"datasets: {ds['path']}") from None
+    for i, row in enumerate(data):
+        yield f"hub:{ds['path']}[{ds.get('split', 'train')}]:row {i + 1}", row

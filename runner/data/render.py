@@ -1,0 +1,175 @@
+"""Render conversations with a chat template and find the characters that carry loss.
+
+Masks come from incremental rendering, never from searching the output for the content: the
+trained span of assistant turn i starts where the conversation rendered up to turn i with the
+generation prompt stops agreeing with the full rendering, and ends where the conversation
+rendered through turn i stops agreeing with it. That is exactly what the model must generate
+after the generation prompt: the assistant content plus its end-of-turn token(s), whatever the
+template. It needs a prefix-preserving template (earlier turns render the same whatever
+follows); one that is not (official Qwen3 drops past <think> blocks) gives an empty span, which
+stops the run with a clear message (check_template says so up front).
+
+Templates that cannot render something the data has get a documented, counted adaptation rather
+than an error or a silent drop: a system message they reject is folded into the first user
+turn; tool calls they ignore become the call's JSON text; tool results they reject become user
+turns; tool definitions they ignore are appended to the system message.
+"""
+
+from __future__ import annotations
+
+import json
+
+from runner.data.formats import RowError
+from runner.errors import UserError
+
+_SENTINEL_NAME, _SENTINEL_ARG, _SENTINEL_RESULT = "tool_name_q7x", "arg_key_q7x", "tool_result_q7x"
+
+
+class TemplateRenderError(RowError):
+    """The template refused this row (e.g. roles that do not alternate)."""
+
+
+def _compile(source: str):
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # private helper moved: fall back to the public, slower path
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        class _Public:
+            def render(self, messages, **kwargs):
+                return render_jinja_template([messages], chat_template=source, **kwargs)[0][0]
+
+        return _Public()
+    return _compile_jinja_template(source)
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    if b.startswith(a):
+        return len(a)
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search on startswith keeps the comparison in C
+        mid = (lo + hi + 1) // 2
+        if b.startswith(a[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class Renderer:
+    """A compiled template with the tokenizer's special-token strings and template kwargs."""
+
+    def __init__(self, source: str, special_tokens: dict | None = None, kwargs: dict | None = None,
+                 name: str = "template"):
+        self.source = source
+        self.name = name
+        self.compiled = _compile(source)
+        self.variables = {k: (v or "") for k, v in (special_tokens or {}).items()}
+        self.variables.update(kwargs or {})
+        self._caps = None
+
+    @classmethod
+    def for_tokenizer(cls, template, tokenizer):
+        tokens = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        return cls(template.source, tokens, template.kwargs, template.name)
+
+    def render(self, messages: list, tools=None, add_generation_prompt: bool = False) -> str:
+        try:
+            return self.compiled.render(messages=messages, tools=tools, documents=None,
+                                        add_generation_prompt=add_generation_prompt, **self.variables)
+        except Exception as e:  # jinja raises TemplateError, TypeError, UndefinedError ...
+            raise TemplateRenderError(f"template {self.name} cannot render this conversation: {e}") from None
+
+    # ---- what the template can render -------------------------------------------------------
+    @property
+    def caps(self) -> dict:
+        if self._caps is None:
+            self._caps = {"system": self._probe_system(), "tool_calls": self._probe_tool_calls(),
+                          "tool_role": self._probe_tool_role(), "tool_defs": self._probe_tool_defs()}
+        return self._caps
+
+    def _renders(self, messages, tools=None, must_contain=()) -> bool:
+        try:
+            text = self.render(messages, tools)
+        except TemplateRenderError:
+            return False
+        return all(s in text for s in must_contain)
+
+    def _probe_system(self) -> bool:
+        return self._renders([{"role": "system", "content": "sys_q7x"}, {"role": "user", "content": "u"},
+                              {"role": "assistant", "content": "a"}], must_contain=("sys_q7x",))
+
+    def _probe_tool_calls(self) -> bool:
+        call = {"type": "function", "function": {"name": _SENTINEL_NAME, "arguments": {_SENTINEL_ARG: 1}}}
+        return self._renders([{"role": "user", "content": "u"},
+                              {"role": "assistant", "content": "", "tool_calls": [call]}],
+                             must_contain=(_SENTINEL_NAME, _SENTINEL_ARG))
+
+    def _probe_tool_role(self) -> bool:
+        return self._renders([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+                              {"role": "tool", "content": _SENTINEL_RESULT}, {"role": "assistant", "content": "b"}],
+                             must_contain=(_SENTINEL_RESULT,))
+
+    def _probe_tool_defs(self) -> bool:
+        tools = [{"type": "function", "function": {"name": _SENTINEL_NAME, "parameters": {}}}]
+        return self._renders([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], tools,
+                             must_contain=(_SENTINEL_NAME,))
+
+    # ---- adapting a row to the template -----------------------------------------------------
+    def prepare(self, messages: list, tools) -> tuple[list, list | None, list[str]]:
+        """Messages and tools as this template can render them, plus the adaptations made."""
+        caps, notes, out = self.caps, [], []
+        for m in messages:
+            if m.get("tool_calls") and not caps["tool_calls"]:
+                calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                         for c in m["tool_calls"]]
+                text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+                m = {"role": "assistant", "content": (m["content"] + "\n" if m["content"] else "") + text}
+                notes.append("tool_calls_as_text")
+            elif m["role"] == "tool" and not caps["tool_role"]:
+                m = {"role": "user", "content": m["content"]}
+                notes.append("tool_results_as_user")
+            out.append(m)
+        if tools and not caps["tool_defs"]:
+            listing = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+            text = "You can call these tools:\n" + listing
+            if out and out[0]["role"] == "system":
+                out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + text}
+            else:
+                out.insert(0, {"role": "system", "content": text})
+            notes.append("tools_in_system")
+            tools = None
+        if out and out[0]["role"] == "system" and not caps["system"]:
+            system, rest = out[0]["content"], out[1:]
+            if rest and rest[0]["role"] == "user":
+                rest[0] = {"role": "user", "content": system + "\n\n" + rest[0]["content"]}
+                out = rest
+                notes.append("system_folded")
+        return out, tools, notes
+
+    # ---- the trained spans ------------------------------------------------------------------
+    def spans(self, messages: list, tools, train_on: str = "assistant") -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text and the (start, end) character spans that carry loss."""
+        full = self.render(messages, tools)
+        if train_on == "all":
+            return full, [(0, len(full))]
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if train_on == "last_assistant":
+            turns = turns[-1:]
+        spans = []
+        for i in turns:
+            prompt = self.render(messages[:i], tools, add_generation_prompt=True) if i else ""
+            start = common_prefix_len(prompt, full)
+            end = common_prefix_len(self.render(messages[: i + 1], tools), full) if i + 1 < len(messages) else len(full)
+            if end <= start:
+                raise UserError(
+                    f"template {self.name} renders assistant turns differently once later turns follow "
+                    "(not prefix-preserving), so the trained tokens cannot be found by incremental rendering",
+                    where="template.name",
+                    hint="use the family's training variant (template.name: qwen3 does), or a template that "
+                         "renders earlier turns the same whatever follows",
+                )
+            if spans and start < spans[-1][1]:
+                start = spans[-1][1]
+            spans.append((start, end))
+        return full, spans

@@ -1,0 +1,285 @@
+"""Normalised rows -> token ids and labels for each training stage, with the length policy.
+
+sft:  input_ids, labels (-100 where no loss; the first token is always -100 so that packing
+      never trains across a sample boundary).
+pt:   input_ids, labels (= input_ids), the document followed by EOS.
+dpo / orpo: prompt_input_ids, chosen_input_ids, rejected_input_ids (completions carry their
+      end-of-turn token).
+kto:  prompt_input_ids, completion_input_ids, label.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+from runner.data.formats import RowError
+from runner.data.render import Renderer, TemplateRenderError
+from runner.errors import DataError, UserError
+
+IGNORE = -100
+BATCH = 512
+SHOWN = 5
+
+# Incremented each time rows are tokenized: tests prove that a cache hit tokenizes nothing.
+TOKENIZE_CALLS = 0
+
+
+@dataclass
+class Item:
+    """One row on its way through the pipeline."""
+
+    row: dict
+    origin: str
+    policy: str = "error"   # the dataset's on_bad_row
+
+
+@dataclass
+class Encoded:
+    columns: dict
+    origins: list
+    counts: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def tokenize_items(items: list[Item], stage: str, tokenizer, renderer: Renderer | None, template_cfg: dict,
+                   sequence_cfg: dict, progress: bool = True) -> Encoded:
+    global TOKENIZE_CALLS
+    TOKENIZE_CALLS += 1
+    stage = {"orpo": "dpo"}.get(stage, stage)
+    builder = {"sft": _sft, "pt": _pt, "dpo": _dpo, "kto": _kto}[stage]
+    return builder(items, tokenizer, renderer, template_cfg.get("train_on", "assistant"), sequence_cfg, progress)
+
+
+# ---- rendering, with the bad-row policy for rows the template refuses ---------------------------
+class _Refused:
+    def __init__(self):
+        self.errors, self.total, self.skipped = [], 0, Counter()
+
+    def add(self, item: Item, error: Exception):
+        if item.policy == "skip":
+            self.skipped["template refused"] += 1
+            return
+        self.total += 1
+        if len(self.errors) < SHOWN:
+            self.errors.append(f"{item.origin}: {error}")
+
+    def raise_if_any(self):
+        if self.total:
+            more = f"\n  ... and {self.total - len(self.errors)} more" if self.total > len(self.errors) else ""
+            raise DataError(f"{self.total} row(s) the chat template cannot render:\n  " + "\n  ".join(self.errors)
+                            + more, where=self.errors[0].split(": ", 1)[0],
+                            hint="fix the rows, pick a template that accepts them, or set on_bad_row: skip")
+
+
+def _progress(iterable, total, enabled, desc):
+    if not enabled or total < 2000:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, unit="row")
+
+
+def _render_all(items, render_one, progress, desc="rendering"):
+    refused, kept, out, notes = _Refused(), [], [], Counter()
+    for item in _progress(items, len(items), progress, desc):
+        try:
+            result, row_notes = render_one(item.row)
+        except (TemplateRenderError, RowError) as e:
+            refused.add(item, e)
+            continue
+        notes.update(set(row_notes))
+        kept.append(item)
+        out.append(result)
+    refused.raise_if_any()
+    return kept, out, notes, refused.skipped
+
+
+def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
+    ids, offs = [], []
+    for i in range(0, len(texts), BATCH):
+        enc = tokenizer(texts[i:i + BATCH], add_special_tokens=add_special_tokens,
+                        return_offsets_mapping=offsets, return_attention_mask=False)
+        ids += enc["input_ids"]
+        if offsets:
+            offs += enc["offset_mapping"]
+    return ids, offs
+
+
+# ---- sft -----------------------------------------------------------------------------------------
+def _sft(items, tokenizer, renderer, train_on, seq, progress):
+    def render_one(row):
+        messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
+        return renderer.spans(messages, tools, train_on), notes
+
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    texts = [text for text, _ in rendered]
+    ids_list, offsets_list = _encode(tokenizer, texts, offsets=True)
+    end_ids = end_of_turn_ids(tokenizer)
+    counts = Counter(notes)
+    samples = []
+    for (text, spans), ids, offsets in zip(rendered, ids_list, offsets_list):
+        labels = labels_from_spans(ids, offsets, spans)
+        if train_on != "all" and not eot_trained(ids, offsets, labels, spans, text, end_ids):
+            counts["eot_not_trained"] += 1
+        samples.append((ids, labels))
+    return _apply_length_policy(samples, kept, seq, counts, skipped)
+
+
+def labels_from_spans(ids: list, offsets: list, spans: list) -> list:
+    """A token carries loss when its characters overlap a trained span (a token that BPE merged
+    across the boundary counts as trained)."""
+    labels = [IGNORE] * len(ids)
+    j = 0
+    for t, (s, e) in enumerate(offsets):
+        e = max(e, s + 1)
+        while j < len(spans) and spans[j][1] <= s:
+            j += 1
+        if j < len(spans) and spans[j][0] < e:
+            labels[t] = ids[t]
+    if labels:
+        labels[0] = IGNORE
+    return labels
+
+
+def end_of_turn_ids(tokenizer) -> set:
+    ids = set(tokenizer.get_added_vocab().values())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def eot_trained(ids, offsets, labels, spans, text, end_ids) -> bool:
+    """Each trained span ends (whitespace aside) on a trained special token: the model learns to stop."""
+    for start, end in spans:
+        last = None
+        for t, (s, e) in enumerate(offsets):
+            if s >= end:
+                break
+            if e > start and labels[t] != IGNORE and text[s:e].strip():
+                last = t
+        if last is None or ids[last] not in end_ids:
+            return False
+    return True
+
+
+def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True) -> Encoded:
+    max_length, policy = seq.get("max_length", 2048), seq.get("truncation", "truncate")
+    too_long = [(kept[i].origin, len(ids)) for i, (ids, _) in enumerate(samples) if len(ids) > max_length]
+    if too_long and policy == "error":
+        shown = "\n  ".join(f"{o}: {n} tokens" for o, n in too_long[:SHOWN])
+        raise UserError(f"{len(too_long)} sample(s) longer than sequence.max_length={max_length}:\n  {shown}",
+                        where=too_long[0][0], hint="raise max_length, or set sequence.truncation: truncate | drop")
+    input_ids, labels, origins = [], [], []
+    for (ids, labs), item in zip(samples, kept):
+        if len(ids) > max_length:
+            if policy == "drop":
+                counts["dropped_too_long"] += 1
+                continue
+            ids, labs = ids[:max_length], labs[:max_length]
+            counts["truncated"] += 1
+        if trained_key and all(x == IGNORE for x in labs):
+            counts["dropped_no_trained_tokens"] += 1
+            continue
+        input_ids.append(ids)
+        labels.append(labs)
+        origins.append(item.origin)
+    return Encoded({"input_ids": input_ids, "labels": labels}, origins, counts, skipped)
+
+
+# ---- pt ------------------------------------------------------------------------------------------
+def _pt(items, tokenizer, renderer, train_on, seq, progress):
+    texts = [item.row["text"] if "text" in item.row else _plain_text(item.row) for item in items]
+    ids_list, _ = _encode(tokenizer, texts, add_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    samples = []
+    for ids in ids_list:
+        ids = ids + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
+        samples.append((ids, [IGNORE] + ids[1:]))
+    return _apply_length_policy(samples, items, seq, Counter(), Counter())
+
+
+def _plain_text(row) -> str:
+    """Continued pretraining on a conversation dataset: its messages' text, one after another."""
+    return "\n\n".join(m["content"] for m in row.get("messages", []) if m.get("content"))
+
+
+# ---- preference ----------------------------------------------------------------------------------
+def _prompt_and_completion(renderer, messages, tools, answer):
+    conversation, tools, notes = renderer.prepare(messages + [answer], tools)
+    text, spans = renderer.spans(conversation, tools, "last_assistant")
+    start, end = spans[-1]
+    return text[:start], text[start:end], notes
+
+
+def _dpo(items, tokenizer, renderer, train_on, seq, progress):
+    def render_one(row):
+        prompt, chosen, notes = _prompt_and_completion(renderer, row["messages"], row.get("tools"), row["chosen"])
+        prompt_r, rejected, notes_r = _prompt_and_completion(renderer, row["messages"], row.get("tools"),
+                                                             row["rejected"])
+        if prompt_r != prompt:
+            raise TemplateRenderError("the template renders the prompt differently before chosen and rejected")
+        return (prompt, chosen, rejected), notes + notes_r
+
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    prompts, _ = _encode(tokenizer, [r[0] for r in rendered])
+    chosen, _ = _encode(tokenizer, [r[1] for r in rendered])
+    rejected, _ = _encode(tokenizer, [r[2] for r in rendered])
+    counts = Counter(notes)
+    columns = {"prompt_input_ids": [], "chosen_input_ids": [], "rejected_input_ids": []}
+    origins = []
+    for p, c, r, item in zip(prompts, chosen, rejected, kept):
+        fitted = _fit_pair(p, [c, r], seq, counts, item.origin)
+        if fitted is None:
+            continue
+        p, (c, r) = fitted
+        columns["prompt_input_ids"].append(p)
+        columns["chosen_input_ids"].append(c)
+        columns["rejected_input_ids"].append(r)
+        origins.append(item.origin)
+    return Encoded(columns, origins, counts, skipped)
+
+
+def _kto(items, tokenizer, renderer, train_on, seq, progress):
+    def render_one(row):
+        prompt, completion, notes = _prompt_and_completion(renderer, row["messages"][:-1], row.get("tools"),
+                                                           row["messages"][-1])
+        return (prompt, completion, row["label"]), notes
+
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    prompts, _ = _encode(tokenizer, [r[0] for r in rendered])
+    completions, _ = _encode(tokenizer, [r[1] for r in rendered])
+    counts = Counter(notes)
+    columns = {"prompt_input_ids": [], "completion_input_ids": [], "label": []}
+    origins = []
+    for p, c, (_, _, label), item in zip(prompts, completions, rendered, kept):
+        fitted = _fit_pair(p, [c], seq, counts, item.origin)
+        if fitted is None:
+            continue
+        p, (c,) = fitted
+        columns["prompt_input_ids"].append(p)
+        columns["completion_input_ids"].append(c)
+        columns["label"].append(bool(label))
+        origins.append(item.origin)
+    return Encoded(columns, origins, counts, skipped)
+
+
+def _fit_pair(prompt, completions, seq, counts, origin):
+    """Length policy for prompt + completion: keep the prompt's end and the completions' start."""
+    max_length, policy = seq.get("max_length", 2048), seq.get("truncation", "truncate")
+    longest = max(len(c) for c in completions)
+    if len(prompt) + longest <= max_length:
+        return prompt, completions
+    if policy == "error":
+        raise UserError(f"preference sample is {len(prompt) + longest} tokens, longer than sequence.max_length="
+                        f"{max_length}", where=origin, hint="raise max_length, or set sequence.truncation")
+    if policy == "drop":
+        counts["dropped_too_long"] += 1
+        return None
+    counts["truncated"] += 1
+    keep_prompt = max(max_length - longest, max_length // 2)
+    prompt = prompt[-keep_prompt:] if len(prompt) > keep_prompt else prompt
+    return prompt, [c[: max_length - len(prompt)] for c in completions]
