@@ -175,6 +175,33 @@ def test_data_pipeline_keys_change_data_hash(project, tmp_path, extra):
     assert {"data", "plan"} <= diff, diff
 
 
+JINJA = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+LOCAL_INPUTS = {
+    # a tokenizer folder of its own, and a Jinja chat template file, both beside the config
+    "tokenizer": ("model: {path: tiny-model}", "model: {path: tiny-model, tokenizer: tok}",
+                  "tok/tokenizer_config.json"),
+    "jinja": ("adapter:", "template: {name: jinja, jinja: chat.jinja}\nadapter:", "chat.jinja"),
+}
+
+
+def make_project_with(root: Path, kind: str) -> tuple[Path, Path]:
+    old, new, changing = LOCAL_INPUTS[kind]
+    cfg = make_project(root, CONFIG.replace(old, new))
+    shutil.copytree(CONFIGS / "tiny-model", root / "tok")
+    (root / "chat.jinja").write_text(JINJA)
+    return cfg, root / changing
+
+
+@pytest.mark.parametrize("kind", sorted(LOCAL_INPUTS))
+def test_other_local_inputs_are_hashed_by_content_not_path(tmp_path, kind):
+    one, _ = make_project_with(tmp_path / "one", kind)
+    two, changing = make_project_with(tmp_path / "elsewhere" / "two", kind)
+    assert hashes(two) == hashes(one), "copying the project to another folder must not change any hash"
+    before = hashes(two)
+    changing.write_text(changing.read_text().replace("im_start", "im_begin").replace("128", "256"))
+    assert changed(before, hashes(two)) == {"data", "plan"}
+
+
 def test_reordering_keys_changes_nothing(project, tmp_path):
     reordered = make_project(tmp_path / "b", CONFIG_REORDERED)
     assert hashes(reordered) == hashes(project)
