@@ -56,8 +56,18 @@ def _merge(base: dict, top: dict, base_pos: dict, top_pos: dict, prefix: tuple =
     return out
 
 
-def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
+EXTENDS_ROOT_ENV = "RUNNER_EXTENDS_ROOT"
+
+
+def _extends_root(top: Path) -> Path:
+    """Where `extends:` may reach: the top-level config's folder, or what RUNNER_EXTENDS_ROOT names.
+    A config cannot widen this itself: a config from elsewhere must not read arbitrary files."""
+    return Path(os.environ.get(EXTENDS_ROOT_ENV) or top.parent).expanduser().resolve()
+
+
+def _read_file(path: Path, chain: tuple, root: Path | None = None) -> tuple[dict, dict, list]:
     """One file with its bases merged under it. `chain` is the extends stack, for cycle errors."""
+    root = root or _extends_root(path)
     source = _display(path)
     if path in chain:
         cycle = " -> ".join(_display(p) for p in chain + (path,))
@@ -89,10 +99,14 @@ def _read_file(path: Path, chain: tuple) -> tuple[dict, dict, list]:
         if base_path in chain + (path,):
             cycle = " -> ".join(_display(p) for p in chain + (path, base_path))
             raise UserError(f"extends cycle: {cycle}", where=where, hint="remove one of the extends")
+        if not base_path.is_relative_to(root):
+            raise UserError(f"extends: {base} resolves to {base_path}, outside {root}", where=where,
+                            hint=f"keep bases beside the config, or allow a wider folder explicitly with "
+                                 f"{EXTENDS_ROOT_ENV}=/path/to/configs (symlinks are followed before this check)")
         if not base_path.exists():
             raise UserError(f"extends: base config not found: {base}", where=where,
                             hint="paths in extends are relative to the file that names them")
-        b_data, b_pos, b_files = _read_file(base_path, chain + (path,))
+        b_data, b_pos, b_files = _read_file(base_path, chain + (path,), root)
         merged = _merge(merged, b_data, merged_pos, b_pos)
         merged_pos.update(b_pos)
         files += b_files

@@ -7,6 +7,7 @@ the cache only skips re-reading, it never changes a digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -112,12 +113,17 @@ def model_files(directory: Path, gguf_file: str | None) -> list[Path]:
     return files
 
 
-def library_versions() -> dict:
-    """Installed versions, read from package metadata: nothing is imported."""
-    out = {}
+@functools.lru_cache(maxsize=None)
+def _library_versions() -> tuple:
+    out = []
     for name in LIBRARIES:
         try:
-            out[name] = metadata.version(name)
+            out.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            out.append((name, None))
+    return tuple(out)
+
+
+def library_versions() -> dict:
+    """Installed versions, read from package metadata (once per process): nothing is imported."""
+    return dict(_library_versions())

@@ -174,7 +174,12 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
     ds_file = cfg["distributed"]["deepspeed"]["config"]
     if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
         weights["distributed"]["deepspeed"] = {**cfg["distributed"]["deepspeed"], "config": cache.file_digest(Path(ds_file))}
-    weights["model"] = _strip(cfg["model"], ("token",) + (("path",) if model.get("source") == "local" else ()))
+    # Local files enter by content (model fingerprint, data_hash), never by where they lie.
+    local_keys = ("path",) if model.get("source") == "local" else ()
+    if cfg["model"]["tokenizer"] and Path(cfg["model"]["tokenizer"]).exists():
+        local_keys += ("tokenizer",)
+    weights["model"] = _strip(cfg["model"], ("token",) + local_keys)
+    weights["template"] = _strip(cfg["template"], ("jinja",))
     config_hash = hashing.digest_text(weights)
 
     mdir, tdir = _model_dirs(model)

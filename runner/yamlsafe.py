@@ -8,6 +8,7 @@ it parse and compose nodes (fast, C when available), then build Python values ou
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 
@@ -19,8 +20,7 @@ MAX_BYTES = 1 << 20  # a config is a page of YAML; 1 MiB leaves room for generat
 MAX_NODES = 20_000  # values built, counting each alias expansion again
 MAX_DEPTH = 64
 
-# libyaml when present (fast). It recurses in C per nesting level, so a 60 KB file of brackets would
-# crash the process: _check_depth refuses deep nesting before libyaml sees the text.
+# libyaml's parser when present (fast; we build values from its events ourselves, see _Builder).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -58,10 +58,6 @@ class Located:
     positions: dict = field(default_factory=dict)
 
 
-def _where(source: str, node) -> str:
-    return f"{source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
-
-
 def scalar(text: str):
     """Type one scalar the way a YAML 1.2 config value is typed (used for CLI overrides too)."""
     tag = _Core12Loader.resolve(_Core12Loader, yaml.ScalarNode, text, (True, False))
@@ -92,73 +88,122 @@ def _build_scalar(tag: str, text: str, source: str, where: str):
 
 
 class _Builder:
+    """Builds values from the parser's event stream with an explicit stack (libyaml's composer
+    recurses in C per nesting level, so 30,000 nested brackets in a 60 KB file would crash it), and
+    stops as soon as the depth or the number of values (aliases counted again) goes over its bound."""
+
     def __init__(self, source: str):
         self.source = source
         self.count = 0
         self.positions: dict = {}
+        self.anchors: dict = {}
+        self.stack: list = []  # frames: [container, path, pending_key, anchor, count_at_start]
+        self.root = None
+        self.done = False
 
-    def build(self, node, path: tuple, depth: int):
-        self.count += 1
+    def where(self, mark) -> str:
+        return f"{self.source}:{mark.line + 1}:{mark.column + 1}"
+
+    def _grow(self, n: int, mark) -> None:
+        self.count += n
         if self.count > MAX_NODES:
             raise UserError(
-                f"the document expands to more than {MAX_NODES:,} values (alias expansion?)",
-                where=_where(self.source, node),
-                hint="anchors and aliases (&a / *a) that multiply are refused; write the values out",
+                f"the document holds more than {MAX_NODES:,} values, counting each alias expansion again",
+                where=self.where(mark),
+                hint="a config holds a few hundred values; anchors and aliases (&a / *a) that multiply are refused",
             )
-        if depth > MAX_DEPTH:
-            raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=_where(self.source, node))
-        self.positions.setdefault(path, _where(self.source, node))
-        if isinstance(node, yaml.MappingNode):
-            if node.tag != "tag:yaml.org,2002:map":
-                raise UserError(f"the YAML tag {node.tag!r} is not allowed", where=_where(self.source, node))
-            out: dict = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise UserError("YAML merge keys (<<) are not supported", where=_where(self.source, key_node),
-                                    hint="use `extends:` to share a base config")
-                key = self.build(key_node, path + ("<key>",), depth + 1)
-                if not isinstance(key, (str, int)) or isinstance(key, bool):
-                    raise UserError(f"a mapping key must be a string, got {key!r}", where=_where(self.source, key_node))
-                key = str(key)
-                if key in out:
-                    raise UserError(f"duplicate key {key!r}", where=_where(self.source, key_node),
-                                    hint="each key may appear once in a mapping; the later one would silently win")
-                self.positions[path + (key,)] = _where(self.source, key_node)
-                out[key] = self.build(value_node, path + (key,), depth + 1)
-                self.positions[path + (key,)] = _where(self.source, key_node)
-            self.positions.pop(path + ("<key>",), None)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != "tag:yaml.org,2002:seq":
-                raise UserError(f"the YAML tag {node.tag!r} is not allowed", where=_where(self.source, node))
-            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        if node.tag not in _SCALAR_TAGS:
-            raise UserError(
-                f"the YAML tag {node.tag!r} is not allowed in a config",
-                where=_where(self.source, node),
-                hint="configs hold plain maps, lists, strings, numbers, booleans and null; remove the tag",
-            )
+
+    def _attach(self, value, mark, is_container: bool = False) -> bool:
+        """Put a value in its parent. Returns False if it was a mapping key instead."""
+        if not self.stack:
+            if self.done:
+                raise UserError("only one YAML document per config file", where=self.where(mark))
+            self.root, self.done = value, True
+            self.positions[()] = self.where(mark)
+            return True
+        frame = self.stack[-1]
+        container, path = frame[0], frame[1]
+        if isinstance(container, dict):
+            if frame[2] is None:
+                if is_container:
+                    raise UserError("a mapping key must be a plain value, not a list or mapping",
+                                    where=self.where(mark))
+                self._key(frame, value, mark)
+                return False
+            key = frame[2]
+            container[key] = value
+            frame[2] = None
+            return True
+        self.positions[path + (len(container),)] = self.where(mark)
+        container.append(value)
+        return True
+
+    def _key(self, frame, key, mark) -> None:
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise UserError(f"a mapping key must be a string, got {key!r}", where=self.where(mark))
+        key = str(key)
+        if key == "<<":
+            raise UserError("YAML merge keys (<<) are not supported", where=self.where(mark),
+                            hint="use `extends:` to share a base config")
+        if key in frame[0]:
+            raise UserError(f"duplicate key {key!r}", where=self.where(mark),
+                            hint="each key may appear once in a mapping; the later one would silently win")
+        frame[2] = key
+        self.positions[frame[1] + (key,)] = self.where(mark)
+
+    def _child_path(self) -> tuple:
+        if not self.stack:
+            return ()
+        container, path, key = self.stack[-1][0], self.stack[-1][1], self.stack[-1][2]
+        return path + ((key,) if isinstance(container, dict) else (len(container),))
+
+    def event(self, ev) -> None:
+        mark = ev.start_mark
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            is_map = isinstance(ev, yaml.MappingStartEvent)
+            want = "tag:yaml.org,2002:map" if is_map else "tag:yaml.org,2002:seq"
+            if ev.tag not in (None, "!", want):
+                raise UserError(f"the YAML tag {ev.tag!r} is not allowed in a config", where=self.where(mark),
+                                hint="configs hold plain maps, lists, strings, numbers, booleans and null")
+            if len(self.stack) >= MAX_DEPTH:
+                raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=self.where(mark),
+                                hint="a config is a few levels deep; this file is not a config")
+            self._grow(1, mark)
+            if self.stack and isinstance(self.stack[-1][0], dict) and self.stack[-1][2] is None:
+                raise UserError("a mapping key must be a plain value, not a list or mapping", where=self.where(mark))
+            path = self._child_path()
+            container: dict | list = {} if is_map else []
+            self._attach(container, mark, is_container=True)
+            self.stack.append([container, path, None, ev.anchor, self.count])
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            container, _path, _key, anchor, started = self.stack.pop()
+            if anchor:
+                self.anchors[anchor] = (container, self.count - started + 1)
+        elif isinstance(ev, yaml.ScalarEvent):
+            self._grow(1, mark)
+            value = self._scalar(ev)
+            self._attach(value, mark)
+            if ev.anchor:
+                self.anchors[ev.anchor] = (value, 1)
+        elif isinstance(ev, yaml.AliasEvent):
+            if ev.anchor not in self.anchors:
+                raise UserError(f"unknown alias *{ev.anchor}", where=self.where(mark))
+            value, size = self.anchors[ev.anchor]
+            self._grow(size, mark)
+            self._attach(copy.deepcopy(value), mark, is_container=isinstance(value, (dict, list)))
+
+    def _scalar(self, ev):
+        where = self.where(ev.start_mark)
+        tag = ev.tag
+        if tag in (None, "!"):
+            if tag is None and ev.implicit[0]:
+                tag = _Core12Loader.resolve(_Core12Loader, yaml.ScalarNode, ev.value, (True, False))
+            else:
+                tag = "tag:yaml.org,2002:str"
         try:
-            return _build_scalar(node.tag, node.value, self.source, _where(self.source, node))
+            return _build_scalar(tag, ev.value, self.source, where)
         except ValueError:
-            raise UserError(f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}",
-                            where=_where(self.source, node)) from None
-
-
-_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
-_BRACKETS = re.compile(r"[\[\]{}]")
-_DASHES = re.compile(r"^(?:[ \t]*-[ \t]+){%d,}" % (MAX_DEPTH + 1), re.MULTILINE)
-
-
-def _check_depth(text: str, source: str) -> None:
-    """Refuse deep nesting before parsing: a parser spends seconds (or its stack) on 10,000 levels."""
-    depth = deepest = 0
-    for ch in _BRACKETS.findall(_QUOTED.sub("", text)):
-        depth += 1 if ch in "[{" else -1
-        deepest = max(deepest, depth)
-    if deepest > MAX_DEPTH or _DASHES.search(text):
-        raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=source,
-                        hint="a config is a few levels deep; this file is not a config")
+            raise UserError(f"{ev.value!r} is not a valid {tag.rsplit(':', 1)[-1]}", where=where) from None
 
 
 def load_yaml(text: str | bytes, source: str) -> Located:
@@ -174,20 +219,16 @@ def load_yaml(text: str | bytes, source: str) -> Located:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
             raise UserError(f"not UTF-8 text (byte {err.start})", where=source) from None
-    _check_depth(text, source)
+    builder = _Builder(source)
     try:
-        node = yaml.compose(text, Loader=_Core12Loader)
+        for ev in yaml.parse(text, Loader=_Core12Loader):
+            builder.event(ev)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise UserError(f"malformed YAML: {err.problem or err.context}", where=where) from None
     except yaml.YAMLError as err:
         raise UserError(f"malformed YAML: {err}", where=source) from None
-    except RecursionError:
-        raise UserError(f"nesting deeper than {MAX_DEPTH} levels", where=source,
-                        hint="a config is a few levels deep; this file is not a config") from None
-    if node is None:
+    if builder.root is None:
         raise UserError("the file is empty", where=source, hint="a config needs at least `model:` and `datasets:`")
-    builder = _Builder(source)
-    value = builder.build(node, (), 0)
-    return Located(value, builder.positions)
+    return Located(builder.root, builder.positions)
