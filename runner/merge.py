@@ -1,0 +1,71 @@
+"""`runner merge RUN_DIR [--out DIR]`: the run's adapter merged into its base model, written as
+sharded safetensors that AutoModelForCausalLM.from_pretrained loads. A QLoRA adapter is merged
+into the unquantized base, reloaded in the plan's dtype (merging into 4-bit weights would round
+the update away)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runner.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a finished run directory (holds plan.json and the adapter)")
+    parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR/merged)")
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="dtype of the merged weights (default: the run's dtype)")
+
+
+def run(args) -> int:
+    out = merge_run(args.run_dir, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype)
+    print(f"merged model: {out}", file=sys.stderr)
+    return 0
+
+
+def load_run_plan(run_dir):
+    """The Plan stored in a run directory (secrets are never stored: a hub token comes from HF_TOKEN)."""
+    from runner.plan import Plan
+
+    path = Path(run_dir) / "plan.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no plan.json)", where=str(run_dir),
+                        hint="pass the output.dir of a runner training run")
+    return Plan.from_dict(json.loads(path.read_text()))
+
+
+def load_base_for_adapter(plan, run_dir, tokenizer, dtype: str | None = None):
+    """The unquantized base in the run's dtype, with embeddings sized as in training."""
+    from runner.model import load_model
+
+    dtype = dtype or (plan.runtime or {}).get("dtype") or "float32"
+    model = load_model(plan, dtype=dtype, quantize=False, for_training=False)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str | None = None) -> Path:
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from runner.model import drop_gguf_quantizer
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "merged"
+    plan = load_run_plan(run_dir)
+    if not (run_dir / "adapter_config.json").is_file():
+        raise UserError(f"{run_dir} holds a full model, not an adapter: there is nothing to merge",
+                        where=str(run_dir), hint="load the run directory itself with AutoModelForCausalLM")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    base = load_base_for_adapter(plan, run_dir, tokenizer, dtype)
+    merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
+    drop_gguf_quantizer(merged)
+    merged.config.use_cache = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

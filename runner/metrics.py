@@ -1,0 +1,163 @@
+"""Training metrics: metrics.jsonl (always), W&B (when a run is open), a progress bar with loss,
+tokens/s and ETA, and loss.png at the end."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+
+TOKENS_KEY = "runner_tokens"
+
+
+class TokenCounter:
+    """Wraps a collator and tags each batch with the tokens it puts through the model (padding
+    excluded). The trainer pops the tag when the batch is consumed (dataloaders read ahead)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        batch[TOKENS_KEY] = sum(row_tokens(r) for r in rows)
+        return batch
+
+
+def row_tokens(row) -> int:
+    """Tokens one row puts through the model, per the stage's row layout."""
+    n = lambda key: len(row.get(key) or ())  # noqa: E731
+    if "input_ids" in row:  # sft / pt (packed or not)
+        return n("input_ids")
+    if "chosen_ids" in row:  # dpo: prompt+chosen and prompt+rejected
+        return 2 * n("prompt_ids") + n("chosen_ids") + n("rejected_ids")
+    if "completion_ids" in row:  # kto: the pair, plus the mismatched KL pair
+        return n("prompt_ids") + n("completion_ids") + (n("prompt_ids") + n("KL_completion_ids") if "KL_completion_ids" in row else 0)
+    if "chosen_input_ids" in row:  # orpo rows hold full prompt+answer sequences
+        return n("chosen_input_ids") + n("rejected_input_ids")
+    return 0
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory of this process, else its peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def metrics_callback(path, tokens_seen, *, wandb_run=None, progress: bool = True, is_main: bool = True):
+    """`tokens_seen()` returns the training tokens consumed so far."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Writes one JSON line per logged step (train) or evaluation (eval)."""
+
+        def __init__(self):
+            self.bar = None
+            self.last_time = None
+            self.last_tokens = 0
+            self.started = None
+            self.postfix = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self.last_time = time.time()
+            self.last_tokens = tokens_seen()
+            if is_main and progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                                file=sys.stderr, dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            if "loss" in logs:
+                now = time.time()
+                tokens = tokens_seen()
+                elapsed = max(now - self.last_time, 1e-9)
+                row.update(
+                    kind="train",
+                    loss=logs.get("loss"),
+                    lr=logs.get("learning_rate"),
+                    grad_norm=logs.get("grad_norm"),
+                    tokens=tokens,
+                    tokens_per_s=round((tokens - self.last_tokens) / elapsed, 2),
+                    memory_mb=round(peak_memory_mb(), 1),
+                    elapsed_s=round(now - self.started, 2),
+                )
+                row.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/", "kl"))})
+                self.last_time, self.last_tokens = now, tokens
+                self.postfix = {"loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
+            elif "eval_loss" in logs:
+                row.update(kind="eval", eval_loss=logs["eval_loss"])
+                self.postfix["eval"] = f"{logs['eval_loss']:.4f}"
+            elif "train_runtime" in logs:
+                row.update(kind="summary", **{k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            else:
+                return
+            if not is_main:
+                return
+            row = {k: _finite(v) for k, v in row.items()}
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if wandb_run is not None:
+                wandb_run.log({f"{row['kind']}/{k}": v for k, v in row.items() if k not in ("kind", "step")},
+                              step=state.global_step)
+            if self.bar is not None:
+                self.bar.set_postfix(self.postfix, refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return MetricsCallback()
+
+
+def read_metrics(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path, png_path) -> bool:
+    """loss.png: train loss and (when present) eval loss against the optimizer step."""
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("kind") == "eval"]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,255 @@
+"""`runner train cfg.yaml [key=value ...]` (also `python -m runner cfg.yaml` and `accelerate launch -m
+runner cfg.yaml`): carry out a Plan and write its run directory.
+
+The order matters: the config is checked before any model loads; the run directory is judged
+(refuse / resume / overwrite) before any work; rank 0 alone prints and writes shared files."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from runner import rundir
+from runner.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the run's YAML config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-4")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+
+
+def run(target, *, overwrite: bool = False):
+    """CLI entry (argparse namespace -> exit code) and library entry (Plan -> run directory)."""
+    if isinstance(target, argparse.Namespace):
+        from runner.plan import make_plan
+
+        plan = make_plan(target.config, target.overrides)
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        run_dir = train_plan(plan, overwrite=target.overwrite)
+        if _is_main():
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        return 0
+    return train_plan(target, overwrite=overwrite)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(message: str) -> None:
+    if _is_main() and message:
+        print(message, file=sys.stderr)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("runner", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def train_plan(plan, *, overwrite: bool = False) -> Path:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from runner import distributed
+
+    distributed.check_launcher(plan)
+    world = distributed.world()
+    is_main = world["rank"] == 0
+    launch = rundir.decide(plan, overwrite=overwrite)
+    _say(launch.message)
+    if launch.action == "done":
+        return Path(plan.output["dir"])
+    stored = rundir.read_stored_plan(plan.output["dir"]) if launch.action == "resume" else None
+    run_dir = rundir.prepare(plan, launch, is_main=is_main)
+
+    from transformers import set_seed
+
+    from runner import data as pipeline
+    from runner.adapters import apply_adapter, is_pissa, print_parameters, save_pissa_initial
+    from runner.model import load_model, local_device, resolve_dtype, resolve_precision
+
+    stage = plan.training["stage"]
+    tokenizer = pipeline.load_tokenizer(plan)
+    prepared = pipeline.build_datasets(plan, tokenizer)
+    dtype = resolve_dtype(plan.model.get("dtype", "auto"))
+    precision = resolve_precision(plan.training.get("precision", "auto"), dtype)
+    device = local_device()
+
+    set_seed(plan.training["seed"])  # before the adapter exists: LoRA init is random
+    model = load_model(plan, dtype=dtype)
+    _match_tokenizer(model, tokenizer)
+    if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
+        model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
+    model, info = apply_adapter(model, plan)
+    if is_main:
+        print_parameters(info)
+    pissa_init = None
+    if is_pissa(plan.adapter):
+        pissa_init = str(run_dir / ".pissa_init")
+        if is_main:
+            save_pissa_initial(model, pissa_init)
+    ref_model = None
+    if stage in ("dpo", "kto") and plan.adapter["kind"] != "lora":
+        # With an adapter the reference is the base (adapter off); otherwise a frozen copy.
+        ref_model = load_model(plan, dtype=dtype, for_training=False)
+        _match_tokenizer(ref_model, tokenizer)
+
+    backend = distributed.concrete_backend(plan, world["world_size"])
+    wrap_class = distributed.decoder_layer_class(model) if backend == "fsdp" else None
+    runtime = {
+        "world_size": world["world_size"],
+        "backend": backend,
+        "device": device,
+        "dtype": dtype,
+        "precision": precision,
+        "attn_implementation": plan.model.get("attn_implementation", "sdpa"),
+        "target_modules": info.target_modules,
+        "trainable_params": info.trainable_params,
+        "total_params": info.total_params,
+        "train_rows": len(prepared.train),
+        "eval_rows": len(prepared.eval) if prepared.eval is not None else 0,
+        "data_stats": prepared.stats,
+        "versions": _versions(),
+    }
+    if wrap_class:
+        runtime["fsdp_wrap_class"] = wrap_class
+    if stored and (stored.get("runtime") or {}).get("wandb_run_id"):
+        runtime["wandb_run_id"] = stored["runtime"]["wandb_run_id"]
+    plan = plan.with_runtime(runtime)
+
+    from runner.metrics import TokenCounter, metrics_callback
+    from runner.stages import build_trainer, training_arguments
+    from runner.tracking import finish_wandb, start_wandb
+
+    wandb_run = start_wandb(plan, run_dir, is_main=is_main, run_id=runtime.get("wandb_run_id"))
+    if wandb_run is not None:
+        plan.runtime["wandb_run_id"] = wandb_run.id
+    if is_main:
+        rundir.write_plan(run_dir, plan)
+        rundir.write_config_yaml(run_dir, plan)
+    if launch.action == "resume":
+        _trim_metrics(run_dir / "metrics.jsonl", int(Path(launch.checkpoint).name.split("-")[-1]))
+    elif is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    has_eval = prepared.eval is not None and len(prepared.eval) > 0
+    extra = distributed.trainer_kwargs(plan, backend, wrap_class, device.split(":")[0])
+    if world["world_size"] == 1:
+        extra.pop("ddp_backend", None)  # a backend makes accelerate look for a process group
+    if device == "cpu":
+        extra["use_cpu"] = True
+    args = training_arguments(plan, output_dir=str(rundir.checkpoints_dir(run_dir)), precision=precision,
+                              has_eval=has_eval, extra=extra)
+    collator = pipeline.make_collator(plan, tokenizer) if stage in ("sft", "pt") else None
+    trainer_ref = []
+    callback = metrics_callback(run_dir / "metrics.jsonl", lambda: trainer_ref[0].runner_tokens if trainer_ref else 0,
+                                wandb_run=wandb_run, progress=bool(plan.tracking.get("progress_bar", True)),
+                                is_main=is_main)
+    trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
+                            collator=TokenCounter(collator) if collator is not None else None,
+                            callbacks=[callback], ref_model=ref_model)
+    if collator is None:  # the TRL trainer built its own
+        trainer.data_collator = TokenCounter(trainer.data_collator)
+    trainer_ref.append(trainer)
+    _quiet_default_callbacks(trainer)
+
+    trainer.train(resume_from_checkpoint=launch.checkpoint)
+    final_eval = trainer.evaluate() if has_eval else {}
+
+    save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
+    if is_main:
+        _finish_run_dir(plan, run_dir, info, final_eval)
+    finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    if plan.output.get("merge") and is_main:
+        from runner.merge import merge_run
+
+        merge_run(run_dir, run_dir / "merged")
+    return run_dir
+
+
+def _match_tokenizer(model, tokenizer) -> None:
+    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if tokenizer.eos_token_id is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def _quiet_default_callbacks(trainer) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their old lines."""
+    if not _is_main() or not path.is_file():
+        return
+    import json
+
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool) -> None:
+    """The trained adapter (or model) and the tokenizer with its training chat template."""
+    from runner.adapters import save_adapter
+    from runner.model import drop_gguf_quantizer
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "config"):
+        model.config.use_cache = True  # what users of the saved model want
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        if pissa_init:
+            _say("warning: a PiSSA adapter saved under FSDP/DeepSpeed is not converted; it applies to the residual base")
+        trainer.save_model(str(run_dir))  # gathers the sharded weights (collective: every rank calls it)
+        if is_main:
+            (run_dir / "training_args.bin").unlink(missing_ok=True)
+    elif is_main:
+        if hasattr(model, "peft_config"):
+            save_adapter(model, str(run_dir), pissa_initial=pissa_init)
+        else:
+            drop_gguf_quantizer(model)
+            model.save_pretrained(str(run_dir), safe_serialization=True)
+    if is_main:
+        tokenizer.save_pretrained(str(run_dir))
+        if pissa_init:
+            import shutil
+
+            shutil.rmtree(pissa_init, ignore_errors=True)
+
+
+def _finish_run_dir(plan, run_dir: Path, info, final_eval: dict) -> None:
+    from runner.card import write_model_card
+    from runner.metrics import plot_losses, read_metrics
+
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train_rows = [r for r in rows if r.get("kind") == "train"]
+    summary = {
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "final_eval_loss": final_eval.get("eval_loss"),
+    }
+    rundir.write_plan(run_dir, plan)
+    write_model_card(run_dir, plan, info, summary)
+    # Short values could match weight bytes by chance; real tokens and keys are long.
+    secrets = [v for v in (plan.secrets or {}).values() if isinstance(v, str) and len(v) >= 8]
+    leaked = rundir.files_containing(run_dir, secrets) if secrets else []
+    if leaked:
+        raise UserError(f"a secret value was found in {', '.join(leaked)}; delete these files",
+                        where="output.dir", hint="this is a bug in runner: please report it")
+    rundir.mark_complete(run_dir, {**summary, "plan_hash": plan.hashes.get("plan")})
