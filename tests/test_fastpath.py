@@ -1,0 +1,85 @@
+"""The fast path's chunked cross-entropy gives the model's own loss and gradients (fp32, tiny Llama),
+unpacked with padding, packed with restarting position ids, under gradient accumulation's
+num_items_in_batch, and through a PEFT LoRA wrapper."""
+
+import pytest
+import torch
+
+from runner.fastpath import chunked_causal_lm_loss, chunked_forward_loss, decide
+
+torch.set_num_threads(1)
+
+
+def _model(vocab=97, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).float()
+
+
+def _batch(vocab=97, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (2, 21), generator=g)
+    labels = ids.clone()
+    labels[0, :7] = -100  # a prompt that does not train
+    labels[1, 15:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1024])
+def test_chunked_loss_and_grads_equal_the_models_own(chunk):
+    model = _model()
+    batch = _batch()
+    ref = model(**batch, use_cache=False).loss
+    ref.backward()
+    ref_grads = _grads(model)
+    model.zero_grad()
+    loss = chunked_forward_loss(model, batch, chunk_tokens=chunk)
+    loss.backward()
+    assert torch.allclose(loss, ref, atol=1e-6), (loss, ref)
+    for name, g in _grads(model).items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-6), name
+
+
+def test_packed_rows_and_num_items_in_batch():
+    model = _model()
+    ids = torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(3))
+    labels = ids.clone()
+    labels[0, 0] = labels[0, 10] = -100  # the first token of each packed sample
+    pos = torch.cat([torch.arange(10), torch.arange(14)]).unsqueeze(0)
+    batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
+    ref = model(**batch, use_cache=False, num_items_in_batch=torch.tensor(40)).loss
+    loss = chunked_forward_loss(model, batch, num_items_in_batch=torch.tensor(40), chunk_tokens=7)
+    assert torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_through_a_peft_lora_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                init_lora_weights=False))
+    batch = _batch()
+    ref = model(**batch, use_cache=False).loss
+    loss = chunked_forward_loss(model, batch, chunk_tokens=8)
+    assert torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_all_ignored_labels_give_zero_not_nan():
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(1, 4, 8, requires_grad=True)
+    loss = chunked_causal_lm_loss(hidden, head, torch.full((1, 4), -100))
+    assert loss.item() == 0.0
+
+
+def test_decide_auto():
+    t = {"liger": "auto", "chunked_loss": "auto", "torch_compile": False}
+    assert decide(t, "cpu", "llama") == {"liger": False, "chunked_loss": True, "torch_compile": False}
+    assert decide({**t, "chunked_loss": False}, "cpu", "llama")["chunked_loss"] is False
