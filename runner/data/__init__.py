@@ -29,10 +29,9 @@ def make_collator(plan, tokenizer):
 
 
 def check_template(plan, tokenizer) -> list[str]:
-    from runner.data.build import check_formats
     from runner.data.checks import check_template as _check
 
-    return check_formats(plan) + _check(plan, tokenizer)
+    return _check(plan, tokenizer)
 
 
 def __getattr__(name):

@@ -42,6 +42,9 @@ def build_datasets(plan, tokenizer=None, progress: bool = True) -> PreparedData:
     callable: it is loaded only when the cache must be built."""
     from runner.data import cache
 
+    if not plan.hashes.get("data"):  # a hub dataset not downloaded yet has no content hash: no cache
+        train, evaluation, stats = _build(plan, tokenizer, progress)
+        return PreparedData(train, evaluation, dict(stats, cache="off", cache_dir=None))
     entry = cache.entry_dir(plan.data["cache_dir"], plan.hashes["data"])
     train, evaluation, stats, built = cache.build_or_load(entry, lambda: _build(plan, tokenizer, progress))
     stats = dict(stats, cache="built" if built else "hit", cache_dir=str(entry))

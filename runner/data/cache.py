@@ -34,12 +34,20 @@ def load(entry: Path) -> tuple:
 
 
 def save(entry: Path, train, evaluation, stats: dict) -> None:
+    from datasets.utils import logging as ds_logging
+
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    train.save_to_disk(str(tmp / "train"))
-    if evaluation is not None:
-        evaluation.save_to_disk(str(tmp / "eval"))
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # our own bar covered the slow part; saving is instant
+    try:
+        train.save_to_disk(str(tmp / "train"))
+        if evaluation is not None:
+            evaluation.save_to_disk(str(tmp / "eval"))
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()
     (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1, sort_keys=True))
     try:
         os.rename(tmp, entry)
