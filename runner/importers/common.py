@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UserError
 
-# Order of the sections in the written config: the order a reader looks for them.
-SECTION_ORDER = ["name", "model", "adapter", "quantization", "datasets", "eval_datasets", "val_size", "data",
-                 "template", "sequence", "special_tokens", "training", "distributed", "tracking", "output"]
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -33,6 +31,7 @@ class Translation:
     config: dict = field(default_factory=dict)
     unmapped: list = field(default_factory=list)  # Unmapped
     notes: list = field(default_factory=list)  # (key, text): mapped, but worth a reader's attention
+    idle: list = field(default_factory=list)  # keys left empty or switched off: nothing to carry over
 
     def set(self, dotted: str, value) -> None:
         node = self.config
@@ -57,6 +56,34 @@ class Translation:
 
     def unmapped_keys(self) -> list[str]:
         return [u.key for u in self.unmapped]
+
+
+def drop_lora_keys(tr: Translation, names: dict) -> None:
+    """LoRA settings of a run that is not LoRA are reported (under the source's key names from
+    `names`, runner key -> source key) instead of left to fail the lint."""
+    kind = tr.get("adapter.kind")
+    adapter = tr.config.get("adapter", {})
+    if kind == "lora":
+        return
+    for key in ("r", "alpha", "dropout", "target_modules", "dora", "rslora", "init", "loraplus_lr_ratio",
+                "loraplus_lr_embedding", "modules_to_save"):
+        if key in adapter and not (key == "modules_to_save" and kind == "freeze"):
+            tr.skip(names.get(key, f"adapter.{key}"), adapter.pop(key), f"a LoRA setting, but the run is {kind} fine-tuning")
+
+
+def fsdp_qlora_storage(tr: Translation) -> None:
+    """FSDP shards QLoRA's 4-bit weights, so their storage dtype must equal the model dtype; both tools
+    set that on their own, runner wants it written down."""
+    if tr.get("distributed.backend") != "fsdp" or tr.get("quantization.bits") != 4:
+        return
+    dtype = tr.get("model.dtype")
+    if dtype in (None, "auto"):
+        dtype = "float16" if tr.get("training.precision") == "fp16" else "bfloat16"
+    tr.set("model.dtype", dtype)
+    if tr.get("quantization.quant_storage") not in (None, dtype):
+        tr.note("quantization.quant_storage", f"changed to {dtype} to match model.dtype under FSDP")
+    tr.set("quantization.quant_storage", dtype)
+    tr.note("model.dtype", f"{dtype}: FSDP with 4-bit weights stores them in the model dtype")
 
 
 def is_unset(value) -> bool:
@@ -124,10 +151,19 @@ def relative_to_output(path: Path, out_dir: Path) -> str:
         return str(path)
 
 
-def ordered(config: dict) -> dict:
-    out = {k: config[k] for k in SECTION_ORDER if k in config}
-    out.update({k: v for k, v in config.items() if k not in out})
-    return out
+def ordered(config, node: dict | None = None):
+    """Sections and keys in the schema's order (model.path first, ...), so the output reads like a recipe."""
+    from runner.schema import _object_branch, load_schema
+
+    node = node if node is not None else load_schema()
+    if isinstance(config, list) and "items" in node:
+        return [ordered(item, node["items"]) for item in config]
+    obj = _object_branch(node) if isinstance(config, dict) else None
+    if not obj:
+        return config
+    props = obj.get("properties", {})
+    keys = [k for k in props if k in config] + [k for k in config if k not in props]
+    return {k: ordered(config[k], props.get(k, {})) for k in keys}
 
 
 def render(tr: Translation, command: str) -> str:
@@ -160,6 +196,9 @@ def comment_block(tr: Translation) -> list[str]:
     if tr.notes:
         lines.append("# Notes:")
         lines += [f"#   {key}: {text}" for key, text in tr.notes]
+    if tr.idle:
+        lines.append("# Empty or switched off in the source (nothing to carry over):")
+        lines += textwrap.wrap(", ".join(tr.idle), width=100, initial_indent="#   ", subsequent_indent="#   ")
     return lines
 
 
@@ -168,18 +207,87 @@ def report_text(tr: Translation) -> str:
     return "\n".join(line[2:] if line.startswith("# ") else line[1:] for line in comment_block(tr))
 
 
-def problems(config: dict) -> tuple[list[str], list[str]]:
-    """(errors, warnings) a runner config has: runner's lint when present, else schema + semantic checks."""
-    from runner import checks, schema
+def problems(text: str, out_dir: Path, label: str = "imported config") -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the written config as runner reads it: `runner lint` when it exists, else
+    the schema and the semantic checks. The text is checked from a file in out_dir so that relative
+    paths resolve as they will for the user."""
+    import tempfile
 
-    where = lambda path: ".".join(map(str, path)) or "(top level)"  # noqa: E731 - no file yet
-    errors = [str(e) for e in schema.validate(config, where)]
+    try:
+        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=".runner-import-", dir=out_dir,
+                                             delete=False, encoding="utf-8")
+    except OSError:
+        return _check_data(text), []
+    path = Path(handle.name)
+    try:
+        with handle:
+            handle.write(text)
+        try:
+            from runner.lint import lint_files
+        except ImportError:
+            errors, warnings = _check_file(path)
+        else:
+            result = lint_files([path])[0]
+            errors, warnings = [str(e) for e in result.errors], [str(w) for w in result.warnings]
+    finally:
+        path.unlink(missing_ok=True)
+    # Messages name the temporary file; name the file the user will have instead.
+    temp = re.compile(r"\S*" + re.escape(path.name))
+    return [temp.sub(label, m) for m in errors], [temp.sub(label, m) for m in warnings]
+
+
+def _check_file(path: Path) -> tuple[list[str], list[str]]:
+    from runner import checks, config, schema
+
+    try:
+        loaded = config.load(path)
+    except UserError as err:
+        return [str(err)], []
+    errors = [str(e) for e in schema.validate(loaded.data, lambda p: ".".join(map(str, p)) or "(top level)")]
     if errors:
         return errors, []
-    found = checks.check(schema.fill_defaults(config), config, where)
+    found = checks.check(schema.fill_defaults(loaded.data), loaded.data, lambda p: ".".join(map(str, p)))
     return [str(e) for e in found.errors], [str(w) for w in found.warnings]
+
+
+def _check_data(text: str) -> list[str]:
+    from runner import schema
+    from runner.yamlsafe import load_yaml
+
+    try:
+        data = load_yaml(text, "<imported>").value
+    except UserError as err:
+        return [str(err)]
+    return [str(e) for e in schema.validate(data, lambda p: ".".join(map(str, p)) or "(top level)")]
 
 
 def require(condition: bool, message: str, where: str, hint: str | None = None) -> None:
     if not condition:
         raise UserError(message, where=where, hint=hint)
+
+
+def columns_for(fmt: str, wanted: dict) -> dict:
+    """`wanted` is {format field: file column}; keep the entries that differ from what runner's data
+    pipeline reads by default (runner.data.formats.FIELDS), so the output stays short."""
+    from runner.data.formats import FIELDS
+
+    defaults = FIELDS.get(fmt, {})
+    return {k: v for k, v in wanted.items() if v and defaults.get(k) != v}
+
+
+def standard_role(source: str, target: str) -> bool:
+    """Whether runner already reads the file role `source` as `target` without a `roles:` entry."""
+    from runner.data.formats import DEFAULT_ROLES
+
+    return DEFAULT_ROLES.get(source) == target
+
+
+def dataset_path(path_text: str, bases: list[Path], out_dir: Path, tr: Translation, where: str) -> dict:
+    """`path` (and `type: hub` for a hub id) of a runner dataset from a path as another tool wrote it."""
+    found = locate(path_text, bases)
+    if found is not None:
+        return {"path": relative_to_output(found, out_dir)}
+    if looks_like_hub_id(path_text):
+        return {"path": path_text, "type": "hub"}
+    tr.note(where, f"{path_text} was not found next to the source config or in the current directory; kept as written")
+    return {"path": path_text}

@@ -1,0 +1,285 @@
+"""Axolotl YAML -> runner config. Key names follow Axolotl's documented config reference
+(docs/config.qmd, docs/rlhf.qmd, docs/multi-gpu.qmd). Every top-level key ends up mapped, implied by
+runner's own behaviour (noted), or listed as not mapped with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.importers import axolotl_datasets as ds
+from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PREFIX_UNSUPPORTED, QUANT_KEYS,
+                                           RL_STAGES, SCHEDULERS, UNSUPPORTED)
+from runner.importers.common import (Translation, as_bool, as_number, drop_lora_keys, fsdp_qlora_storage, is_unset,
+                                     split_list)
+from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
+
+
+def translate(data: dict, source: Path, out_dir: Path) -> Translation:
+    """The runner config for one Axolotl config (already parsed), paths written relative to out_dir."""
+    tr = Translation("axolotl", source)
+    keys = dict(data)
+    _model_and_adapter(keys, tr)
+    _stage(keys, tr)
+    bases = [source.parent, Path.cwd()]
+    ds.translate_all(keys, tr, bases, out_dir)
+    _training(keys, tr)
+    _distributed(keys, tr, bases, out_dir)
+    _tracking(keys, tr)
+    for key, value in keys.items():
+        _simple(key, value, tr)
+    _consistency(tr)
+    return tr
+
+
+def _simple(key: str, value, tr: Translation) -> None:
+    """The table-driven keys: direct copies, implied behaviour, known-unsupported, unknown."""
+    known = key in DIRECT or key in IMPLIED or key in UNSUPPORTED
+    if known and (is_unset(value) or (value is False and key not in DIRECT)):
+        tr.idle.append(key)  # an empty or switched-off key asks for nothing
+        return
+    if key in DIRECT:
+        target, kind = DIRECT[key]
+        if kind is bool:
+            value = as_bool(value, key, tr)
+        elif kind in (int, float):
+            value = as_number(value, key, tr, integer=kind is int)
+        elif kind is list:
+            value = split_list(value)
+        else:
+            value = str(value)
+        if value is not None:
+            tr.set(target, value)
+    elif key in IMPLIED:
+        tr.note(key, IMPLIED[key])
+    elif key in UNSUPPORTED:
+        tr.skip(key, value, UNSUPPORTED[key])
+    elif key.startswith(tuple(PREFIX_UNSUPPORTED)):
+        tr.skip(key, value, next(r for p, r in PREFIX_UNSUPPORTED.items() if key.startswith(p)))
+    else:
+        tr.skip(key, value, "not a documented Axolotl key (misspelt?)")
+
+
+def _pop(keys: dict, name: str, tr: Translation):
+    """The value of a key handled by code below (None when empty, which is recorded as idle)."""
+    if name not in keys:
+        return None
+    value = keys.pop(name)
+    if is_unset(value):
+        tr.idle.append(name)
+        return None
+    return value
+
+
+def _flag(keys: dict, name: str, tr: Translation) -> bool:
+    """A switch: True when on; off or empty is recorded as idle."""
+    value = _pop(keys, name, tr)
+    if value is False or (isinstance(value, str) and value.lower() == "false"):
+        tr.idle.append(name)
+        return False
+    return value is not None
+
+
+def _model_and_adapter(keys: dict, tr: Translation) -> None:
+    config = _pop(keys, "base_model_config", tr)
+    if config is not None and config != keys.get("base_model"):
+        tr.skip("base_model_config", config, "runner reads the model config from model.path")
+    adapter = _pop(keys, "adapter", tr)
+    if adapter in (None, "full"):
+        tr.set("adapter.kind", "full")
+    elif adapter in ("lora", "qlora"):
+        tr.set("adapter.kind", "lora")
+        if adapter == "qlora":
+            tr.set("quantization.bits", 4)
+    else:
+        tr.set("adapter.kind", "full")
+        tr.skip("adapter", adapter, "only lora, qlora and full fine-tuning are supported; imported as full")
+    if _flag(keys, "load_in_4bit", tr):
+        tr.set("quantization.bits", 4)
+    if _flag(keys, "load_in_8bit", tr):
+        if tr.get("quantization.bits") == 4:
+            tr.skip("load_in_8bit", True, "load_in_4bit / qlora already set 4-bit")
+        else:
+            tr.set("quantization.bits", 8)
+    bnb = _pop(keys, "bnb_config_kwargs", tr) or {}
+    for name, value in bnb.items():
+        if name in QUANT_KEYS and not is_unset(value):
+            tr.set(f"quantization.{QUANT_KEYS[name]}", value)
+        elif not (name == "llm_int8_has_fp16_weight" and value is False):
+            tr.skip(f"bnb_config_kwargs.{name}", value, UNSUPPORTED.get(name, "no such bitsandbytes setting in runner"))
+    targets = _pop(keys, "lora_target_modules", tr)
+    linear = _flag(keys, "lora_target_linear", tr)
+    if linear:
+        tr.set("adapter.target_modules", "all-linear")
+        if targets:
+            tr.note("lora_target_modules", "lora_target_linear: true covers these modules (all-linear)")
+    elif targets:
+        tr.set("adapter.target_modules", split_list(targets))
+    init = _pop(keys, "peft_init_lora_weights", tr)
+    if init is not None and init is not True:
+        text = str(init).lower()
+        if text in LORA_INITS or text.startswith("pissa_niter_"):
+            tr.set("adapter.init", text)
+        else:
+            tr.skip("peft_init_lora_weights", init, "runner supports default, gaussian, pissa, pissa_niter_N, olora")
+    unfrozen = _pop(keys, "unfrozen_parameters", tr)
+    if unfrozen:
+        if tr.get("adapter.kind") == "full":
+            tr.set("adapter.kind", "freeze")
+            tr.set("adapter.trainable_modules", split_list(unfrozen))
+            tr.note("unfrozen_parameters", "Axolotl matches parameter names (`...weight`), runner module names: "
+                                           "check the patterns with `runner plan`")
+        else:
+            tr.skip("unfrozen_parameters", unfrozen, "only applies to full fine-tuning; the run uses LoRA")
+    attention = [(k, v) for k, v in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
+                                      ("eager_attention", "eager"), ("flex_attention", "flex_attention"))
+                 if _flag(keys, k, tr)]
+    impl = _pop(keys, "attn_implementation", tr)
+    if impl in ("sdpa", "eager", "flash_attention_2", "flex_attention"):
+        attention.append(("attn_implementation", impl))
+    elif impl is not None:
+        tr.skip("attn_implementation", impl, "runner supports sdpa, eager, flash_attention_2, flex_attention")
+    if attention:
+        tr.set("model.attn_implementation", attention[0][1])
+        for key, _ in attention[1:]:
+            tr.skip(key, True, f"{attention[0][0]} already picks the attention kernel")
+    for key, dtype in (("bfloat16", "bfloat16"), ("float16", "float16")):
+        if _flag(keys, key, tr):
+            tr.set("model.dtype", dtype)
+            tr.note(key, "pure half-precision weights; runner still uses mixed precision per training.precision")
+    special = _pop(keys, "special_tokens", tr) or {}
+    for name, value in special.items():
+        if name in ("pad_token", "eos_token", "bos_token") and not is_unset(value):
+            tr.set(f"special_tokens.{name}", str(value))
+        elif not is_unset(value):
+            tr.skip(f"special_tokens.{name}", value, "runner overrides pad, eos and bos tokens only")
+    tokens = _pop(keys, "tokens", tr)
+    if tokens:
+        tr.set("special_tokens.add", split_list(tokens))
+        tr.note("tokens", "added as special tokens (runner adds no plain tokens)")
+
+
+def _stage(keys: dict, tr: Translation) -> None:
+    rl = _pop(keys, "rl", tr)
+    beta = _pop(keys, "rl_beta", tr)
+    trl = keys.get("trl") or {}
+    if beta is None and not is_unset(trl.get("beta")):
+        beta = trl["beta"]
+        keys["trl"] = {k: v for k, v in trl.items() if k != "beta"}
+    if rl is None:
+        if beta is not None:
+            tr.skip("rl_beta", beta, "no rl stage is set")
+        return
+    if str(rl) not in RL_STAGES:
+        tr.skip("rl", rl, "runner trains sft, pt, dpo, kto and orpo; imported as sft")
+        return
+    stage, loss = RL_STAGES[str(rl)]
+    tr.set("training.stage", stage)
+    if loss:
+        tr.set("training.dpo.loss_type", loss)
+    if beta is not None:
+        value = as_number(beta, "rl_beta", tr)
+        if value is not None:
+            tr.set(f"training.{stage}.beta", value)
+
+
+def _training(keys: dict, tr: Translation) -> None:
+    if (value := _pop(keys, "bf16", tr)) is not None:
+        if value == "auto":
+            tr.set("training.precision", "auto")
+        elif value in (True, "full", "true"):
+            tr.set("training.precision", "bf16")
+            if value == "full":
+                tr.note("bf16", "'full' also evaluates in bf16; runner evaluates at training precision")
+        else:
+            tr.idle.append("bf16")
+    if _flag(keys, "fp16", tr):
+        if tr.get("training.precision") == "bf16":
+            tr.skip("fp16", True, "bf16 is also set and wins")
+        else:
+            tr.set("training.precision", "fp16")
+    if _flag(keys, "tf32", tr):
+        tr.skip("tf32", True, "runner leaves TF32 matmuls to PyTorch's default")
+    if (value := _pop(keys, "train_on_inputs", tr)) is not None:
+        tr.set("template.train_on", "all" if value else "assistant")
+    if (value := _pop(keys, "gradient_checkpointing", tr)) is not None:
+        tr.set("training.gradient_checkpointing", bool(value))
+        if isinstance(value, str):
+            tr.note("gradient_checkpointing", f"{value!r} offloading is not supported; plain checkpointing is used")
+    if (value := _pop(keys, "lr_scheduler", tr)) is not None:
+        if value in SCHEDULERS:
+            tr.set("training.lr_scheduler", value)
+        else:
+            tr.skip("lr_scheduler", value, f"runner schedulers: {', '.join(sorted(SCHEDULERS))}")
+    for name in ("optimizer", "optim"):
+        if (value := _pop(keys, name, tr)) is not None:
+            if value in OPTIMIZERS:
+                tr.set("training.optimizer", OPTIMIZERS[value])
+            else:
+                tr.skip(name, value, f"runner optimizers: {', '.join(sorted(set(OPTIMIZERS.values())))}")
+    total = _pop(keys, "batch_size", tr)
+    if total is not None:
+        micro = keys.get("micro_batch_size")
+        if isinstance(micro, int) and isinstance(total, int) and micro and total % micro == 0 \
+                and "gradient_accumulation_steps" not in keys:
+            keys["gradient_accumulation_steps"] = total // micro
+            tr.note("batch_size", f"gradient_accumulation = batch_size / micro_batch_size = {total // micro}")
+        else:
+            tr.skip("batch_size", total, "give micro_batch_size and gradient_accumulation_steps instead")
+    for key, target in (("eval_steps", "training.eval_every"), ("save_steps", "output.save_every")):
+        if (value := _pop(keys, key, tr)) is not None:
+            if isinstance(value, float) and value < 1:
+                tr.skip(key, value, "a fraction of total steps; runner takes a whole number of steps")
+            else:
+                number = as_number(value, key, tr, integer=True)
+                if number is not None:
+                    tr.set(target, number)
+    for key, runner_key in (("eval_strategy", "eval"), ("save_strategy", "save")):
+        if (value := _pop(keys, key, tr)) is not None and value not in ("steps",):
+            if value == "no" and runner_key == "eval":
+                tr.note(key, "no evaluation: runner evaluates only when training.eval_every is set")
+            else:
+                tr.skip(key, value, f"runner {runner_key}s every N steps (training.eval_every / output.save_every)")
+    if (value := _pop(keys, "auto_resume_from_checkpoints", tr)) is not None:
+        tr.set("output.resume", "auto" if value else "never")
+    if _flag(keys, "curriculum_sampling", tr):
+        tr.set("data.shuffle", False)
+        tr.note("curriculum_sampling", "kept the dataset order (data.shuffle: false)")
+
+
+def _distributed(keys: dict, tr: Translation, bases: list[Path], out_dir: Path) -> None:
+    fsdp = _pop(keys, "fsdp", tr)
+    fsdp_config = _pop(keys, "fsdp_config", tr)
+    deepspeed = _pop(keys, "deepspeed", tr)
+    if fsdp or fsdp_config:
+        tr.set("distributed.backend", "fsdp")
+        fsdp_from_config(split_list(fsdp) if fsdp else [], fsdp_config or {}, tr, "fsdp_config")
+    if deepspeed:
+        if fsdp or fsdp_config:
+            tr.skip("deepspeed", deepspeed, "FSDP is also configured and wins")
+        else:
+            tr.set("distributed.backend", "deepspeed")
+            deepspeed_from_file(str(deepspeed), tr, "deepspeed", bases, out_dir)
+
+
+def _tracking(keys: dict, tr: Translation) -> None:
+    mode = _pop(keys, "wandb_mode", tr)
+    if mode is not None:
+        if "wandb_project" in keys and not is_unset(keys["wandb_project"]):
+            if mode in ("online", "offline", "disabled"):
+                tr.set("tracking.wandb.mode", mode)
+            else:
+                tr.skip("wandb_mode", mode, "W&B modes: online, offline, disabled")
+        else:
+            tr.skip("wandb_mode", mode, "no wandb_project: W&B is off")
+    for key in ("wandb_entity", "wandb_name"):
+        if not is_unset(keys.get(key)) and is_unset(keys.get("wandb_project")):
+            tr.skip(key, keys.pop(key), "no wandb_project: W&B is off")
+
+
+def _consistency(tr: Translation) -> None:
+    """Settings Axolotl derives on its own that runner wants written down."""
+    fsdp_qlora_storage(tr)
+    drop_lora_keys(tr, {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+                        "target_modules": "lora_target_modules", "dora": "peft_use_dora", "rslora": "peft_use_rslora",
+                        "init": "peft_init_lora_weights", "loraplus_lr_ratio": "loraplus_lr_ratio",
+                        "loraplus_lr_embedding": "loraplus_lr_embedding", "modules_to_save": "lora_modules_to_save"})
