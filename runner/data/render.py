@@ -18,6 +18,7 @@ turns; tool definitions they ignore are appended to the system message.
 from __future__ import annotations
 
 import json
+import re
 
 from runner.data.formats import RowError
 from runner.errors import UserError
@@ -60,8 +61,13 @@ class Renderer:
     """A compiled template with the tokenizer's special-token strings and template kwargs."""
 
     def __init__(self, source: str, special_tokens: dict | None = None, kwargs: dict | None = None,
-                 name: str = "template"):
+                 name: str = "template", added_tokens=()):
         self.source = source
+        # Where renderings disagree only by chance ("<" of "<|im_end|>" vs "<" of "<|user|>"),
+        # a boundary is pulled back to the start of the added token it would cut.
+        added = sorted({t for t in added_tokens if len(t) > 1}, key=len, reverse=True)
+        self._added_re = re.compile("|".join(map(re.escape, added))) if added else None
+        self._added_max = max((len(t) for t in added), default=0)
         self.name = name
         self.compiled = _compile(source)
         self.variables = {k: (v or "") for k, v in (special_tokens or {}).items()}
@@ -71,7 +77,17 @@ class Renderer:
     @classmethod
     def for_tokenizer(cls, template, tokenizer):
         tokens = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        return cls(template.source, tokens, template.kwargs, template.name)
+        return cls(template.source, tokens, template.kwargs, template.name, tokenizer.get_added_vocab())
+
+    def _snap(self, text: str, pos: int) -> int:
+        """pos, or the start of an added token of `text` that pos falls inside."""
+        if self._added_re is None or pos >= len(text):
+            return pos
+        lo = max(0, pos - self._added_max + 1)
+        for m in self._added_re.finditer(text, lo, min(len(text), pos + self._added_max)):
+            if m.start() < pos < m.end():
+                return m.start()
+        return pos
 
     def render(self, messages: list, tools=None, add_generation_prompt: bool = False) -> str:
         try:
@@ -148,9 +164,32 @@ class Renderer:
         return out, tools, notes
 
     # ---- the trained spans ------------------------------------------------------------------
+    @property
+    def has_markers(self) -> bool:
+        return re.search(r"\{%-?\s*generation\s*-?%\}", self.source) is not None
+
+    def render_tracked(self, messages: list, tools=None) -> tuple[str, list[tuple[int, int]]]:
+        """The rendering and the character spans of its {% generation %} blocks."""
+        blocks, spans = [], []
+        try:
+            with self.compiled.environment.activate_tracker(blocks, spans):
+                for block in self.compiled.generate(messages=messages, tools=tools, documents=None,
+                                                    add_generation_prompt=False, **self.variables):
+                    blocks.append(block)
+        except Exception as e:
+            raise TemplateRenderError(f"template {self.name} cannot render this conversation: {e}") from None
+        return "".join(blocks), sorted(spans)
+
     def spans(self, messages: list, tools, train_on: str = "assistant") -> tuple[str, list[tuple[int, int]]]:
-        """The rendered text and the (start, end) character spans that carry loss."""
-        full = self.render(messages, tools)
+        """The rendered text and the (start, end) character spans that carry loss.
+
+        Each assistant turn starts where the rendering with the generation prompt stops agreeing
+        with the full one. It ends at the end of its {% generation %} block when the template
+        has them (exact even for templates that append something only after the final turn),
+        else where the rendering through that turn stops agreeing with the full one.
+        """
+        marked = self.has_markers and hasattr(self.compiled, "environment")
+        full, blocks = self.render_tracked(messages, tools) if marked else (self.render(messages, tools), None)
         if train_on == "all":
             return full, [(0, len(full))]
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -160,7 +199,20 @@ class Renderer:
         for i in turns:
             prompt = self.render(messages[:i], tools, add_generation_prompt=True) if i else ""
             start = common_prefix_len(prompt, full)
-            end = common_prefix_len(self.render(messages[: i + 1], tools), full) if i + 1 < len(messages) else len(full)
+            if start < len(prompt):  # the generation prompt is not a prefix (DeepSeek's "<think>")
+                start = self._snap(prompt, start)
+            if spans and start < spans[-1][1]:
+                start = spans[-1][1]
+            last = i + 1 == len(messages)
+            if blocks is not None:
+                end = _block_end(blocks, start, extend=last)
+            elif last:
+                end = len(full)
+            else:
+                through = self.render(messages[: i + 1], tools)
+                end = common_prefix_len(through, full)
+                if end < len(through):  # something is rendered only after the final turn (Phi-3's EOS)
+                    end = self._snap(through, end)
             if end <= start:
                 raise UserError(
                     f"template {self.name} renders assistant turns differently once later turns follow "
@@ -169,7 +221,17 @@ class Renderer:
                     hint="use the family's training variant (template.name: qwen3 does), or a template that "
                          "renders earlier turns the same whatever follows",
                 )
-            if spans and start < spans[-1][1]:
-                start = spans[-1][1]
             spans.append((start, end))
         return full, spans
+
+
+def _block_end(blocks: list, start: int, extend: bool) -> int:
+    """End of the generation block holding (or following) `start`; after the final turn, blocks
+    that follow back to back (Phi-3's closing EOS) belong to it too."""
+    for k, (s, e) in enumerate(blocks):
+        if e > start:
+            while extend and k + 1 < len(blocks) and blocks[k + 1][0] == e:
+                k += 1
+                e = blocks[k][1]
+            return e
+    return start
