@@ -100,6 +100,8 @@ def _build(plan, tokenizer, progress):
         part = summarize(encoded.columns, stage)
         part["counts"] = dict(encoded.counts)
         part["template_refused_skipped"] = sum(encoded.skipped.values())
+        if part["template_refused_skipped"]:
+            part["counts"]["skipped_template_refused"] = part["template_refused_skipped"]
         columns = encoded.columns
         if seq.get("packing") and stage in ("sft", "pt"):
             columns, part["packing"] = pack(columns, seq["max_length"])

@@ -58,10 +58,14 @@ class _BadRows:
 
 def _reason_kind(reason: str) -> str:
     """A short, stable key for counting skipped rows by kind."""
-    for key in ("invalid JSON", "not valid JSON", "not UTF-8", "missing field", "unknown role", "empty assistant",
-                "must be", "no assistant", "empty"):
-        if key in reason:
-            return {"not valid JSON": "invalid JSON", "must be": "wrong type"}.get(key, key)
+    kinds = (("tool call", "bad tool call"), ("invalid JSON", "invalid JSON"), ("not valid JSON", "invalid JSON"),
+             ("not UTF-8", "not UTF-8"), ("missing field", "missing field"), ("unknown role", "unknown role"),
+             ("empty assistant", "empty assistant turn"), ("no assistant", "no assistant turn"),
+             ("system message may only", "misplaced system message"), ("columns, found", "wrong column count"),
+             ("expected a JSON array", "not a JSON array"), ("must be", "wrong type"), ("is empty", "empty field"))
+    for needle, kind in kinds:
+        if needle in reason:
+            return kind
     return "other"
 
 
