@@ -185,7 +185,10 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
     mdir, tdir = _model_dirs(model)
     gguf = model["gguf_file"] if not model.get("tokenizer") else None
     tok_fp = hashing.tree_digest(hashing.tokenizer_files(tdir, gguf), cache, tdir) if tdir else None
-    model_fp = hashing.tree_digest(hashing.model_files(mdir, model["gguf_file"]), cache, mdir) if mdir else None
+    files = hashing.model_files(mdir, model["gguf_file"]) if mdir else []
+    if mdir and model.get("random_init"):  # weights are not read: only the architecture counts
+        files = [f for f in files if f.name in hashing.MODEL_CONFIG_FILES]
+    model_fp = hashing.tree_digest(files, cache, mdir) if mdir else None
     if tok_fp is None:
         unresolved.append(f"tokenizer fingerprint: {model.get('tokenizer') or model['path']} is a hub id not in the local cache")
     if model_fp is None:
