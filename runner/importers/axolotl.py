@@ -239,11 +239,43 @@ def _training(keys: dict, tr: Translation) -> None:
                 tr.note(key, "no evaluation: runner evaluates only when training.eval_every is set")
             else:
                 tr.skip(key, value, f"runner {runner_key}s every N steps (training.eval_every / output.save_every)")
+    if (value := _pop(keys, "torch_compile", tr)) is not None and value is not False:
+        tr.set("training.torch_compile", True)
+        if value == "auto":
+            tr.note("torch_compile", "'auto' became true (runner compiles when asked)")
+    _plugins(keys, tr)
     if (value := _pop(keys, "auto_resume_from_checkpoints", tr)) is not None:
         tr.set("output.resume", "auto" if value else "never")
     if _flag(keys, "curriculum_sampling", tr):
         tr.set("data.shuffle", False)
         tr.note("curriculum_sampling", "kept the dataset order (data.shuffle: false)")
+
+
+def _plugins(keys: dict, tr: Translation) -> None:
+    """Axolotl's kernel plugins and their switches -> runner's training.liger / training.chunked_loss."""
+    plugins = split_list(_pop(keys, "plugins", tr) or [])
+    liger = any("liger" in p.lower() for p in plugins)
+    cce = any("cut_cross_entropy" in p.lower() for p in plugins)
+    for plugin in plugins:
+        if "liger" not in plugin.lower() and "cut_cross_entropy" not in plugin.lower():
+            tr.skip("plugins", plugin, "runner has no plugin system")
+    switches = {k: keys.pop(k) for k in list(keys) if k.startswith("liger_")}
+    if liger and any(v is True for v in switches.values()):
+        tr.set("training.liger", True)
+        tr.note("liger_*", "runner applies Liger's kernels as a set (training.liger: true)")
+    for key, value in switches.items():
+        if value is not True:
+            tr.idle.append(key)
+        elif not liger:
+            tr.skip(key, value, "the Liger plugin is not in plugins, so Axolotl ignores it too")
+    if (value := _pop(keys, "cut_cross_entropy", tr)) is not None:
+        if value is True and cce:
+            tr.set("training.chunked_loss", True)
+            tr.note("cut_cross_entropy", "runner's chunked cross-entropy plays the same role (no full fp32 logits)")
+        elif value is True:
+            tr.skip("cut_cross_entropy", value, "the Cut Cross-Entropy plugin is not in plugins")
+        else:
+            tr.idle.append("cut_cross_entropy")
 
 
 def _distributed(keys: dict, tr: Translation, bases: list[Path], out_dir: Path) -> None:

@@ -34,6 +34,8 @@ DIRECT = {
     "logging_steps": ("tracking.log_every", int), "save_total_limit": ("output.save_total_limit", int),
     "output_dir": ("output.dir", str), "overwrite_output_dir": ("output.overwrite", bool),
     "gradient_checkpointing": ("training.gradient_checkpointing", bool),
+    "enable_liger_kernel": ("training.liger", bool), "torch_compile": ("training.torch_compile", bool),
+    "train_from_scratch": ("model.random_init", bool),
 }
 # LLaMA-Factory / TrainingArguments defaults that differ from runner's and change the run.
 SOURCE_DEFAULTS = {
@@ -57,9 +59,9 @@ UNSUPPORTED = {
     "split_special_tokens": "no slow-tokenizer switch", "new_special_tokens_config": "no token initialisation from descriptions",
     "init_special_tokens": "no token initialisation choice", "rope_scaling": "no RoPE scaling", "shift_attn": "no shifted-sparse attention",
     "mixture_of_depths": "no mixture-of-depths", "use_unsloth": "no Unsloth", "use_unsloth_gc": "no Unsloth",
-    "enable_liger_kernel": "no Liger kernels switch", "moe_aux_loss_coef": "no MoE router loss setting",
+"moe_aux_loss_coef": "no MoE router loss setting",
     "use_reentrant_gc": "runner picks the checkpointing implementation", "upcast_layernorm": "no layernorm upcast",
-    "upcast_lmhead_output": "no lm_head upcast", "train_from_scratch": "runner fine-tunes pretrained weights",
+    "upcast_lmhead_output": "no lm_head upcast",
     "infer_backend": "inference setting", "offload_folder": "no weight offload folder", "use_kv_cache": "inference setting",
     "infer_dtype": "inference setting", "ms_hub_token": "ModelScope is not supported", "om_hub_token": "Modelers is not supported",
     "print_param_status": "runner prints trainable/total parameters", "quantization_device_map": "no quantized device map",
@@ -90,7 +92,7 @@ UNSUPPORTED = {
     "metric_for_best_model": "the final model is the last step's", "lr_scheduler_kwargs": "no scheduler kwargs",
     "save_only_model": "checkpoints always hold optimizer state (for resume)", "resume_from_checkpoint": "runner resumes from its own run directory (output.resume: auto)",
     "logging_dir": "logs go to the run directory", "tf32": "runner leaves TF32 matmuls to PyTorch's default",
-    "torch_compile": "no torch.compile switch", "group_by_length": "no length grouping", "label_smoothing_factor": "no label smoothing for SFT",
+    "group_by_length": "no length grouping", "label_smoothing_factor": "no label smoothing for SFT",
     "max_new_tokens": "inference setting", "do_sample": "inference setting", "temperature": "inference setting",
     "top_p": "inference setting", "top_k": "inference setting", "num_beams": "inference setting",
     "repetition_penalty": "inference setting", "length_penalty": "inference setting", "default_system": None,
