@@ -134,6 +134,7 @@ def write_plot(out: Path, sweep, trials: list, best) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves = [t for t in shown if len(t.intermediate) > 1]
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(11 if curves else 6.5, 4), squeeze=False)
@@ -153,6 +154,7 @@ def write_plot(out: Path, sweep, trials: list, best) -> Path | None:
         ax.step(*zip(*running), where="post", label="best so far", alpha=0.6)
     if best is not None:
         ax.annotate(f"best: trial {best.index}", (best.index, best.metric), textcoords="offset points", xytext=(5, 8))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title(f"{sweep.method} sweep: {metric} per trial ({sweep.goal})")
@@ -162,6 +164,7 @@ def write_plot(out: Path, sweep, trials: list, best) -> Path | None:
         ax2 = axes[0][1]
         for t in curves:
             ax2.plot(*zip(*t.intermediate), marker=".", label=f"trial {t.index}", alpha=0.8)
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel("evaluation point")
         ax2.set_ylabel(metric)
         ax2.set_title("during training")

