@@ -109,3 +109,17 @@ def test_switched_off_keys_are_listed_not_reported(tmp_path):
     assert "xformers_attention" in result.translation.idle
     assert "made_up_key" in result.translation.unmapped_keys()  # unknown keys are reported even when false
     assert "Empty or switched off in the source" in result.text
+
+
+def test_source_defaults_that_change_the_run_are_written_out(tmp_path):
+    axolotl = tmp_path / "a.yml"
+    axolotl.write_text("base_model: org/model\nadapter: lora\ndatasets:\n  - path: org/data\n    type: alpaca\n")
+    training = yaml.safe_load(import_config("axolotl", axolotl, tmp_path).text)["training"]
+    assert (training["micro_batch_size"], training["gradient_accumulation"], training["optimizer"]) == (
+        1, 1, "adamw_torch_fused")
+    lf = tmp_path / "l.yaml"
+    lf.write_text("model_name_or_path: org/model\ndataset: org/data\ndataset_dir: ONLINE\ntemplate: llama3\n")
+    config = yaml.safe_load(import_config("llamafactory", lf, tmp_path).text)
+    assert config["adapter"]["r"] == 8 and config["adapter"]["dropout"] == 0.0
+    assert config["training"]["learning_rate"] == 5e-5 and config["training"]["epochs"] == 3.0
+    assert config["training"]["precision"] == "fp32" and config["training"]["gradient_checkpointing"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runner.importers import axolotl_datasets as ds
 from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PREFIX_UNSUPPORTED, QUANT_KEYS,
-                                           RL_STAGES, SCHEDULERS, UNSUPPORTED)
+                                           RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS, UNSUPPORTED)
 from runner.importers.common import (Translation, as_bool, as_number, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
@@ -28,6 +28,10 @@ def translate(data: dict, source: Path, out_dir: Path) -> Translation:
     for key, value in keys.items():
         _simple(key, value, tr)
     _consistency(tr)
+    for dotted, value in SOURCE_DEFAULTS.items():
+        if tr.get(dotted) is None:
+            tr.set(dotted, value)
+            tr.note(dotted, f"Axolotl's default {value!r} written out (runner's default differs)")
     return tr
 
 

@@ -125,3 +125,6 @@ RL_STAGES = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo"), "kto": ("kto", None), 
 LORA_INITS = {"gaussian", "pissa", "olora"}
 QUANT_KEYS = {"bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
               "bnb_4bit_compute_dtype": "compute_dtype", "bnb_4bit_quant_storage": "quant_storage"}
+# Axolotl's own defaults (its hyperparameters schema) where runner's differ and change the run.
+SOURCE_DEFAULTS = {"training.micro_batch_size": 1, "training.gradient_accumulation": 1,
+                   "training.optimizer": "adamw_torch_fused"}
