@@ -125,4 +125,6 @@ def training_variant(tokenizer, template: str) -> tuple[str, str]:
         tokenizer.chat_template = original
     if patched:
         return patched, "trl:training variant"
-    return template, "tokenizer"
+    from trl.chat_template_utils import has_generation_markers
+
+    return template, "tokenizer (generation-marked)" if has_generation_markers(template) else "tokenizer"

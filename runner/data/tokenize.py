@@ -10,6 +10,7 @@ kto:  prompt_input_ids, completion_input_ids, label.
 
 from __future__ import annotations
 
+import bisect
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,14 +100,64 @@ def _render_all(items, render_one, progress, desc="rendering"):
 
 
 def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
+    """Token ids, and (with offsets=True) per-row offset lookups for the loss mask."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     ids, offs = [], []
     for i in range(0, len(texts), BATCH):
+        if backend is not None:  # the Rust tokenizer directly: same ids, no per-token Python offsets
+            encodings = backend.encode_batch(texts[i:i + BATCH], add_special_tokens=add_special_tokens)
+            ids += [e.ids for e in encodings]
+            if offsets:
+                offs += [EncodingOffsets(e) for e in encodings]
+            continue
         enc = tokenizer(texts[i:i + BATCH], add_special_tokens=add_special_tokens,
                         return_offsets_mapping=offsets, return_attention_mask=False)
         ids += enc["input_ids"]
         if offsets:
-            offs += enc["offset_mapping"]
+            offs += [ListOffsets(o) for o in enc["offset_mapping"]]
     return ids, offs
+
+
+class ListOffsets:
+    """Token character offsets as a list of (start, end), ascending."""
+
+    def __init__(self, offsets: list):
+        self.offsets = offsets
+
+    def ranges(self, spans: list) -> list[tuple[int, int]]:
+        """For each character span, the [first, last + 1) tokens overlapping it."""
+        starts = [s for s, _ in self.offsets]
+        ends = [max(e, s + 1) for s, e in self.offsets]
+        return [(bisect.bisect_right(ends, s), bisect.bisect_left(starts, e)) for s, e in spans]
+
+    def chars(self, t: int) -> tuple[int, int]:
+        return self.offsets[t]
+
+
+class EncodingOffsets:
+    """The same, asked of a Rust `Encoding` character by character: converting every token's
+    offsets to Python costs more than tokenizing."""
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+
+    def _token_at(self, pos: int, stop: int, step: int):
+        while pos != stop:
+            t = self.encoding.char_to_token(pos)
+            if t is not None:
+                return t
+            pos += step
+        return None
+
+    def ranges(self, spans: list) -> list[tuple[int, int]]:
+        out = []
+        for s, e in spans:
+            first, last = self._token_at(s, e, 1), self._token_at(e - 1, s - 1, -1)
+            out.append((first, last + 1) if first is not None and last is not None and last >= first else (0, 0))
+        return out
+
+    def chars(self, t: int) -> tuple[int, int]:
+        return self.encoding.token_to_chars(t)
 
 
 # ---- sft -----------------------------------------------------------------------------------------
@@ -129,17 +180,13 @@ def _sft(items, tokenizer, renderer, train_on, seq, progress):
     return _apply_length_policy(samples, kept, seq, counts, skipped)
 
 
-def labels_from_spans(ids: list, offsets: list, spans: list) -> list:
+def labels_from_spans(ids: list, offsets, spans: list) -> list:
     """A token carries loss when its characters overlap a trained span (a token that BPE merged
-    across the boundary counts as trained)."""
+    across the boundary counts as trained). `offsets`: a list of (start, end) or *Offsets."""
+    offsets = ListOffsets(offsets) if isinstance(offsets, list) else offsets
     labels = [IGNORE] * len(ids)
-    j = 0
-    for t, (s, e) in enumerate(offsets):
-        e = max(e, s + 1)
-        while j < len(spans) and spans[j][1] <= s:
-            j += 1
-        if j < len(spans) and spans[j][0] < e:
-            labels[t] = ids[t]
+    for a, b in offsets.ranges(spans):
+        labels[a:b] = ids[a:b]
     if labels:
         labels[0] = IGNORE
     return labels
@@ -154,13 +201,10 @@ def end_of_turn_ids(tokenizer) -> set:
 
 def eot_trained(ids, offsets, labels, spans, text, end_ids) -> bool:
     """Each trained span ends (whitespace aside) on a trained special token: the model learns to stop."""
-    for start, end in spans:
-        last = None
-        for t, (s, e) in enumerate(offsets):
-            if s >= end:
-                break
-            if e > start and labels[t] != IGNORE and text[s:e].strip():
-                last = t
+    offsets = ListOffsets(offsets) if isinstance(offsets, list) else offsets
+    for a, b in offsets.ranges(spans):
+        last = next((t for t in range(b - 1, a - 1, -1)
+                     if labels[t] != IGNORE and text[slice(*offsets.chars(t))].strip()), None)
         if last is None or ids[last] not in end_ids:
             return False
     return True
