@@ -211,6 +211,14 @@ def _apply_override(loaded: Loaded, text: str) -> None:
     loaded.positions[parts] = f"{COMMAND_LINE} ({text})"
 
 
+def load_raw(path: str | os.PathLike) -> Loaded:
+    """A config with its bases merged, as written: `${env:...}` values are kept unresolved (for
+    writing a config back out, e.g. a sweep's best trial), no overrides applied."""
+    path = Path(path).expanduser().resolve()
+    data, positions, files = _read_file(path, ())
+    return Loaded(path=path, data=data, positions=positions, files=files)
+
+
 def load(path: str | os.PathLike, overrides=()) -> Loaded:
     """Read a config with its bases, environment values and overrides. Raises UserError."""
     path = Path(path).expanduser().resolve()

@@ -75,7 +75,7 @@ def standalone_config(config_path: Path, params: dict, dst_dir: Path) -> tuple[d
     set, config-relative paths rewritten for dst_dir. Returns (config, notes for the header)."""
     from runner import config
 
-    data, _positions, _files = config._read_file(Path(config_path).resolve(), ())
+    data = config.load_raw(config_path).data
     holder = SimpleNamespace(data=copy.deepcopy(data), positions={})
     for name, value in params.items():
         set_key(holder, name, value, "best trial")
