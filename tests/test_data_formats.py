@@ -184,3 +184,14 @@ def test_mixing_num_samples_weight_and_seed():
     train, val = split_validation(list(range(100)), 0.1, seed=0)
     assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
     assert split_validation(list(range(100)), 7, seed=0)[1].__len__() == 7
+
+
+def test_message_keys_follow_the_file_whatever_the_format_name():
+    """LLaMA-Factory layouts mix the names: openai-style {role, content} under `conversations`,
+    sharegpt-style {from, value} under `messages`."""
+    openai_keys = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    sharegpt_keys = {"messages": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "label": False}
+    expected = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert Normalizer("sharegpt")(openai_keys)["messages"] == expected
+    assert Normalizer("kto")(sharegpt_keys)["messages"] == expected
+    assert Normalizer("kto", columns={"messages": "messages"})(sharegpt_keys)["messages"] == expected

@@ -169,8 +169,15 @@ class Normalizer:
     def _conversation_column(self, row):
         column = self.col["messages"]
         if column in row or "messages" in self.user_columns:
-            raw = self._get(row, "messages", required=True)
-            return _maybe_json(raw, column), self.col["role"], self.col["content"]
+            raw = _maybe_json(self._get(row, "messages", required=True), column)
+            role_key, content_key = self.col["role"], self.col["content"]
+            first = raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], dict) else {}
+            if "role" not in self.user_columns and role_key not in first:
+                # sharegpt-style {from, value} under an openai-style name, or the other way round
+                for _, other_role, other_content in _CONVERSATION_COLUMNS:
+                    if other_role in first:
+                        role_key, content_key = other_role, self.user_columns.get("content", other_content)
+            return raw, role_key, content_key
         for name, role_key, content_key in _CONVERSATION_COLUMNS:
             if name in row and row[name] is not None:
                 return (_maybe_json(row[name], name), self.user_columns.get("role", role_key),
