@@ -1,6 +1,8 @@
 """Launch-time distributed decisions: the world the launcher built (torchrun / accelerate launch env),
-`backend: auto` made concrete, launcher/YAML conflicts, and the Trainer arguments for each backend.
-The Plan (runner.launch_config) already holds the settings; this fills the deferred parts."""
+`backend: auto` made concrete, launcher/YAML conflicts, the Trainer arguments for each backend, and
+the two places where Accelerate needs a nudge (FSDP2 on CPU processes, the final FSDP save).
+The Plan (runner.launch_config) already holds the settings; this fills the deferred parts.
+Importing this module is cheap: accelerate / torch are imported inside the functions that use them."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ SAFE_NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1
 def world() -> dict:
     """Rank and size as the launcher (torchrun or accelerate launch) set them; 1 process otherwise."""
     env = os.environ
+    size = int(env.get("WORLD_SIZE", "1"))
+    local = int(env.get("LOCAL_WORLD_SIZE", str(size)))
     return {
-        "world_size": int(env.get("WORLD_SIZE", "1")),
+        "world_size": size,
         "rank": int(env.get("RANK", "0")),
         "local_rank": int(env.get("LOCAL_RANK", "0")),
-        "local_world_size": int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1"))),
-        "num_machines": max(1, int(env.get("WORLD_SIZE", "1")) // max(1, int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1"))))),
+        "local_world_size": local,
+        "num_machines": max(1, size // max(1, local)),
     }
 
 
@@ -36,7 +40,8 @@ def concrete_backend(plan, world_size: int) -> str:
 
 
 def check_launcher(plan) -> None:
-    """`accelerate launch --use_fsdp` with `backend: ddp` (and the like) is a conflict, not a guess."""
+    """`accelerate launch --use_fsdp` with `backend: ddp` (and the like) is a conflict, not a guess:
+    the error names the launcher's setting and the YAML key."""
     env = os.environ
     backend = plan.distributed["backend"]
     flags = {
@@ -46,18 +51,23 @@ def check_launcher(plan) -> None:
     for name, on in flags.items():
         if on and backend != name:
             raise UserError(
-                f"the launcher was started with {name} (accelerate launch --use_{name} / its config file) "
+                f"the launcher was started with {name} (accelerate launch --use_{name} or its config file) "
                 f"but distributed.backend is {backend!r}",
                 where="distributed.backend",
-                hint=f"set distributed.backend: {name}, or launch without --use_{name} (runner launch needs no flags)",
+                hint=f"set distributed.backend: {name}, or launch without {name}: `runner launch cfg.yaml` "
+                     "writes the launcher's settings from the YAML",
             )
     precision = env.get("ACCELERATE_MIXED_PRECISION")
     want = plan.training["precision"]
     if precision and precision != "no" and want not in ("auto", precision):
         raise UserError(
-            f"the launcher asked for mixed precision {precision} but training.precision is {want}",
+            f"the launcher asked for mixed precision {precision} (accelerate launch --mixed_precision) "
+            f"but training.precision is {want}",
             where="training.precision", hint="drop --mixed_precision from the launch command, or change the YAML")
     world_size = int(env.get("WORLD_SIZE", "1"))
+    if backend == "single" and world_size > 1:
+        raise UserError(f"the launcher started {world_size} processes but distributed.backend is 'single'",
+                        where="distributed.backend", hint="use backend: ddp (or auto), or launch one process")
     planned = plan.distributed["num_processes"]
     machines = plan.distributed["num_machines"]
     if planned and world_size > 1 and world_size != planned * machines:
@@ -76,7 +86,7 @@ def trainer_kwargs(plan, backend: str, wrap_class: str | None, device: str) -> d
         out["ddp_find_unused_parameters"] = False
     if backend == "fsdp":
         f = plan.distributed["fsdp"]
-        out["fsdp"] = "full_shard auto_wrap" if f["reshard_after_forward"] else "shard_grad_op auto_wrap"
+        out["fsdp"] = True  # everything else through fsdp_config (the string form is deprecated)
         out["fsdp_config"] = {
             "version": 2,
             "reshard_after_forward": f["reshard_after_forward"],
@@ -97,9 +107,48 @@ def trainer_kwargs(plan, backend: str, wrap_class: str | None, device: str) -> d
 
 
 def decoder_layer_class(model) -> str | None:
-    """The class FSDP wraps: the model's declared no-split module, else the repeated layer class."""
-    names = getattr(model, "_no_split_modules", None) or []
-    if names:
-        return names[0]
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    return type(layers[0]).__name__ if layers is not None and len(layers) else None
+    """The class FSDP wraps: a declared no-split module class that the model really contains (PEFT
+    wrappers forward the attribute; transformers 5 keeps it as a set), else the class repeated in the
+    longest ModuleList (the decoder stack)."""
+    present = {type(m).__name__ for m in model.modules()}
+    declared = getattr(model, "_no_split_modules", None) or []
+    for name in sorted(declared):
+        if name in present:
+            return name
+    best = None
+    for module in model.modules():
+        kids = list(module.children()) if type(module).__name__ == "ModuleList" else []
+        if kids and len({type(k) for k in kids}) == 1 and (best is None or len(kids) > len(best)):
+            best = kids
+    return type(best[0]).__name__ if best else None
+
+
+def shard_on_cpu(trainer) -> bool:
+    """Make FSDP2 real on CPU processes (gloo). Accelerate turns its FSDP plugin on only for
+    accelerator devices: on CPU it keeps MULTI_CPU and wraps the model in DDP without a word, so a
+    `backend: fsdp` run on CPU would be a DDP run. Call right after the Trainer is built (before
+    `train()` prepares the model); returns whether it switched. A no-op on GPUs and when repeated."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    args, state = trainer.args, trainer.accelerator.state
+    if (getattr(args, "fsdp_plugin_args", None) is None or state.distributed_type != DistributedType.MULTI_CPU
+            or getattr(state, "fsdp_plugin", None) is not None):
+        return False
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+    # Both shared states, as Accelerate itself does on GPUs (a later AcceleratorState() copies the
+    # PartialState's type back over its own).
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    return True
+
+
+def prepare_final_save(trainer) -> None:
+    """Call on every rank before `trainer.save_model(run_dir)`. Under FSDP the Trainer writes the
+    final weights only for FULL_STATE_DICT; with a sharded state dict type (right for checkpoints)
+    it silently saves nothing. Switch to the gathered form: the result is ordinary safetensors."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+            plugin.set_state_dict_type("FULL_STATE_DICT")
