@@ -40,7 +40,6 @@ def template_literals(source: str) -> set[str]:
 def check_template(plan, tokenizer) -> list[str]:
     from runner.data.render import Renderer, TemplateRenderError
     from runner.data.templates import resolve_template
-    from runner.data.tokenize import end_of_turn_ids, labels_from_spans
     from runner.errors import UserError
 
     data = plan.data
@@ -72,15 +71,15 @@ def check_template(plan, tokenizer) -> list[str]:
         out.append(f"error: {e.message} (template {template.name}, {template.origin}); incremental masking needs a "
                    "prefix-preserving template")
         return out
-    if train_on != "all" and not _stop_token_trained(tokenizer, text, spans, end_of_turn_ids, labels_from_spans):
+    if train_on != "all" and not _stop_token_trained(tokenizer, text, spans):
         out.append(f"error: template {template.name} never trains an end-of-turn token after the assistant's answer "
                    "with this tokenizer: the model would not learn to stop")
     out += _prefix_warnings(template, tokenizer)
     return out
 
 
-def _stop_token_trained(tokenizer, text, spans, end_of_turn_ids, labels_from_spans) -> bool:
-    from runner.data.tokenize import eot_trained
+def _stop_token_trained(tokenizer, text, spans) -> bool:
+    from runner.data.tokenize import end_of_turn_ids, eot_trained, labels_from_spans
 
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
