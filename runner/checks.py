@@ -68,6 +68,9 @@ def check(cfg: dict, raw: dict, where) -> Findings:
                 want = ", ".join(sorted(STAGE_FORMATS[stage]))
                 error((group, i, "format"), f"format {ds['format']!r} cannot train stage {stage!r} (needs {want})",
                       "dpo/orpo take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
+    if seq["packing"] and model["trust_remote_code"]:
+        warn(("sequence", "packing"), "a model with its own code may ignore per-sample position ids; packed samples "
+             "could then attend to each other", "check its attention code, or set sequence.packing: false")
     if seq["packing"] and stage in ("dpo", "kto", "orpo"):
         error(("sequence", "packing"), f"stage {stage} trains on prompt/answer pairs and cannot pack",
               "set sequence.packing: false")

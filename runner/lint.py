@@ -20,13 +20,15 @@ class LintResult:
         return not self.errors
 
 
-def lint_file(path: str, overrides=()) -> LintResult:
+def lint_file(path: str, overrides=(), deep: bool = False) -> LintResult:
     from runner.plan import make_plan
 
     result = LintResult(path)
     try:
         plan = make_plan(path, overrides)
         result.warnings = [_as_error(w) for w in plan.warnings]
+        if deep:
+            _deep_checks(plan, result)
     except ConfigErrors as err:
         result.errors, result.warnings = list(err.errors), list(err.warnings)
     except UserError as err:
@@ -34,19 +36,37 @@ def lint_file(path: str, overrides=()) -> LintResult:
     return result
 
 
+def _deep_checks(plan, result: LintResult) -> None:
+    """Checks that need the tokenizer (and so transformers): the template against the model's tokens."""
+    from runner.data import check_template
+    from runner.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(plan)
+    except UserError as err:
+        result.errors.append(err)
+        return
+    for finding in check_template(plan, tokenizer):
+        severity, _, text = finding.partition(": ")
+        entry = UserError(text, where=f"{result.path} (template)")
+        (result.errors if severity == "error" else result.warnings).append(entry)
+
+
 def _as_error(text: str) -> UserError:
     where, _, rest = text.partition(": ")
     return UserError(rest, where=where) if rest else UserError(text)
 
 
-def lint_files(paths, overrides=()) -> list[LintResult]:
-    return [lint_file(p, overrides) for p in paths]
+def lint_files(paths, overrides=(), deep: bool = False) -> list[LintResult]:
+    return [lint_file(p, overrides, deep) for p in paths]
 
 
 def add_arguments(p) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="config files to check")
     p.add_argument("--format", choices=["text", "json"], default="text", help="json: one report for CI tools")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
+    p.add_argument("--deep", action="store_true",
+                   help="also load each tokenizer and check the chat template against it (imports transformers)")
 
 
 def _entry(e: UserError, severity: str) -> dict:
@@ -54,7 +74,7 @@ def _entry(e: UserError, severity: str) -> dict:
 
 
 def run(args) -> int:
-    results = lint_files(args.files)
+    results = lint_files(args.files, deep=args.deep)
     failed = any(not r.ok or (args.strict and r.warnings) for r in results)
     if args.format == "json":
         report = [{"file": r.path, "ok": r.ok,
