@@ -7,13 +7,7 @@ from dataclasses import dataclass
 
 from runner.errors import UserError
 
-STAGE_FORMATS = {
-    "sft": {"alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
-    "pt": {"text", "alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
-    "dpo": {"preference"},
-    "orpo": {"preference"},
-    "kto": {"kto"},
-}
+from runner.checks import STAGE_FORMATS  # one table: lint and the pipeline agree
 
 
 @dataclass
