@@ -221,3 +221,29 @@ def _calls_in(path: Path) -> set[str]:
 def test_train_makes_the_two_fsdp_calls_itself():
     calls = _calls_in(REPO / "runner" / "train.py")
     assert {"shard_on_cpu", "prepare_final_save", "check_launcher", "trainer_kwargs"} <= calls
+
+
+def test_fsdp2_sharded_checkpoint_resumes_to_the_same_result(tmp_path, model_dir):
+    import shutil
+
+    cfg = write_config(tmp_path, model_dir, name="resume",
+                       training={"max_steps": STEPS, "micro_batch_size": GLOBAL_BATCH // 2, "gradient_accumulation": 1},
+                       extra={"distributed": {"backend": "fsdp"}, "output": {"dir": str(tmp_path / "run"), "save_every": 2}})
+    argv = ["launch", cfg, "--cpu", "--num-processes", "2"]
+    run_cli(argv, probe_dir=tmp_path / "probe", hooks=True)
+    assert all(p["is_fsdp2"] for p in probes(tmp_path / "probe"))
+    run = tmp_path / "run"
+    whole_losses = losses(run)
+    whole_adapter = safetensors(run / "adapter_model.safetensors")
+    shards = sorted(p.name for p in (run / "checkpoints" / "checkpoint-2" / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"], "one shard per rank (sharded state dict)"
+    # As if the run had stopped after the step-2 checkpoint.
+    for name in ("RUN_COMPLETE", "adapter_model.safetensors", "adapter_config.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    _, err = run_cli(argv, probe_dir=tmp_path / "probe", hooks=True)
+    assert "resuming from checkpoint-2" in err
+    assert losses(run) == whole_losses
+    resumed = safetensors(run / "adapter_model.safetensors")
+    for key, value in resumed.items():
+        assert value.equal(whole_adapter[key]), key
