@@ -122,3 +122,110 @@ def write_launch_files(settings_file: dict, cfg: dict, run_dir: Path) -> list[Pa
             path.write_text(json.dumps(conf, indent=2) + "\n")
             written.append(path)
     return written
+
+
+# --- semantic checks of the distributed section (called from runner.checks.check) ---
+
+def read_user_deepspeed(path: str) -> tuple[dict | None, str | None]:
+    """(the user's DeepSpeed JSON, or None with a reason naming file:line:column)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"cannot read {path}: {err.__class__.__name__}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})"
+    if not isinstance(data, dict):
+        return None, f"{path}: a DeepSpeed config is a JSON object, not {type(data).__name__}"
+    return data, None
+
+
+def zero_stage(cfg: dict) -> int | None:
+    """The ZeRO stage that will run: the user's file wins over distributed.deepspeed.zero_stage."""
+    dist = cfg["distributed"]
+    if dist["backend"] != "deepspeed":
+        return None
+    if dist["deepspeed"]["config"]:
+        data, _ = read_user_deepspeed(dist["deepspeed"]["config"])
+        stage = ((data or {}).get("zero_optimization") or {}).get("stage")
+        return stage if isinstance(stage, int) else 0
+    return dist["deepspeed"]["zero_stage"]
+
+
+def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str | None]]:
+    """Findings as (severity "error" | "warning", key path, message, hint). `cfg` has defaults
+    filled; `raw` is the config as written (to tell keys the user set from defaults)."""
+    found: list = []
+    dist, training, adapter = cfg["distributed"], cfg["training"], cfg["adapter"]
+    raw_dist = raw.get("distributed") or {}
+    backend, ds = dist["backend"], dist["deepspeed"]
+    machines, nproc = dist["num_machines"], dist["num_processes"]
+
+    if backend == "single" and ((nproc or 1) > 1 or machines > 1):
+        found.append(("error", ("distributed", "backend"),
+                      f"backend single runs one process, but num_processes x num_machines is {nproc or 1} x {machines}",
+                      "use backend: ddp (or auto), or drop num_processes / num_machines"))
+    if dist["machine_rank"] is not None and dist["machine_rank"] >= machines:
+        found.append(("error", ("distributed", "machine_rank"),
+                      f"machine_rank {dist['machine_rank']} does not exist with num_machines {machines} (ranks 0..{machines - 1})",
+                      "leave machine_rank out of the shared YAML and pass --machine-rank on each machine"))
+    for section, owner in (("fsdp", "fsdp"), ("deepspeed", "deepspeed")):
+        if raw_dist.get(section) and backend != owner:
+            found.append(("warning", ("distributed", section),
+                          f"these settings apply to backend {owner}, but the backend is {backend}; ignored"))
+    if backend == "deepspeed" and not ds["config"]:
+        if ds["offload_params"] != "none" and ds["zero_stage"] != 3:
+            found.append(("error", ("distributed", "deepspeed", "offload_params"),
+                          f"parameter offload needs ZeRO stage 3 (zero_stage is {ds['zero_stage']})",
+                          "set zero_stage: 3, or offload only the optimizer (offload_optimizer)"))
+        if ds["offload_optimizer"] != "none" and ds["zero_stage"] == 0:
+            found.append(("error", ("distributed", "deepspeed", "offload_optimizer"),
+                          "optimizer offload needs ZeRO stage 1, 2 or 3 (zero_stage is 0)", "set zero_stage: 2"))
+        for key in ("offload_optimizer", "offload_params"):
+            if ds[key] == "nvme":
+                found.append(("error", ("distributed", "deepspeed", key),
+                              "NVMe offload needs a path on a local NVMe disk, which these settings cannot give",
+                              "use cpu, or your own DeepSpeed JSON (distributed.deepspeed.config) with nvme_path"))
+    if backend == "deepspeed" and ds["config"]:
+        found += _check_user_deepspeed(ds["config"], training, nproc * machines if nproc else None)
+    sharded = backend == "fsdp" or zero_stage(cfg) == 3
+    if sharded and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
+        found.append(("warning", ("adapter", "init"),
+                      "a PiSSA adapter trained with sharded parameters is saved unconverted: it applies to the "
+                      "residual base, not to the original model", "use backend: ddp for PiSSA, or init: default"))
+    return found
+
+
+def _check_user_deepspeed(path: str, training: dict, world: int | None) -> list:
+    where = ("distributed", "deepspeed", "config")
+    data, problem = read_user_deepspeed(path)
+    if data is None:
+        return [("error", where, problem, "fix the file, or remove distributed.deepspeed.config to use runner's")]
+    found = []
+    micro, accum = training["micro_batch_size"], training["gradient_accumulation"]
+    pairs = [("train_micro_batch_size_per_gpu", micro, "training.micro_batch_size"),
+             ("gradient_accumulation_steps", accum, "training.gradient_accumulation"),
+             ("gradient_clipping", training["max_grad_norm"], "training.max_grad_norm")]
+    for key, ours, our_key in pairs:
+        theirs = data.get(key)
+        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and ours is not None and theirs != ours:
+            found.append(("error", where, f"{Path(path).name} sets {key}: {theirs} but {our_key} is {ours}",
+                          f'write "{key}": "auto" in the file (the YAML then decides), or make them equal'))
+    total = data.get("train_batch_size")
+    if isinstance(total, int) and not isinstance(total, bool):
+        if world and total != micro * accum * world:
+            found.append(("error", where, f"{Path(path).name} sets train_batch_size: {total} but micro_batch_size x "
+                          f"gradient_accumulation x processes is {micro} x {accum} x {world} = {micro * accum * world}",
+                          'write "train_batch_size": "auto"'))
+        elif not world and total % (micro * accum):
+            found.append(("error", where, f"{Path(path).name} sets train_batch_size: {total}, which "
+                          f"micro_batch_size x gradient_accumulation ({micro * accum}) does not divide",
+                          'write "train_batch_size": "auto"'))
+    precision = training["precision"]
+    for kind in ("bf16", "fp16"):
+        enabled = (data.get(kind) or {}).get("enabled") if isinstance(data.get(kind), dict) else None
+        if enabled is True and precision not in ("auto", kind):
+            found.append(("error", where, f"{Path(path).name} enables {kind} but training.precision is {precision}",
+                          f'write "{kind}": {{"enabled": "auto"}} in the file, or set training.precision: {kind}'))
+    return found
