@@ -189,9 +189,11 @@ def drop_gguf_quantizer(model) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
     if quantizer is not None and str(getattr(method, "value", method)) == "gguf":
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        quantizer.remove_quantization_config(model)  # hf_quantizer, config.quantization_config, is_quantized
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "_is_quantized", False):
+                config._is_quantized = False
 
 
 def is_quantized(model) -> bool:

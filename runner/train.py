@@ -20,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
 
 
-def run(target, *, overwrite: bool = False):
-    """CLI entry (argparse namespace -> exit code) and library entry (Plan -> run directory)."""
+def run(target, *, overwrite: bool = False, callbacks=()):
+    """CLI entry (argparse namespace -> exit code) and library entry (Plan -> run directory).
+    `callbacks`: extra transformers TrainerCallbacks (library use: probes, early stops)."""
     if isinstance(target, argparse.Namespace):
         from runner.plan import make_plan
 
@@ -32,7 +33,7 @@ def run(target, *, overwrite: bool = False):
         if _is_main():
             print(f"run directory: {run_dir}", file=sys.stderr)
         return 0
-    return train_plan(target, overwrite=overwrite)
+    return train_plan(target, overwrite=overwrite, callbacks=callbacks)
 
 
 def _is_main() -> bool:
@@ -56,7 +57,7 @@ def _versions() -> dict:
     return out
 
 
-def train_plan(plan, *, overwrite: bool = False) -> Path:
+def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from runner import distributed
 
@@ -155,7 +156,7 @@ def train_plan(plan, *, overwrite: bool = False) -> Path:
                                 is_main=is_main)
     trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
                             collator=TokenCounter(collator) if collator is not None else None,
-                            callbacks=[callback], ref_model=ref_model)
+                            callbacks=[callback, *callbacks], ref_model=ref_model)
     if collator is None:  # the TRL trainer built its own
         trainer.data_collator = TokenCounter(trainer.data_collator)
     trainer_ref.append(trainer)
