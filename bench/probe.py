@@ -1,0 +1,148 @@
+"""Run a Python script or module unchanged and record, from inside its process, what it does not
+report itself: the time of every optimizer step, peak allocated and reserved accelerator memory
+after the warm-up steps, the device and the library versions.
+
+    python bench/probe.py --out probe.json --warmup 3 [--cwd DIR] SCRIPT.py [args...]
+    python bench/probe.py --out probe.json --warmup 5 -m runner train cfg.yaml [overrides...]
+
+Step times come from torch's global optimizer-step hook (a public torch API), so runner's Trainer,
+TRL's trainers and hand-written loops are timed by the same clock: on a GPU a CUDA event recorded
+after each optimizer step (no host-device sync inside the run), on a CPU the host clock. The hook
+also resets the peak-memory counters once the warm-up steps are done, as the shared baselines do.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import runpy
+import sys
+import time
+import traceback
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "liger-kernel",
+            "flash-attn", "runner")
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class StepClock:
+    """Stamps each optimizer step; resets the peak-memory counters after `warmup` steps."""
+
+    def __init__(self, warmup: int):
+        import torch
+
+        self.torch = torch
+        self.cuda = torch.cuda.is_available()
+        self.warmup = warmup
+        self.stamps = []
+        self.peak_reset_at = None
+
+    def hook(self, optimizer, args, kwargs) -> None:
+        if self.cuda:
+            event = self.torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.stamps.append(event)
+        else:
+            self.stamps.append(time.perf_counter())
+        if len(self.stamps) == self.warmup and self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+            self.peak_reset_at = self.warmup
+
+    def step_times(self) -> list[float]:
+        """Seconds between consecutive optimizer steps (the first step has no predecessor)."""
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.stamps, self.stamps[1:])]
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+    def memory(self) -> dict:
+        rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        if not self.cuda:
+            return {"peak_allocated_gib": None, "peak_reserved_gib": None, "peak_rss_gib": round(rss_gib, 3)}
+        t = self.torch.cuda
+        return {"peak_allocated_gib": round(t.max_memory_allocated() / 2**30, 3),
+                "peak_reserved_gib": round(t.max_memory_reserved() / 2**30, 3),
+                "peak_rss_gib": round(rss_gib, 3)}
+
+    def device(self) -> str:
+        if self.cuda:
+            return self.torch.cuda.get_device_name(0)
+        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+
+
+def run_target(module: str | None, target: list[str]) -> int:
+    """Run the target as __main__ with its own argv; returns its exit code."""
+    try:
+        if module:
+            sys.argv = [module, *target]
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(target)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])))
+            runpy.run_path(target[0], run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file the measurements are written to")
+    parser.add_argument("--warmup", type=int, default=3, help="optimizer steps before the peak-memory reset")
+    parser.add_argument("--cwd", help="directory to run the target in")
+    parser.add_argument("-m", dest="module", help="run a module (like python -m)")
+    parser.add_argument("target", nargs=argparse.REMAINDER, help="script and its arguments, or the module's arguments")
+    args = parser.parse_args(argv)
+    if not args.module and not args.target:
+        parser.error("name a script or -m MODULE")
+    out = os.path.abspath(args.out)
+    if args.target and not args.module:
+        args.target[0] = os.path.abspath(args.target[0])
+    if args.cwd:
+        os.chdir(args.cwd)
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    clock = StepClock(args.warmup)
+    handle = register_optimizer_step_post_hook(clock.hook)
+    started = time.time()
+    error = None
+    try:
+        code = run_target(args.module, args.target)
+    except BaseException as exc:  # recorded, then re-raised after the result file is written
+        error = exc
+        code = 1
+        traceback.print_exc()
+    handle.remove()
+    result = {"exit_code": code, "error": None if error is None else f"{type(error).__name__}: {error}"[:2000],
+              "warmup": args.warmup, "optimizer_steps": len(clock.stamps), "step_times_s": clock.step_times(),
+              "wall_s": round(time.time() - started, 3), "device": clock.device(), "versions": versions(),
+              **clock.memory()}
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    if isinstance(error, KeyboardInterrupt):
+        raise error
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The GPU benchmark harness (bench/harness.py) in --smoke on the CPU: a scenario through runner and
+its hand-written baseline, with the result fields a GPU run will fill; and the FLOP count and
+scenario configs it relies on."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+sys.path.insert(0, str(REPO / "bench"))
+
+import catalog  # noqa: E402
+import flops  # noqa: E402
+import report  # noqa: E402
+
+
+def test_llama3_8b_counts_match_the_shared_baselines_model():
+    c = flops.shape_counts(catalog.SHAPES["llama3_8b"])
+    norms = 4096 * (2 * 32 + 1)
+    assert c["decoder_matmul_params"] + 2 * c["head_params"] + norms == 8030261248  # n_params in baselines2.py
+    # LoRA: 4N + 3A with A the causal attention forward over a 2048-token row.
+    attn = 2 * 2 * 32 * 4096 * 2048
+    assert flops.flops_per_token(catalog.SHAPES["llama3_8b"], "lora", 2048) == 4 * 6979321856 + 3 * attn
+    assert flops.flops_per_token(catalog.SHAPES["llama3_8b"], "dpo_lora", 2048) == 6 * 6979321856 + 4 * attn
+    full = flops.flops_per_token(catalog.SHAPES["llama32_1b"], "full", 2048, include_head=True)
+    assert full == 6 * (16 * (2048 * 2048 * 2 + 2 * 2048 * 512 + 3 * 2048 * 8192) + 2048 * 128256) + 3 * 4 * 16 * 2048 * 2048
+    tf = flops.useful_tflops(5974, catalog.SHAPES["llama3_8b"], "lora", 2048, 790.0)
+    assert 185 < tf["tflops"] < 187 and tf["tflops"] < tf["tflops_incl_head"]  # 211 counting embeddings too
+    assert tf["mfu"] == round(tf["tflops"] / 790.0, 4)
+
+
+def test_attention_span_and_percentiles():
+    assert flops.token_weighted_span([2048] * 4) == 2048
+    assert flops.token_weighted_span([1, 3]) == 2.5
+    assert flops.token_weighted_span([]) is None
+    times = [float(i) for i in range(20, 0, -1)]
+    stats = report.step_stats(times)
+    assert (stats["p50"], stats["p90"], stats["p99"], stats["n"]) == (10.0, 18.0, 20.0, 20)
+
+
+def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared_data):
+    import harness
+    import modeldir
+    from runner.plan import make_plan
+
+    shapes = {}
+    for scenario in catalog.SCENARIOS.values():
+        if scenario.shape not in shapes:
+            shapes[scenario.shape] = modeldir.build(dict(catalog.SHAPES[scenario.shape], **catalog.TINY),
+                                                    tmp_path / scenario.shape, shared_data, smoke=True)
+        cfg = harness.HERE / "scenarios" / scenario.config
+        overrides = harness.runner_overrides(scenario, cfg, shapes[scenario.shape], shared_data, tmp_path / "work",
+                                             smoke=False, cpu=False, warmup=5, measure=20)
+        plan = make_plan(str(cfg), overrides)
+        assert plan.model["random_init"] is True and plan.model["path"] == str(shapes[scenario.shape])
+        assert plan.training["max_steps"] == 25 and plan.tracking["log_every"] == 5
+        assert all(Path(d["path"]).parent == shared_data for d in plan.data["datasets"])
+        assert plan.data["sequence"]["max_length"] == 2048
+        expected = {"lora": "lora", "dpo_lora": "lora", "full": "full"}[scenario.work]
+        assert plan.adapter["kind"] == expected, scenario.name
+        assert (plan.quantization or {}).get("bits") == (4 if scenario.name == "qlora8b" else None)
+        assert (plan.training["stage"] == "dpo") == (scenario.work == "dpo_lora")
+
+
+def _harness(tmp_path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(REPO / "bench" / "harness.py"), *args, "--smoke", "--out", str(tmp_path / "out"),
+           "--work", str(tmp_path / "work"), "--data", str(SHARED / "data"), "--baselines", str(SHARED / "baselines")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_baseline_that_needs_cuda_is_reported_skipped(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the shared baseline would run")
+    proc = _harness(tmp_path, "lora8b_packed", "--side", "baseline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "lora8b_packed-smoke.json").read_text())
+    assert result["baseline"]["status"] == "skipped" and "CUDA" in result["baseline"]["reason"]
+    assert result["runner"] == {"status": "not run"} and result["ratio_tokens_per_s"] is None
+    assert "| lora8b_packed (smoke) | not run | skipped |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_full1b_smoke_runs_runner_and_its_baseline(tmp_path):
+    proc = _harness(tmp_path, "full1b")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "out" / "full1b-smoke.json").read_text())
+    run, base = result["runner"], result["baseline"]
+    assert run["status"] == "ok" and base["status"] == "ok", (run, base)
+    assert result["smoke"] is True and result["same_launch"] is True and result["date"].startswith("20")
+    assert {"torch", "transformers", "peft", "trl"} <= {k for k, v in result["versions"].items() if v}
+    assert result["device"]
+    # Every wiki document is longer than 128 tokens: each packed row is one truncated sample, no padding.
+    assert run["tokens"] == run["timed_steps"] * 2 * 128 == 512
+    assert run["attn_ctx"] == 128.0
+    assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["window_s"], rel=1e-3)
+    assert run["step_time_s"]["n"] == 2 and base["step_time_s"]["n"] == 3  # baseline: STEPS=3 after 3 warm-up
+    assert run["optimizer_steps"] == 4 and base["optimizer_steps"] == 6
+    assert base["reported"]["tokens_per_s"] == base["tokens_per_s"] > 0
+    assert result["ratio_tokens_per_s"] == round(run["tokens_per_s"] / base["tokens_per_s"], 3)
+    for side in (run, base):
+        assert side["tflops"] > 0 and side["tflops_incl_head"] > side["tflops"]
+        memory = side["peak_allocated_gib"] if side["peak_allocated_gib"] is not None else side["peak_rss_gib"]
+        assert memory > 0
+        assert 0 < side["step_time_s"]["min"] <= side["step_time_s"]["p50"] <= side["step_time_s"]["max"]
+    assert "6*N + 3*A" in result["flops_formula"]
+    row = (tmp_path / "out" / "full1b-smoke.md").read_text()
+    assert row.startswith(report.HEADER) and "| full1b (smoke) |" in row
