@@ -107,7 +107,10 @@ def check(cfg: dict, raw: dict, where) -> Findings:
              "pip install 'runner[flash]' on the GPU machine, or use sdpa")
 
     backend = dist["backend"]
-    sharded = backend == "fsdp" or (backend == "deepspeed" and dist["deepspeed"]["zero_stage"] == 3)
+    from runner.launch_config import check_distributed, zero_stage
+
+    # A user's own DeepSpeed file decides the stage that really runs, not the YAML default.
+    sharded = backend == "fsdp" or (backend == "deepspeed" and zero_stage(cfg) == 3)
     if bits == 4 and sharded and quant["quant_storage"] != model["dtype"]:
         error(("quantization", "quant_storage"),
               f"QLoRA under {'FSDP' if backend == 'fsdp' else 'ZeRO-3'} shards the 4-bit weights and needs "
@@ -128,4 +131,6 @@ def check(cfg: dict, raw: dict, where) -> Findings:
         warn(("training", "optimizer"), "8-bit optimizers do not shard their state under FSDP/ZeRO-3")
     if dist["num_machines"] > 1 and not dist["main_address"]:
         warn(("distributed", "main_address"), "several machines but no main_address; MASTER_ADDR must be set on each")
+    for severity, path, message, *hint in check_distributed(cfg, raw):
+        (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
     return Findings(errors, warnings)
