@@ -58,8 +58,9 @@ def useful_tflops(tokens_per_s: float | None, shape: dict, work: str, ctx: float
         return {"tflops": None, "tflops_incl_head": None, "mfu": None, "mfu_incl_head": None}
     strict = tokens_per_s * flops_per_token(shape, work, ctx) / 1e12
     head = tokens_per_s * flops_per_token(shape, work, ctx, include_head=True) / 1e12
-    return {"tflops": round(strict, 2), "tflops_incl_head": round(head, 2),
-            "mfu": round(strict / peak_tflops, 4), "mfu_incl_head": round(head / peak_tflops, 4)}
+    sig = lambda v: float(f"{v:.4g}")  # noqa: E731  (4 significant digits: a GPU's 186.3 and a CPU's 0.01234)
+    return {"tflops": sig(strict), "tflops_incl_head": sig(head), "mfu": sig(strict / peak_tflops),
+            "mfu_incl_head": sig(head / peak_tflops)}
 
 
 def token_weighted_span(lengths) -> float | None:

@@ -97,13 +97,17 @@ def failed(status: str, output: str, probe: dict) -> dict:
 
 # --- runner side -------------------------------------------------------------------------------
 
+def run_dir_of(scenario, work: Path, smoke: bool) -> Path:
+    return work / "runs" / (scenario.name + ("-smoke" if smoke else ""))
+
+
 def runner_overrides(scenario, cfg_path: Path, model_dir: Path, data_dir: Path, work: Path, smoke: bool,
                      cpu: bool, warmup: int, measure: int) -> list[str]:
     import yaml
 
     raw = yaml.safe_load(cfg_path.read_text())
     out = [f"model.path={model_dir}", f"data.cache_dir={work / 'cache'}",
-           f"output.dir={work / 'runs' / (scenario.name + ('-smoke' if smoke else ''))}",  # run_runner reads it
+           f"output.dir={run_dir_of(scenario, work, smoke)}",
            "output.overwrite=true", "output.resume=never", "output.save_every=null",
            f"training.max_steps={warmup + measure}", f"tracking.log_every={warmup}", "tracking.progress_bar=false",
            "tracking.wandb=null"]
@@ -142,22 +146,23 @@ def run_runner(scenario, ctx: dict) -> dict:
     warmup, measure = (SMOKE_WARMUP, SMOKE_MEASURE) if ctx["smoke"] else (scenario.warmup, scenario.measure)
     overrides = runner_overrides(scenario, cfg, ctx["model_dir"], ctx["data_dir"], ctx["work"], ctx["smoke"],
                                  not ctx["cuda"], warmup, measure)
-    run_dir = ctx["work"] / "runs" / (scenario.name + ("-smoke" if ctx["smoke"] else ""))
+    metrics = run_dir_of(scenario, ctx["work"], ctx["smoke"]) / "metrics.jsonl"
     probe, output = run_probed(["-m", "runner", "train", str(cfg), *overrides], probe_out=ctx["work"] / "probe-runner.json",
                                warmup=warmup, log=ctx["work"] / f"{scenario.name}-runner.log", env=child_env(),
                                timeout=ctx["timeout"])
     side = {"command": f"runner train {cfg.relative_to(REPO)} " + " ".join(overrides), "warmup_steps": warmup,
             "timed_steps": measure}
-    if probe.get("exit_code"):
+    if probe.get("exit_code") or not metrics.is_file():
         return {**side, **failed("failed", output, probe)}
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     by_step = {r["step"]: r for r in rows if r.get("kind") == "train"}
     times = probe.get("step_times_s") or []
     window = times[warmup - 1:warmup + measure - 1]
     if warmup not in by_step or warmup + measure not in by_step or len(window) < measure:
         return {**side, **failed("no timed window", output, probe), "metrics_steps": sorted(by_step)}
     tokens = by_step[warmup + measure]["tokens"] - by_step[warmup]["tokens"]
-    memory_mb = max((r.get("memory_mb") or 0) for r in by_step.values())
+    # runner's own figure, a cross-check of the probe's (the probe reset the counters at the warm-up's end)
+    memory_mb = max((r.get("memory_mb") or 0) for s, r in by_step.items() if s > warmup)
     try:
         span = attention_span_of_run(cfg, overrides)
     except Exception as exc:  # the FLOP count is a derived figure: keep the measurement
@@ -165,7 +170,7 @@ def run_runner(scenario, ctx: dict) -> dict:
         span = None
     result = {**side, "status": "ok", "tokens": tokens, "window_s": round(sum(window), 4),
               "tokens_per_s": round(tokens / sum(window), 1), "attn_ctx": span,
-              "metrics_peak_allocated_gib_whole_run": round(memory_mb / 1024, 3),
+              "metrics_peak_memory_gib": round(memory_mb / 1024, 3),
               "metrics_tokens_per_s": [by_step[s].get("tokens_per_s") for s in sorted(by_step) if s > warmup],
               **measured_side(probe, window)}
     result.update(flops.useful_tflops(result["tokens_per_s"], ctx["shape"], scenario.work, span, ctx["peak_tflops"]))

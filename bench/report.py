@@ -88,3 +88,28 @@ def update_results_table(path: Path, result: dict) -> bool:
             path.write_text("\n".join(lines) + "\n")
             return True
     return False
+
+
+def main(argv=None) -> int:
+    """`python bench/report.py RESULT.json... --results bench/RESULTS.md`: put results fetched from a GPU
+    run into the table (and print their rows)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("results_json", nargs="+", type=Path)
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    args = p.parse_args(argv)
+    missing = 0
+    for path in args.results_json:
+        result = json.loads(path.read_text())
+        print(markdown_row(result))
+        if result.get("smoke"):
+            print(f"{path}: a --smoke result, not put in {args.results}")
+        elif not update_results_table(args.results, result):
+            print(f"{path}: {args.results} has no row for {result['scenario']}")
+            missing += 1
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
