@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from runner.errors import UserError
 
-PISSA_INIT_DIR = ".pissa_init"
+PISSA_INIT_DIR = "pissa_init"
 
 
 @dataclass

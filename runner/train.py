@@ -74,7 +74,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     from transformers import set_seed
 
     from runner import data as pipeline
-    from runner.adapters import apply_adapter, is_pissa, print_parameters, save_pissa_initial
+    from runner.adapters import PISSA_INIT_DIR, apply_adapter, is_pissa, print_parameters, save_pissa_initial
     from runner.model import load_model, local_device, resolve_dtype, resolve_precision
 
     stage = plan.training["stage"]
@@ -94,7 +94,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
         print_parameters(info)
     pissa_init = None
     if is_pissa(plan.adapter):
-        pissa_init = str(run_dir / ".pissa_init")
+        pissa_init = str(run_dir / PISSA_INIT_DIR)
         if is_main:
             save_pissa_initial(model, pissa_init)
     ref_model = None

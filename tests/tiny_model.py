@@ -27,6 +27,9 @@ def tiny_config(arch: str = "llama", vocab_size: int = 700, hidden: int = 32, la
         max_position_embeddings=512,
         tie_word_embeddings=False,
         use_cache=True,
+        # With the usual 0.02 a frozen random head caps the logit range near 1: an adapter could
+        # never lower the loss much. 0.2 gives tiny models room to learn.
+        initializer_range=0.2,
         **extra,
     )
     if arch == "llama":
@@ -116,3 +119,64 @@ def write_config(
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def probe_ids():
+    """A fixed input for comparing a trained model in memory with its saved and reloaded self."""
+    import torch
+
+    tok = tiny_tokenizer()
+    text = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Nova"
+    return torch.tensor([tok(text)["input_ids"]])
+
+
+def logits_of(model, ids):
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids.to(model.device)).logits.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def logits_probe():
+    """A TrainerCallback keeping the trained model's logits on probe_ids() at the end of training,
+    and the optimizer it trained with."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        logits = None
+        optimizer = None
+        model = None
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.optimizer = optimizer
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.model = model
+            self.logits = logits_of(model, probe_ids())
+
+    return Probe()
+
+
+def reload_logits(run_dir, model_dir):
+    """Logits of the saved run reloaded the way users load it: base + PeftModel, or the full model."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir = Path(run_dir)
+    if (run_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(run_dir)
+    return logits_of(model, probe_ids())
+
+
+def train_losses(run_dir) -> list[float]:
+    import json
+
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r.get("kind") == "train"]
