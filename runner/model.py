@@ -160,7 +160,10 @@ def load_model(
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_cfg["path"], **kwargs)
+        if model_cfg.get("random_init"):
+            model = _random_model(plan, kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_cfg["path"], **kwargs)
     except OSError as exc:
         if model_cfg.get("source") == "hub" or not os.path.isdir(model_cfg["path"]):
             raise _hub_error(model_cfg, exc) from exc
@@ -180,6 +183,38 @@ def load_model(
         model.config.use_cache = True
         model.eval()
     return model
+
+
+def _random_model(plan, kwargs: dict):
+    """model.random_init: the architecture of config.json with seeded random weights, built on the
+    local device (an 8B model initialises in seconds on a GPU, minutes on a CPU). A quantized base
+    is saved once in plan dtype under the cache and loaded back through bitsandbytes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = plan.model["path"]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    torch.manual_seed(int(plan.training.get("seed", 0)))
+    quant = kwargs.pop("quantization_config", None)
+    device_map = kwargs.pop("device_map", None)
+    device = local_device() if (quant is not None or device_type() == "cuda") else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"],
+                                                 attn_implementation=kwargs["attn_implementation"],
+                                                 trust_remote_code=kwargs["trust_remote_code"])
+    if quant is None:
+        return model
+    from pathlib import Path
+
+    staged = Path(plan.data["cache_dir"]) / "random-init" / f"{plan.hashes.get('model') or 'model'}-{plan.training.get('seed', 0)}"
+    if not (staged / "config.json").is_file():
+        tmp = staged.with_name(staged.name + ".tmp")
+        model.save_pretrained(tmp)
+        tmp.rename(staged)
+    del model
+    if device_type() == "cuda":
+        torch.cuda.empty_cache()
+    return AutoModelForCausalLM.from_pretrained(staged, quantization_config=quant, device_map=device_map, **kwargs)
 
 
 def drop_gguf_quantizer(model) -> None:
