@@ -62,6 +62,17 @@ class RunnerMixin:
             return loss.detach().new_zeros(())
         return loss
 
+    runner_chunked_loss = False  # fast path: loss without materialising the logits (runner.fastpath)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.runner_chunked_loss and not return_outputs:
+            from runner.fastpath import chunked_forward_loss
+
+            loss = chunked_forward_loss(model, inputs, num_items_in_batch)
+            if loss is not None:
+                return loss
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop(TOKENS_KEY, None)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)

@@ -87,6 +87,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     set_seed(plan.training["seed"])  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=dtype)
     _match_tokenizer(model, tokenizer)
+    fast = _fast_path(plan, model, device)
     if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
@@ -119,6 +120,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
         "eval_rows": len(prepared.eval) if prepared.eval is not None else 0,
         "data_stats": prepared.stats,
         "versions": _versions(),
+        "fast_path": fast,
     }
     if wrap_class:
         runtime["fsdp_wrap_class"] = wrap_class
@@ -147,6 +149,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
         extra.pop("ddp_backend", None)  # a backend makes accelerate look for a process group
     if device == "cpu":
         extra["use_cpu"] = True
+    if fast["torch_compile"]:
+        extra["torch_compile"] = True
     args = training_arguments(plan, output_dir=str(rundir.checkpoints_dir(run_dir)), precision=precision,
                               has_eval=has_eval, extra=extra)
     collator = pipeline.make_collator(plan, tokenizer) if stage in ("sft", "pt") else None
@@ -157,6 +161,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
                             collator=TokenCounter(collator) if collator is not None else None,
                             callbacks=[callback, *callbacks], ref_model=ref_model)
+    trainer.runner_chunked_loss = fast["chunked_loss"] and stage in ("sft", "pt")
     if collator is None:  # the TRL trainer built its own
         trainer.data_collator = TokenCounter(trainer.data_collator)
     trainer_ref.append(trainer)
@@ -174,6 +179,23 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
 
         merge_run(run_dir, run_dir / "merged")
     return run_dir
+
+
+def _fast_path(plan, model, device: str) -> dict:
+    """The fast path's concrete switches (runner.fastpath), applied to the base model before the
+    adapter wraps it; recorded in plan.runtime."""
+    from runner import fastpath
+
+    model_type = getattr(model.config, "model_type", "")
+    fast = fastpath.decide(plan.training, device.split(":")[0], model_type)
+    if fast["liger"] and not fastpath.apply_liger(model, model_type):
+        if plan.training.get("liger") is True:
+            raise UserError(f"training.liger is true but Liger kernels are not available for {model_type!r} here",
+                            where="training.liger", hint="pip install 'runner[liger]' on the GPU machine, or use auto")
+        fast["liger"] = False
+    if fast["liger"]:
+        fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
+    return fast
 
 
 def _match_tokenizer(model, tokenizer) -> None:
