@@ -308,13 +308,14 @@ def main(argv=None) -> int:
         print(f"running {name} on {world} GPU(s)...", file=sys.stderr, flush=True)
         results.append(run_one(name, world, ctx))
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_rank", "log_tail")}), flush=True)
+    stem = "multigpu-smoke" if args.smoke else "multigpu"
+    results = merged(args.out / f"{stem}.json", results)
     scaling(results)
     import torch
 
     report = {"date": datetime.date.today().isoformat(), "smoke": args.smoke, "gpus": gpus,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "results": results, "cross_check": cross_check(results)}
-    stem = "multigpu-smoke" if args.smoke else "multigpu"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(report))
@@ -322,6 +323,14 @@ def main(argv=None) -> int:
     failed = [r for r in results if r["status"] != "ok"]
     check = report["cross_check"]
     return 1 if failed or (check and not check["same_first_losses"]) else 0
+
+
+def merged(previous: Path, results: list[dict]) -> list[dict]:
+    """Earlier calls' runs (--only splits the matrix over several calls), replaced where run again."""
+    done = {(r["run"], r["gpus"]) for r in results}
+    old = json.loads(previous.read_text())["results"] if previous.is_file() else []
+    keep = [r for r in old if (r["run"], r["gpus"]) not in done]
+    return sorted(keep + results, key=lambda r: (list(RUNS).index(r["run"]) if r["run"] in RUNS else 99, r["gpus"]))
 
 
 def _has(module: str) -> bool:
