@@ -70,8 +70,12 @@ def finish_checkpoint(staged: str, checkpoints: str, step: int) -> Path:
 
 
 def rotate_checkpoints(checkpoints: str, keep: int | None) -> None:
-    """Keep the newest `keep` complete checkpoints; drop interrupted ones older than the newest."""
+    """Keep the newest `keep` complete checkpoints; drop any checkpoint without its marker (a
+    leftover of an interrupted copy: never resumed from, only in the way)."""
     complete = complete_checkpoints(Path(checkpoints).parent)
+    for path in Path(checkpoints).glob("checkpoint-*"):
+        if path.is_dir() and path not in complete:
+            shutil.rmtree(path, ignore_errors=True)
     if keep:
         for old in complete[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
