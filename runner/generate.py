@@ -61,17 +61,23 @@ def load_for_generation(run_dir, *, dtype: str | None = None):
     return model, tokenizer, plan
 
 
-def chat(model, tokenizer, messages, *, system=None, plan=None, max_new_tokens=256, temperature=0.0, top_p=1.0) -> str:
-    import torch
-
+def prompt_inputs(tokenizer, messages, *, system=None, plan=None) -> dict:
+    """The conversation rendered as in training (same template, same default system prompt),
+    ending with the assistant header the model continues from."""
     if system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": system}, *messages]
     template_kwargs = {}
     thinking = ((plan.data.get("template") or {}).get("enable_thinking")) if plan else None
     if thinking is not None:
         template_kwargs["enable_thinking"] = thinking
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True, **template_kwargs)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True, **template_kwargs)
+
+
+def chat(model, tokenizer, messages, *, system=None, plan=None, max_new_tokens=256, temperature=0.0, top_p=1.0) -> str:
+    import torch
+
+    inputs = prompt_inputs(tokenizer, messages, system=system, plan=plan)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     with torch.inference_mode():
