@@ -102,3 +102,27 @@ def test_each_adapter_kind_trains_saves_and_reloads(tmp_path, model_dir, name):
         assert not (run_dir / "pissa_init").exists()
     if name == "freeze":
         assert json.loads((run_dir / "plan.json").read_text())["runtime"]["target_modules"] == ["model.layers.1", "lm_head"]
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_validation_loss_at_the_configured_cadence(tmp_path, model_dir, stage):
+    run_dir, _ = train(tmp_path, model_dir, stage=stage, training={"max_steps": 6, "eval_every": 2},
+                       dataset={"num_samples": 10}, extra={"val_size": 2})
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    # every 2 steps, plus the final evaluation after training
+    assert [r["step"] for r in evals] == [2, 4, 6, 6]
+    assert all(r["eval_loss"] == r["eval_loss"] for r in evals)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["runtime"]["train_rows"] == 8 and plan["runtime"]["eval_rows"] == 2
+    assert "final eval loss: " + str(evals[-1]["eval_loss"]) in (run_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_preference_stages_with_full_fine_tuning_use_a_frozen_reference_copy(tmp_path, model_dir, stage):
+    run_dir, probe = train(tmp_path, model_dir, stage=stage, adapter={"kind": "full"},
+                           training={"max_steps": 8, "learning_rate": 3e-3})
+    losses = train_losses(run_dir)
+    assert losses[-1] < losses[0]
+    assert_complete(run_dir, adapter=False)
+    torch.testing.assert_close(reload_logits(run_dir, model_dir), probe.logits, rtol=1e-4, atol=1e-4)
