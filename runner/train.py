@@ -61,15 +61,21 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from runner import distributed
 
+    if plan.distributed["backend"] == "fsdp" and "WORLD_SIZE" not in os.environ:
+        _single_process_group()
     distributed.check_launcher(plan)
     world = distributed.world()
     is_main = world["rank"] == 0
+    barrier = _barrier(world["world_size"])
+    # Every rank judges the directory before rank 0 touches it, and none goes on until it has.
     launch = rundir.decide(plan, overwrite=overwrite)
+    barrier()
     _say(launch.message)
     if launch.action == "done":
         return Path(plan.output["dir"])
     stored = rundir.read_stored_plan(plan.output["dir"]) if launch.action == "resume" else None
     run_dir = rundir.prepare(plan, launch, is_main=is_main)
+    barrier()
 
     from transformers import set_seed
 
@@ -181,6 +187,18 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     return run_dir
 
 
+def _single_process_group() -> None:
+    """FSDP needs a process group even on one device; without a launcher, be a world of one (what
+    `torchrun --nproc_per_node 1` would set)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def _fast_path(plan, model, device: str) -> dict:
     """The fast path's concrete switches (runner.fastpath), applied to the base model before the
     adapter wraps it; recorded in plan.runtime."""
@@ -196,6 +214,19 @@ def _fast_path(plan, model, device: str) -> dict:
     if fast["liger"]:
         fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
     return fast
+
+
+def _barrier(world_size: int):
+    """A rendezvous of all processes (a no-op alone). Accelerate's shared state starts the process
+    group from the launcher's environment; the Trainer reuses it."""
+    if world_size <= 1:
+        return lambda: None
+    from accelerate import PartialState
+
+    from runner.model import device_type
+
+    state = PartialState(**({"backend": "gloo"} if device_type() == "cpu" else {}))
+    return state.wait_for_everyone
 
 
 def _match_tokenizer(model, tokenizer) -> None:

@@ -126,3 +126,14 @@ def test_preference_stages_with_full_fine_tuning_use_a_frozen_reference_copy(tmp
     assert losses[-1] < losses[0]
     assert_complete(run_dir, adapter=False)
     torch.testing.assert_close(reload_logits(run_dir, model_dir), probe.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_loss_stops_the_run_or_is_skipped_up_to_max_nonfinite(tmp_path, model_dir):
+    from runner.errors import UserError
+
+    blow_up = {"kind": "full"}
+    with pytest.raises(UserError, match=r"non-finite loss at step \d \(1 so far; training.max_nonfinite is 0\)"):
+        train(tmp_path / "a", model_dir, adapter=blow_up, training={"max_steps": 4, "learning_rate": 1e30})
+    run_dir, _ = train(tmp_path / "b", model_dir, adapter=blow_up,
+                       training={"max_steps": 4, "learning_rate": 1e30, "max_nonfinite": 3})
+    assert (run_dir / "RUN_COMPLETE").is_file()
