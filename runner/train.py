@@ -168,6 +168,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
                             collator=TokenCounter(collator) if collator is not None else None,
                             callbacks=[callback, *callbacks], ref_model=ref_model)
     trainer.runner_chunked_loss = fast["chunked_loss"] and stage in ("sft", "pt")
+    distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
     if collator is None:  # the TRL trainer built its own
         trainer.data_collator = TokenCounter(trainer.data_collator)
     trainer_ref.append(trainer)
@@ -213,7 +214,19 @@ def _fast_path(plan, model, device: str) -> dict:
         fast["liger"] = False
     if fast["liger"]:
         fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
+    if fast["chunked_loss"] and _sharded(plan):
+        # The chunked loss calls the decoder and the LM head one by one, outside the root module's
+        # forward: FSDP2 then sees several roots and ZeRO-3 recomputes against partitioned weights.
+        fast["chunked_loss"] = False
+        fast["chunked_loss_off_because"] = "sharded parameters (fsdp / ZeRO-3)"
     return fast
+
+
+def _sharded(plan) -> bool:
+    from runner.launch_config import zero_stage
+
+    backend = plan.distributed["backend"]
+    return backend == "fsdp" or (backend == "deepspeed" and zero_stage({"distributed": plan.distributed}) == 3)
 
 
 def _barrier(world_size: int):
@@ -269,6 +282,12 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         if pissa_init:
             _say("warning: a PiSSA adapter saved under FSDP/DeepSpeed is not converted; it applies to the residual base")
+        from runner.distributed import prepare_final_save
+
+        prepare_final_save(trainer)  # a sharded state dict type would save nothing here
+        from runner.distributed import prepare_final_save
+
+        prepare_final_save(trainer)  # a sharded state dict type would save nothing
         trainer.save_model(str(run_dir))  # gathers the sharded weights (collective: every rank calls it)
         if is_main:
             (run_dir / "training_args.bin").unlink(missing_ok=True)
