@@ -5,12 +5,13 @@ lint` points at the line.
 - The checks runner/checks.py has: QLoRA under FSDP / ZeRO-3 needs quant_storage == model.dtype,
   8-bit weights cannot be sharded, activation checkpointing twice, DoRA sharded, 8-bit optimizers
   sharded, several machines without an address.
-- Proposed ones, written as runner.launch_config.check_distributed (tested directly here), which
-  runner.checks.check is asked to call (the lint-level test of them is xfail until it does)."""
+- The ones of runner.launch_config.check_distributed, which runner.checks.check runs: tested directly
+  and through `runner lint`."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 
 from runner.cli import main
 from runner.launch_config import check_distributed, zero_stage
-from runner.plan import validated
+from runner import schema
 from runner.config import load
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "configs"
@@ -92,15 +93,15 @@ def test_the_same_settings_under_ddp_raise_nothing(tmp_path, capsys):
     assert "sharded" not in err and "twice" not in err
 
 
-# --- proposed checks (runner.launch_config.check_distributed) ---
+# --- the checks of runner.launch_config.check_distributed ---
 
 def findings(tmp_path, tail: str, files: dict | None = None):
     for name, content in (files or {}).items():
         (tmp_path / name).write_text(content)
     path = write(tmp_path, tail)
     loaded = load(path)
-    cfg, _ = validated(loaded)
-    return check_distributed(cfg, loaded.data), path
+    assert schema.validate(loaded.data, loaded.where) == []
+    return check_distributed(schema.fill_defaults(loaded.data), loaded.data), path
 
 
 DS_OWN = json.dumps({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": "auto",
@@ -176,24 +177,22 @@ def test_proposed_checks_pass_good_configs(tmp_path, tail, files):
 def test_zero_stage_comes_from_the_users_file(tmp_path):
     (tmp_path / "own.json").write_text(DS_OWN)
     loaded = load(write(tmp_path, "distributed: {backend: deepspeed, deepspeed: {config: own.json}}\n"))
-    cfg, _ = validated(loaded)
+    cfg = schema.fill_defaults(loaded.data)
     assert cfg["distributed"]["deepspeed"]["zero_stage"] == 2, "the YAML default..."
     assert zero_stage(cfg) == 3, "...is not what runs: the file says stage 3"
 
 
-@pytest.mark.xfail(strict=True, reason="runner/checks.py (lead) must call runner.launch_config.check_distributed"
-                   "(cfg, raw) in check() and use zero_stage(cfg) for `sharded`; see the report")
 @pytest.mark.parametrize("label,tail,files,severity,path,words",
                          [p for p in PROPOSED if p[3] == "error"], ids=[p[0] for p in PROPOSED if p[3] == "error"])
 def test_proposed_errors_fail_runner_lint(tmp_path, capsys, label, tail, files, severity, path, words):
     for name, content in (files or {}).items():
         (tmp_path / name).write_text(content)
-    code, err = lint(capsys, write(tmp_path, tail))
+    cfg = write(tmp_path, tail)
+    code, err = lint(capsys, cfg)
     assert code == 2 and ".".join(path) in err and words in err, err
+    assert re.search(rf"{cfg.name}:\d+:\d+: error: {re.escape('.'.join(path))}:", err), "file:line of the key"
 
 
-@pytest.mark.xfail(strict=True, reason="runner/checks.py decides `sharded` from the YAML's zero_stage, not the "
-                   "user's DeepSpeed file: QLoRA under a file that says stage 3 passes lint")
 def test_qlora_under_a_users_zero3_file_is_caught(tmp_path, capsys):
     (tmp_path / "own.json").write_text(DS_OWN)
     path = write(tmp_path, "adapter: {kind: lora}\nquantization: {bits: 4}\n"
