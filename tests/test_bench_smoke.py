@@ -57,7 +57,7 @@ def test_a_result_replaces_only_its_row_of_the_results_table(tmp_path):
     after = table.read_text().splitlines()
     changed = [(a, b) for a, b in zip(before, after) if a != b]
     assert len(after) == len(before) and len(changed) == 1
-    assert changed[0][0].startswith("| full1b | not run yet")
+    assert changed[0][0].startswith("| full1b | ")
     assert changed[0][1] == ("| full1b | 30,000 | 20,000 | 1.50× | 20.5 / 22.0 | 20.5 / 22.0 | 300.0 (38.0%) | "
                              "300.0 (38.0%) | 1.250 / 1.250 | NVIDIA H100 80GB HBM3 | 2026-12-01 |")
     result["scenario"] = "unknown"
