@@ -122,10 +122,14 @@ def read_stored_plan(run_dir) -> dict | None:
 
 
 def clear(run_dir) -> None:
-    """Remove what an earlier run wrote (never foreign files)."""
-    for path in Path(run_dir).iterdir():
-        if OWN_FILES.match(path.name):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    """Remove what an earlier run wrote (never foreign files); plan.json goes last, so the
+    directory reads as a runner run until it is empty of ours."""
+    paths = sorted((p for p in Path(run_dir).iterdir() if OWN_FILES.match(p.name)), key=lambda p: p.name == "plan.json")
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def decide(plan, *, overwrite: bool = False) -> Launch:

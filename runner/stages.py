@@ -89,15 +89,13 @@ class RunnerMixin:
             super()._save_checkpoint(model, trial)
         finally:
             self._runner_staging = False
+        # Every rank has written its part (shards, RNG state) before the checkpoint counts as complete.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             staged = os.path.join(self.args.output_dir, rundir.STAGING, f"checkpoint-{self.state.global_step}")
             rundir.finish_checkpoint(staged, self.args.output_dir, self.state.global_step)
             rundir.rotate_checkpoints(self.args.output_dir, self.runner_save_total_limit)
-        if self.args.parallel_mode.value == "distributed":
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.barrier()
+        self.accelerator.wait_for_everyone()
 
 
 def _renamed(dataset, columns: dict, keep=()):

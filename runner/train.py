@@ -66,16 +66,15 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     distributed.check_launcher(plan)
     world = distributed.world()
     is_main = world["rank"] == 0
-    barrier = _barrier(world["world_size"])
-    # Every rank judges the directory before rank 0 touches it, and none goes on until it has.
+    # Every rank judges the directory; rank 0 alone clears it, removing plan.json last, so that
+    # a rank judging while it clears still reaches the same "fresh" (no process group exists
+    # yet: the data cache's wait relies on that).
     launch = rundir.decide(plan, overwrite=overwrite)
-    barrier()
     _say(launch.message)
     if launch.action == "done":
         return Path(plan.output["dir"])
     stored = rundir.read_stored_plan(plan.output["dir"]) if launch.action == "resume" else None
     run_dir = rundir.prepare(plan, launch, is_main=is_main)
-    barrier()
 
     from transformers import set_seed
 
@@ -227,19 +226,6 @@ def _sharded(plan) -> bool:
 
     backend = plan.distributed["backend"]
     return backend == "fsdp" or (backend == "deepspeed" and zero_stage({"distributed": plan.distributed}) == 3)
-
-
-def _barrier(world_size: int):
-    """A rendezvous of all processes (a no-op alone). Accelerate's shared state starts the process
-    group from the launcher's environment; the Trainer reuses it."""
-    if world_size <= 1:
-        return lambda: None
-    from accelerate import PartialState
-
-    from runner.model import device_type
-
-    state = PartialState(**({"backend": "gloo"} if device_type() == "cpu" else {}))
-    return state.wait_for_everyone
 
 
 def _match_tokenizer(model, tokenizer) -> None:
