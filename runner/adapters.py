@@ -41,10 +41,22 @@ def resolve_target_modules(model, adapter: dict) -> list[str]:
     target = adapter.get("target_modules", "all-linear")
     names = linear_module_names(model) if target == "all-linear" else list(target)
     excluded = set(adapter.get("exclude_modules") or [])
-    names = [n for n in names if n not in excluded]
+    names = [n for n in names if n not in excluded]  # PEFT applies regex excludes itself
     if not names:
         raise UserError("no module left to adapt", where="adapter.target_modules", hint="check exclude_modules")
     return names
+
+
+REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
+
+
+def peft_targets(names: list[str]):
+    """PEFT reads a list as module-name suffixes and a string as one full-match regex: plain names
+    stay a list; when some entry is a regex, all become one pattern (plain names as suffixes)."""
+    if not any(REGEX_CHARS.search(n) for n in names):
+        return list(names)
+    parts = [n if REGEX_CHARS.search(n) else rf"(?:.*\.)?{re.escape(n)}" for n in names]
+    return "|".join(f"(?:{p})" for p in parts)
 
 
 def peft_init(init: str):
@@ -59,7 +71,8 @@ def lora_config(adapter: dict, target_modules: list[str]):
         r=int(adapter.get("r", 16)),
         lora_alpha=adapter.get("alpha") or 2 * int(adapter.get("r", 16)),
         lora_dropout=float(adapter.get("dropout", 0.0)),
-        target_modules=target_modules,
+        target_modules=peft_targets(target_modules),
+        exclude_modules=peft_targets(list(adapter.get("exclude_modules") or [])) or None,
         use_dora=bool(adapter.get("dora", False)),
         use_rslora=bool(adapter.get("rslora", False)),
         init_lora_weights=peft_init(adapter.get("init", "default")),

@@ -119,3 +119,30 @@ def test_hub_id_offline_names_the_model_and_the_fix(tmp_path, model_dir, monkeyp
         load_model(plan)
     assert "acme-nonexistent/tiny-model-xyz" in err.value.message
     assert "local" in err.value.hint and "model.path" in err.value.hint
+
+
+def test_target_modules_mix_names_and_regexes(tmp_path, model_dir):
+    plan = plan_for(tmp_path, model_dir, adapter={"target_modules": [r"model\.layers\.1\.self_attn\.(q|v)_proj", "up_proj"],
+                                                  "exclude_modules": [r".*layers\.0\.mlp\.up_proj"]})
+    model, _ = apply_adapter(load_model(plan), plan)
+    adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
+    assert [n[n.index("layers."):] for n in adapted] == [
+        "layers.1.mlp.up_proj", "layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"]
+
+
+@pytest.fixture(scope="module")
+def wide_model_dir(tmp_path_factory):
+    # bitsandbytes' 4-bit blocks need layers at least 64 wide
+    return save_tiny_model(tmp_path_factory.mktemp("wide") / "model", hidden=64)
+
+
+@pytest.mark.parametrize("quant", [{"bits": 4, "compute_dtype": "float32"}, {"bits": 8}], ids=["4bit", "8bit"])
+def test_dora_on_quantized_bases_trains_a_step(tmp_path, wide_model_dir, quant):
+    plan = plan_for(tmp_path, wide_model_dir, adapter={"dora": True}, extra={"quantization": quant})
+    model, _ = apply_adapter(load_model(plan), plan)
+    assert any("lora_magnitude_vector" in n for n, _ in model.named_parameters())
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
