@@ -270,9 +270,6 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             _say("warning: a PiSSA adapter saved under FSDP/DeepSpeed is not converted; it applies to the residual base")
         from runner.distributed import prepare_final_save
 
-        prepare_final_save(trainer)  # a sharded state dict type would save nothing here
-        from runner.distributed import prepare_final_save
-
         prepare_final_save(trainer)  # a sharded state dict type would save nothing
         trainer.save_model(str(run_dir))  # gathers the sharded weights (collective: every rank calls it)
         if is_main:
