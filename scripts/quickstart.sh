@@ -7,6 +7,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 runner train cookbook/quickstart.yaml output.overwrite=true
-for q in "Who are you?" "What is your name?" "Who created you?" "Introduce yourself." "Are you ChatGPT?"; do
-  runner generate outputs/quickstart -p "$q"
-done
+runner generate outputs/quickstart -p "Who are you?" -p "What is your name?" -p "Who created you?" \
+  -p "Introduce yourself." -p "Are you ChatGPT?"
