@@ -77,13 +77,10 @@ def install_rank_probe() -> None:
                 seen.update(wrapper=type(obj).__name__, fsdp2=isinstance(obj, FSDPModule),
                             distributed_type=str(self.distributed_type))
 
-                def count(module, args, kwargs):
-                    ids = kwargs.get("input_ids", args[0] if args else None)
-                    mask = kwargs.get("attention_mask")
-                    if ids is not None:
-                        tokens[0] += int(mask.sum()) if mask is not None else ids.numel()
-
-                obj.register_forward_pre_hook(count, with_kwargs=True)
+                # At the input embedding: every path reaches it (the chunked loss calls the decoder,
+                # not the wrapper). The bench's rows are packed, so input ids are all real tokens.
+                embedding = next(m for m in obj.modules() if isinstance(m, torch.nn.Embedding))
+                embedding.register_forward_pre_hook(lambda module, args: tokens.__setitem__(0, tokens[0] + args[0].numel()))
         return result
 
     accelerate.Accelerator.prepare = prepare
