@@ -59,10 +59,10 @@ def complete_checkpoints(run_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def finish_checkpoint(staged: str, checkpoints: str, step: int) -> Path:
+def finish_checkpoint(staged: str, checkpoints: str, step: int, plan_hash: str | None = None) -> Path:
     """Mark a fully written checkpoint complete and move it to its final name (atomic rename)."""
     staged, final = Path(staged), Path(checkpoints) / f"checkpoint-{step}"
-    (staged / CHECKPOINT_MARKER).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
+    write_json(staged / CHECKPOINT_MARKER, {"step": step, "time": time.time(), "plan_hash": plan_hash})
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
@@ -189,10 +189,18 @@ def prepare(plan, launch: Launch, *, is_main: bool = True) -> Path:
     return run_dir
 
 
-def write_json(path, data) -> None:
+def write_text_atomic(path, text: str) -> None:
+    """Readers (and a launch after a kill) see the old file or the new one, never half of one."""
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_plan(run_dir, plan) -> None:

@@ -31,6 +31,7 @@ class RunnerMixin:
     runner_max_nonfinite = 0
     runner_nonfinite_seen = 0
     runner_save_total_limit = None
+    runner_plan_hash = None  # written into each checkpoint's completeness marker
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.runner_param_groups is not None:
@@ -93,7 +94,7 @@ class RunnerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             staged = os.path.join(self.args.output_dir, rundir.STAGING, f"checkpoint-{self.state.global_step}")
-            rundir.finish_checkpoint(staged, self.args.output_dir, self.state.global_step)
+            rundir.finish_checkpoint(staged, self.args.output_dir, self.state.global_step, self.runner_plan_hash)
             rundir.rotate_checkpoints(self.args.output_dir, self.runner_save_total_limit)
         self.accelerator.wait_for_everyone()
 
@@ -245,6 +246,7 @@ def build_trainer(plan, *, model, tokenizer, data, args, collator, callbacks, re
         trainer = cls(**common)
     trainer.runner_max_nonfinite = int(plan.training.get("max_nonfinite", 0))
     trainer.runner_save_total_limit = plan.output.get("save_total_limit")
+    trainer.runner_plan_hash = (plan.hashes or {}).get("plan")
     ratio = plan.adapter.get("loraplus_lr_ratio")
     if ratio and plan.adapter.get("kind") == "lora":
         from runner.adapters import loraplus_param_groups

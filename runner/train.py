@@ -213,6 +213,11 @@ def _fast_path(plan, model, device: str) -> dict:
         fast["liger"] = False
     if fast["liger"]:
         fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
+    if fast["chunked_loss"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _sharded(plan):
+        # Under DDP the chunked loss would call the decoder inside the wrapper and skip the
+        # Trainer's loss scaling across processes; until it goes through the wrapper, it stays off.
+        fast["chunked_loss"] = False
+        fast["chunked_loss_off_because"] = "several processes (DDP)"
     if fast["chunked_loss"] and _sharded(plan):
         # The chunked loss calls the decoder and the LM head one by one, outside the root module's
         # forward: FSDP2 then sees several roots and ZeRO-3 recomputes against partitioned weights.
@@ -253,8 +258,15 @@ def _trim_metrics(path: Path, step: int) -> None:
         return
     import json
 
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the torn last line of a killed launch
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            keep.append(line)
+    rundir.write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool) -> None:
