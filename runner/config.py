@@ -122,8 +122,8 @@ def _rebase_paths(data: dict, directory: Path) -> None:
     values still holding ${env:...} are left alone."""
 
     def visit(node, path):
-        if not path:
-            return
+        if not path or not isinstance(node, (dict, list)):
+            return  # a wrong shape is the schema's to report, with its position
         head, rest = path[0], path[1:]
         targets = range(len(node)) if head == "*" and isinstance(node, list) else [head]
         for t in targets:

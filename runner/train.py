@@ -29,7 +29,14 @@ def run(target, *, overwrite: bool = False, callbacks=()):
         plan = make_plan(target.config, target.overrides)
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        run_dir = train_plan(plan, overwrite=target.overwrite)
+        from runner.signals import EXIT_INTERRUPTED, TrainingInterrupted
+
+        try:
+            run_dir = train_plan(plan, overwrite=target.overwrite)
+        except TrainingInterrupted as stop:
+            _say(f"interrupted by {stop.signame} after step {stop.step}; checkpoint: {stop.checkpoint}\n"
+                 f"  run the same command again to resume (exit code {EXIT_INTERRUPTED})")
+            return EXIT_INTERRUPTED
         if _is_main():
             print(f"run directory: {run_dir}", file=sys.stderr)
         return 0
@@ -159,13 +166,16 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     args = training_arguments(plan, output_dir=str(rundir.checkpoints_dir(run_dir)), precision=precision,
                               has_eval=has_eval, extra=extra)
     collator = pipeline.make_collator(plan, tokenizer) if stage in ("sft", "pt") else None
+    from runner.signals import TrainingInterrupted, stop_callback
+
+    stopper = stop_callback()
     trainer_ref = []
     callback = metrics_callback(run_dir / "metrics.jsonl", lambda: trainer_ref[0].runner_tokens if trainer_ref else 0,
                                 wandb_run=wandb_run, progress=bool(plan.tracking.get("progress_bar", True)),
                                 is_main=is_main)
     trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
                             collator=TokenCounter(collator) if collator is not None else None,
-                            callbacks=[callback, *callbacks], ref_model=ref_model)
+                            callbacks=[callback, stopper, *callbacks], ref_model=ref_model)
     trainer.runner_chunked_loss = fast["chunked_loss"] and stage in ("sft", "pt")
     distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
     if collator is None:  # the TRL trainer built its own
@@ -174,6 +184,10 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     _quiet_default_callbacks(trainer)
 
     trainer.train(resume_from_checkpoint=launch.checkpoint)
+    if stopper.stopped_at is not None:
+        finish_wandb(wandb_run, None)
+        done = [p for p in rundir.complete_checkpoints(run_dir) if p.name == f"checkpoint-{stopper.stopped_at}"]
+        raise TrainingInterrupted(stopper.stopped_at, str(done[0]) if done else None, stopper.signame)
     final_eval = trainer.evaluate() if has_eval else {}
 
     save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
@@ -264,7 +278,8 @@ def _trim_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except ValueError:
             continue  # the torn last line of a killed launch
-        if isinstance(row, dict) and row.get("step", 0) <= step:
+        # A summary row closes a launch; the resumed launch writes its own.
+        if isinstance(row, dict) and row.get("step", 0) <= step and row.get("kind") != "summary":
             keep.append(line)
     rundir.write_text_atomic(path, "".join(line + "\n" for line in keep))
 

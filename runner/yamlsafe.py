@@ -218,7 +218,10 @@ def load_yaml(text: str | bytes, source: str) -> Located:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise UserError(f"not UTF-8 text (byte {err.start})", where=source) from None
+            line = text.count(b"\n", 0, err.start) + 1
+            col = err.start - (text.rfind(b"\n", 0, err.start) + 1) + 1
+            raise UserError(f"not UTF-8 text (byte {err.start})", where=f"{source}:{line}:{col}",
+                            hint="save the file as UTF-8") from None
     builder = _Builder(source)
     try:
         for ev in yaml.parse(text, Loader=_Core12Loader):
@@ -227,6 +230,12 @@ def load_yaml(text: str | bytes, source: str) -> Located:
         mark = err.problem_mark or err.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise UserError(f"malformed YAML: {err.problem or err.context}", where=where) from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        char = err.character if isinstance(err.character, int) else ord(err.character)
+        raise UserError(f"character U+{char:04X} is not allowed in YAML ({err.reason})",
+                        where=f"{source}:{line}:{col}", hint="remove control characters and NUL bytes") from None
     except yaml.YAMLError as err:
         raise UserError(f"malformed YAML: {err}", where=source) from None
     if builder.root is None:

@@ -268,10 +268,7 @@ def test_fsdp2_sharded_checkpoint_resumes_to_the_same_result(tmp_path, model_dir
 
 
 @pytest.mark.parametrize("backend", [
-    pytest.param("ddp", marks=pytest.mark.xfail(strict=True, reason=(
-        "the chunked-loss fast path (runner/fastpath.py chunked_forward_loss, from RunnerMixin.compute_loss in "
-        "runner/stages.py) calls the decoder inside the DDP wrapper directly and returns before the Trainer's "
-        "`loss *= num_processes`: DDP losses are halved and the adapter differs from one process's"))),
+    "ddp",  # train.py turns the chunked loss off under several processes
     "fsdp",  # train.py turns the chunked loss off under sharded parameters
 ])
 def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, backend):

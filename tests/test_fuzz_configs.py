@@ -44,8 +44,7 @@ LOCATION = re.compile(
     re.MULTILINE)
 # Crashes already reported to the lead, recognised by where they happen; the case is xfailed (not
 # passed) while they last, and passes on its own once fixed.
-KNOWN_CRASHES = {("config.py", "visit"): "runner/config.py _rebase_paths.visit indexes a value that is not a "
-                 "mapping/list (e.g. `eval_datasets:` left empty, `datasets: a.json`)"}
+KNOWN_CRASHES: dict = {}  # none open now
 
 
 @dataclass
@@ -385,7 +384,6 @@ def test_fixtures_untouched_by_fuzzing():
     assert tree(FIXTURES) == FIXTURES_BEFORE
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=KNOWN_CRASHES[("config.py", "visit")])
 @pytest.mark.parametrize("tail", ["eval_datasets:\n", "eval_datasets: data/alpaca_eval.json\n", "eval_datasets: [path]\n"])
 def test_path_sections_of_the_wrong_shape_are_errors(arena, capsys, tail):
     path = arena / "fx" / "shape.yaml"

@@ -72,10 +72,26 @@ def local_rank() -> int:
 def build_or_load(entry: Path, build):
     """(train, eval, stats, built: bool). `build()` returns (train, eval, stats); it runs on the
     local main process only when distributed, the others wait for the entry and load it."""
-    if is_complete(entry):
-        return (*load(entry), False)
     dist = _dist()
     failed = entry.parent / f".failed-{entry.name}"
+    if dist is not None:
+        # With a process group every rank takes the same path through one barrier: a rank that
+        # found the entry complete and returned early would leave the others waiting for ever.
+        built = False
+        if local_rank() == 0 and not is_complete(entry):
+            try:
+                train, evaluation, stats = build()
+                save(entry, train, evaluation, stats)
+                built = True
+            except BaseException:
+                dist.barrier()
+                raise
+        dist.barrier()
+        if not is_complete(entry):
+            raise RuntimeError(f"the main process failed to build the data cache {entry}")
+        return (*load(entry), built)
+    if is_complete(entry):
+        return (*load(entry), False)
     if local_rank() == 0:
         failed.unlink(missing_ok=True)
         try:
@@ -84,16 +100,9 @@ def build_or_load(entry: Path, build):
         except BaseException:
             entry.parent.mkdir(parents=True, exist_ok=True)
             failed.touch()
-            if dist:
-                dist.barrier()
             raise
-        if dist:
-            dist.barrier()
         return (*load(entry), True)
-    if dist:
-        dist.barrier()
-    else:
-        _wait_for(entry, failed)
+    _wait_for(entry, failed)  # processes without a group yet: the file is the rendezvous
     if not is_complete(entry):
         raise RuntimeError(f"the main process failed to build the data cache {entry}")
     return (*load(entry), False)
