@@ -120,6 +120,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     wrap_class = distributed.decoder_layer_class(model) if backend == "fsdp" else None
     runtime = {
         "world_size": world["world_size"],
+        "effective_batch_size": plan.training["batch_per_process"] * world["world_size"],
         "backend": backend,
         "device": device,
         "dtype": dtype,
