@@ -31,10 +31,13 @@ def deepspeed_json(cfg: dict) -> dict:
         # 16-bit weights on save is what makes the final model ordinary safetensors.
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
                     stage3_gather_16bit_weights_on_model_save=True)
+    nvme = {"nvme_path": ds.get("nvme_path")}
     if ds["offload_optimizer"] != "none":
-        zero["offload_optimizer"] = {"device": ds["offload_optimizer"], "pin_memory": True}
+        zero["offload_optimizer"] = {"device": ds["offload_optimizer"], "pin_memory": True,
+                                     **(nvme if ds["offload_optimizer"] == "nvme" else {})}
     if ds["offload_params"] != "none":
-        zero["offload_param"] = {"device": ds["offload_params"], "pin_memory": True}
+        zero["offload_param"] = {"device": ds["offload_params"], "pin_memory": True,
+                                 **(nvme if ds["offload_params"] == "nvme" else {})}
     precision = cfg["training"]["precision"]
     return {
         "train_micro_batch_size_per_gpu": "auto",
@@ -183,10 +186,10 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
             found.append(("error", ("distributed", "deepspeed", "offload_optimizer"),
                           "optimizer offload needs ZeRO stage 1, 2 or 3 (zero_stage is 0)", "set zero_stage: 2"))
         for key in ("offload_optimizer", "offload_params"):
-            if ds[key] == "nvme":
+            if ds[key] == "nvme" and not ds.get("nvme_path"):
                 found.append(("error", ("distributed", "deepspeed", key),
-                              "NVMe offload needs a path on a local NVMe disk, which these settings cannot give",
-                              "use cpu, or your own DeepSpeed JSON (distributed.deepspeed.config) with nvme_path"))
+                              "NVMe offload needs a folder on a local NVMe disk",
+                              "set distributed.deepspeed.nvme_path: /local_nvme/deepspeed (or use cpu)"))
     if backend == "deepspeed" and ds["config"]:
         found += _check_user_deepspeed(ds["config"], training, nproc * machines if nproc else None)
     sharded = backend == "fsdp" or zero_stage(cfg) == 3

@@ -241,7 +241,11 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     training["trainer"] = stage
     training["collator"] = {"dpo": "preference", "orpo": "preference", "kto": "kto"}.get(
         stage, "packed" if cfg["sequence"]["packing"] else "padded")
-    training["effective_batch_size"] = training["micro_batch_size"] * training["gradient_accumulation"]
+    # micro x accumulation x world size; the world is known here only when the config names it.
+    training["batch_per_process"] = training["micro_batch_size"] * training["gradient_accumulation"]
+    nproc = cfg["distributed"]["num_processes"]
+    world = nproc * cfg["distributed"]["num_machines"] if nproc else (1 if cfg["distributed"]["backend"] == "single" else None)
+    training["effective_batch_size"] = training["batch_per_process"] * world if world else None
     training["total_steps"] = training["max_steps"]
 
     adapter = dict(cfg["adapter"])
@@ -276,6 +280,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
         deferred.append("runtime.target_modules")
     if training["max_steps"] is None:
         deferred.append("runtime.total_steps")
+    if training["effective_batch_size"] is None:
+        deferred.append("runtime.effective_batch_size")
     distributed = dict(cfg["distributed"])
     distributed["accelerate"] = accelerate_settings(cfg)
     if distributed["backend"] == "fsdp" and not distributed["fsdp"]["wrap_class"]:

@@ -41,7 +41,8 @@ def render(plan: Plan) -> str:
     t = plan.training
     lines += ["", f"  stage {t['stage']} via {t['trainer']} trainer, collator {t['collator']}",
               f"  batch: {t['micro_batch_size']} x {t['gradient_accumulation']} accumulation = "
-              f"{t['effective_batch_size']} per process (x world size at launch)",
+              f"{t['batch_per_process']} per process; effective "
+              + (f"{t['effective_batch_size']}" if t["effective_batch_size"] else "x world size (at launch)"),
               f"  output: {plan.output['dir']}"]
     if plan.deferred:
         lines.append(f"  deferred to launch: {', '.join(plan.deferred)}")

@@ -18,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the run's YAML config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-4")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+    parser.add_argument("--resume-changed", action="store_true",
+                        help="resume an unfinished run although its plan changed (the changes are printed)")
 
 
-def run(target, *, overwrite: bool = False, callbacks=()):
+def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False):
     """CLI entry (argparse namespace -> exit code) and library entry (Plan -> run directory).
     `callbacks`: extra transformers TrainerCallbacks (library use: probes, early stops)."""
     if isinstance(target, argparse.Namespace):
@@ -32,7 +34,8 @@ def run(target, *, overwrite: bool = False, callbacks=()):
         from runner.signals import EXIT_INTERRUPTED, TrainingInterrupted
 
         try:
-            run_dir = train_plan(plan, overwrite=target.overwrite)
+            run_dir = train_plan(plan, overwrite=target.overwrite,
+                                 resume_changed=getattr(target, "resume_changed", False))
         except TrainingInterrupted as stop:
             _say(f"interrupted by {stop.signame} after step {stop.step}; checkpoint: {stop.checkpoint}\n"
                  f"  run the same command again to resume (exit code {EXIT_INTERRUPTED})")
@@ -40,7 +43,7 @@ def run(target, *, overwrite: bool = False, callbacks=()):
         if _is_main():
             print(f"run directory: {run_dir}", file=sys.stderr)
         return 0
-    return train_plan(target, overwrite=overwrite, callbacks=callbacks)
+    return train_plan(target, overwrite=overwrite, callbacks=callbacks, resume_changed=resume_changed)
 
 
 def _is_main() -> bool:
@@ -64,7 +67,7 @@ def _versions() -> dict:
     return out
 
 
-def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
+def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from runner import distributed
 
@@ -76,7 +79,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=()) -> Path:
     # Every rank judges the directory; rank 0 alone clears it, removing plan.json last, so that
     # a rank judging while it clears still reaches the same "fresh" (no process group exists
     # yet: the data cache's wait relies on that).
-    launch = rundir.decide(plan, overwrite=overwrite)
+    launch = rundir.decide(plan, overwrite=overwrite, resume_changed=resume_changed)
     _say(launch.message)
     if launch.action == "done":
         return Path(plan.output["dir"])

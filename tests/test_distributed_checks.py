@@ -122,7 +122,7 @@ PROPOSED = [
      "error", ("distributed", "deepspeed", "offload_optimizer"), "stage 1, 2 or 3"),
     ("nvme without a path",
      "distributed: {backend: deepspeed, deepspeed: {zero_stage: 3, offload_params: nvme}}\n", None,
-     "error", ("distributed", "deepspeed", "offload_params"), "NVMe offload needs a path"),
+     "error", ("distributed", "deepspeed", "offload_params"), "NVMe offload needs a folder"),
     ("fsdp settings under ddp",
      "distributed: {backend: ddp, fsdp: {cpu_offload: true}}\n", None,
      "warning", ("distributed", "fsdp"), "apply to backend fsdp, but the backend is ddp"),

@@ -401,3 +401,14 @@ def test_decoder_layer_class_of_a_peft_wrapped_model():
     assert decoder_layer_class(peft) == "Qwen2DecoderLayer"
     model._no_split_modules = None  # no declaration: the repeated layer of the longest ModuleList
     assert decoder_layer_class(model) == "Qwen2DecoderLayer"
+
+
+def test_nvme_offload_with_a_path_reaches_the_deepspeed_json(tmp_path):
+    from runner.launch_config import deepspeed_json
+    from runner.schema import fill_defaults
+
+    cfg = fill_defaults({"model": {"path": "x/y"}, "datasets": [{"path": "d.json"}],
+                         "distributed": {"backend": "deepspeed", "deepspeed": {
+                             "zero_stage": 3, "offload_params": "nvme", "nvme_path": "/nvme/ds"}}})
+    zero = deepspeed_json(cfg)["zero_optimization"]
+    assert zero["offload_param"] == {"device": "nvme", "pin_memory": True, "nvme_path": "/nvme/ds"}
