@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the run's YAML config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.learning_rate=1e-4")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the recipe's code path on a CPU in seconds: tiny random model of the same family, "
+                             "2 steps (runner/smoke.py)")
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume an unfinished run although its plan changed (the changes are printed)")
 
@@ -28,7 +31,12 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
     if isinstance(target, argparse.Namespace):
         from runner.plan import make_plan
 
-        plan = make_plan(target.config, target.overrides)
+        overrides = list(target.overrides)
+        if getattr(target, "smoke", False):
+            from runner.smoke import smoke_overrides
+
+            overrides += smoke_overrides(target.config, overrides)
+        plan = make_plan(target.config, overrides)
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         from runner.signals import EXIT_INTERRUPTED, TrainingInterrupted
