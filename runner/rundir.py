@@ -132,8 +132,10 @@ def clear(run_dir) -> None:
             path.unlink(missing_ok=True)
 
 
-def decide(plan, *, overwrite: bool = False) -> Launch:
-    """How a launch treats plan.output['dir'] (pure decision; `prepare` carries it out)."""
+def decide(plan, *, overwrite: bool = False, resume_changed: bool = False) -> Launch:
+    """How a launch treats plan.output['dir'] (pure decision; `prepare` carries it out).
+    `resume_changed`: resume an unfinished run although its plan changed (a deliberate change,
+    e.g. more steps); the differences are named in the message."""
     run_dir = Path(plan.output["dir"])
     overwrite = overwrite or bool(plan.output.get("overwrite"))
     resume = plan.output.get("resume", "auto")
@@ -166,12 +168,16 @@ def decide(plan, *, overwrite: bool = False) -> Launch:
     complete = complete_checkpoints(run_dir)
     if not complete:
         return Launch("fresh", message=f"{run_dir} has no complete checkpoint: starting over")
+    if diffs and resume_changed:
+        return Launch("resume", checkpoint=str(complete[-1]),
+                      message=f"resuming from {complete[-1].name} with a changed plan: " + "; ".join(diffs[:12]))
     if diffs:
         raise UserError(
             f"cannot resume the run in {run_dir}: the plan changed since it started; it differs in: "
             + "; ".join(diffs[:12]),
             where="output.resume",
-            hint="restore those settings to resume, or set output.overwrite: true / output.resume: never to start over",
+            hint="restore those settings to resume, pass --resume-changed to resume with the change on purpose, "
+            "or set output.overwrite: true / output.resume: never to start over",
         )
     return Launch("resume", checkpoint=str(complete[-1]), message=f"resuming from {complete[-1].name}")
 

@@ -88,6 +88,8 @@ class RunnerMixin:
         self._runner_staging = True
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as err:  # full disk, quota, permissions: the earlier checkpoints stay as they are
+            raise _save_failed(err, self.args.output_dir, self.state.global_step) from err
         finally:
             self._runner_staging = False
         # Every rank has written its part (shards, RNG state) before the checkpoint counts as complete.
@@ -97,6 +99,20 @@ class RunnerMixin:
             rundir.finish_checkpoint(staged, self.args.output_dir, self.state.global_step, self.runner_plan_hash)
             rundir.rotate_checkpoints(self.args.output_dir, self.runner_save_total_limit)
         self.accelerator.wait_for_everyone()
+
+
+def _save_failed(err: OSError, checkpoints: str, step: int) -> UserError:
+    import errno
+    import shutil
+
+    staged = os.path.join(checkpoints, rundir.STAGING, f"checkpoint-{step}")
+    shutil.rmtree(staged, ignore_errors=True)  # frees what it took; never resumed from anyway
+    done = rundir.complete_checkpoints(os.path.dirname(checkpoints))
+    last = f"the newest complete checkpoint is {done[-1].name}" if done else "there is no complete checkpoint yet"
+    why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else (err.strerror or str(err))
+    return UserError(f"could not write checkpoint-{step}: {why}; {last}",
+                     where=getattr(err, "filename", None) or staged,
+                     hint="free space under output.dir (or raise the quota), then run the same command to resume")
 
 
 def _renamed(dataset, columns: dict, keep=()):
