@@ -88,6 +88,9 @@ def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
         out.rows.append(row)
         out.origins.append(where)
     bad.raise_if_any(ds["path"])
+    if out.rows_read == 0:
+        raise DataError(f"dataset {ds['path']} holds no rows (an empty file or an empty list)",
+                        where=f"{ds['path']}:1", hint="check the file, or remove the dataset from the config")
     out.skipped = bad.by_reason
     return out
 
@@ -146,7 +149,7 @@ def read_json(path: Path, ds: dict):
                 return
         try:
             data = json.loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
             yield f"{path}:{getattr(e, 'lineno', 1)}", RowError(f"invalid JSON: {e}")
             return
         rows = data.get(ds.get("split", "train"), data.get("data")) if isinstance(data, dict) else None
@@ -158,7 +161,7 @@ def read_json(path: Path, ds: dict):
         return
     try:
         rows = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         yield f"{path}:{getattr(e, 'lineno', 1)}", RowError(f"invalid JSON: {e}")
         return
     lines = _array_item_lines(text)
@@ -184,10 +187,35 @@ def _array_item_lines(text: str) -> list[int]:
     return lines
 
 
+# One JSON line longer than this is refused rather than loaded (a corrupt or hostile file could
+# otherwise hold one line of gigabytes); real rows are far shorter even at 128k-token contexts.
+MAX_LINE_BYTES = 64 * 2**20
+
+
+def _lines(f):
+    """The file's lines; a line over MAX_LINE_BYTES comes back as None after being read past in
+    chunks, so memory stays bounded whatever the file holds."""
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while True:
+                chunk = f.readline(MAX_LINE_BYTES)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield raw
+
+
 def read_jsonl(path: Path, ds: dict):
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(_lines(f), 1):
             where = f"{path}:{number}"
+            if raw is None:
+                yield where, RowError(f"line longer than {MAX_LINE_BYTES // 2**20} MiB; not read")
+                continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -197,7 +225,7 @@ def read_jsonl(path: Path, ds: dict):
                 continue
             try:
                 yield where, json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 yield where, RowError(f"invalid JSON line: {e}")
 
 
