@@ -84,7 +84,7 @@ def _main(argv=None) -> int:
         parser = argparse.ArgumentParser(prog=f"runner {command}", description=COMMANDS[command][1])
         parser.add_argument("--debug", action="store_true", help="show tracebacks")
         module.add_arguments(parser)
-        args = parser.parse_args(argv[1:])
+        args = parser.parse_intermixed_args(argv[1:])  # options may sit between overrides
         args.debug = debug
         return int(module.run(args) or 0)
     except UserError as err:

@@ -94,10 +94,12 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
            "model.dtype=float32", "training.precision=fp32", f"training.max_steps={steps}",
            "training.micro_batch_size=1", "training.gradient_accumulation=2", "sequence.max_length=128",
            "distributed.backend=single", "distributed.num_processes=null", "distributed.num_machines=1",
-           "tracking.wandb=null", "output.save_every=null", "output.overwrite=true",
+           "tracking.wandb=null", "tracking.log_every=1", "output.save_every=null", "output.overwrite=true",
            f"output.dir={Path(plan.data['cache_dir']) / 'smoke-runs' / plan.name}"]
     if plan.data["template"]["name"] == "tokenizer":
         out.append(f"template.name={FAMILIES[family][1]}")
+    if plan.training["stage"] == "kto":
+        out.append("training.micro_batch_size=2")  # KTO's KL estimate needs two rows per micro batch
     if plan.training["optimizer"] in GPU_ONLY_OPTIMIZERS:
         out.append("training.optimizer=adamw_torch")
     if plan.training["eval_every"]:

@@ -51,3 +51,25 @@ def test_smoke_overrides_make_a_tiny_cpu_plan(tmp_path):
     assert plan.quantization and plan.quantization["bits"] == 4, "smoke keeps the recipe's own QLoRA path"
     assert plan.training["optimizer"] == "adamw_torch", "paged optimizers need CUDA"
     assert all(d["num_samples"] == 8 for d in plan.data["datasets"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_smoke_run_trains_on_cpu(recipe, tmp_path, capsys):
+    """`runner train RECIPE --smoke`: the recipe's own adapter, quantization, stage, template, masking
+    and packing on a tiny random model of its family, two optimizer steps, in-process."""
+    import json
+
+    from runner.cli import main
+
+    cache = tmp_path / "cache"
+    code = main(["train", str(recipe), "--smoke", f"data.cache_dir={cache}"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    run_dir = cache / "smoke-runs" / make_plan(recipe).name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r and r.get("kind", "train") == "train"]
+    assert losses and all(loss == loss and abs(loss) < 1e4 for loss in losses), rows
+    saved = {p.name for p in run_dir.iterdir()}
+    assert {"plan.json", "config.yaml"} <= saved
+    assert "adapter_model.safetensors" in saved or "model.safetensors" in saved or \
+        any(n.startswith("model-") and n.endswith(".safetensors") for n in saved), saved
