@@ -291,3 +291,14 @@ def dataset_path(path_text: str, bases: list[Path], out_dir: Path, tr: Translati
         return {"path": path_text, "type": "hub"}
     tr.note(where, f"{path_text} was not found next to the source config or in the current directory; kept as written")
     return {"path": path_text}
+
+
+def coerce(value, kind, key: str, tr: "Translation"):
+    """A source value as the type its runner key takes (None when it cannot be, reported on tr)."""
+    if kind is bool:
+        return as_bool(value, key, tr)
+    if kind in (int, float):
+        return as_number(value, key, tr, integer=kind is int)
+    if kind is list:
+        return split_list(value)
+    return str(value)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.importers import llamafactory_datasets as lfd
 from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
-from runner.importers.common import (Translation, as_bool, as_number, drop_lora_keys, fsdp_qlora_storage, is_unset,
+from runner.importers.common import (Translation, as_number, coerce, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
 
@@ -153,14 +153,7 @@ def _simple(key: str, value, tr: Translation) -> None:
         tr.idle.append(key)
     elif key in DIRECT:
         target, kind = DIRECT[key]
-        if kind is bool:
-            value = as_bool(value, key, tr)
-        elif kind in (int, float):
-            value = as_number(value, key, tr, integer=kind is int)
-        elif kind is list:
-            value = split_list(value)
-        else:
-            value = str(value)
+        value = coerce(value, kind, key, tr)
         if value is not None:
             tr.set(target, value)
     elif key in IMPLIED:
