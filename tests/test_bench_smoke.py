@@ -81,7 +81,7 @@ def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared
         plan = make_plan(str(cfg), overrides)
         assert plan.model["random_init"] is True and plan.model["path"] == str(shapes[scenario.shape])
         assert plan.training["max_steps"] == 25 and plan.tracking["log_every"] == 5
-        assert all(Path(d["path"]).parent == shared_data for d in plan.data["datasets"])
+        assert all(Path(d["path"]).parent == shared_data.resolve() for d in plan.data["datasets"])
         assert plan.data["sequence"]["max_length"] == 2048
         expected = {"lora": "lora", "dpo_lora": "lora", "full": "full"}[scenario.work]
         assert plan.adapter["kind"] == expected, scenario.name
