@@ -168,7 +168,7 @@ def run_runner(scenario, ctx: dict) -> dict:
     except Exception as exc:  # the FLOP count is a derived figure: keep the measurement
         print(f"[harness] attention span of the runner data unknown: {exc}", file=sys.stderr)
         span = None
-    result = {**side, "status": "ok", "tokens": tokens, "window_s": round(sum(window), 4),
+    result = {**side, "status": "ok", "tokens": tokens, "window_s": round(sum(window), 6),
               "tokens_per_s": round(tokens / sum(window), 1), "attn_ctx": span,
               "metrics_peak_memory_gib": round(memory_mb / 1024, 3),
               "metrics_tokens_per_s": [by_step[s].get("tokens_per_s") for s in sorted(by_step) if s > warmup],
