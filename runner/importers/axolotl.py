@@ -9,7 +9,7 @@ from pathlib import Path
 from runner.importers import axolotl_datasets as ds
 from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PREFIX_UNSUPPORTED, QUANT_KEYS,
                                            RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS, UNSUPPORTED)
-from runner.importers.common import (Translation, as_number, coerce, drop_lora_keys, fsdp_qlora_storage, is_unset,
+from runner.importers.common import (Translation, as_number, coerce, pop_key as _pop, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
 
@@ -54,17 +54,6 @@ def _simple(key: str, value, tr: Translation) -> None:
         tr.skip(key, value, next(r for p, r in PREFIX_UNSUPPORTED.items() if key.startswith(p)))
     else:
         tr.skip(key, value, "not a documented Axolotl key (misspelt?)")
-
-
-def _pop(keys: dict, name: str, tr: Translation):
-    """The value of a key handled by code below (None when empty, which is recorded as idle)."""
-    if name not in keys:
-        return None
-    value = keys.pop(name)
-    if is_unset(value):
-        tr.idle.append(name)
-        return None
-    return value
 
 
 def _flag(keys: dict, name: str, tr: Translation) -> bool:

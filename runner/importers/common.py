@@ -302,3 +302,14 @@ def coerce(value, kind, key: str, tr: "Translation"):
     if kind is list:
         return split_list(value)
     return str(value)
+
+
+def pop_key(keys: dict, name: str, tr: "Translation"):
+    """The value of a key handled by special code (None when empty, which is recorded as idle)."""
+    if name not in keys:
+        return None
+    value = keys.pop(name)
+    if is_unset(value):
+        tr.idle.append(name)
+        return None
+    return value

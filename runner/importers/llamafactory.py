@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.importers import llamafactory_datasets as lfd
 from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
-from runner.importers.common import (Translation, as_number, coerce, drop_lora_keys, fsdp_qlora_storage, is_unset,
+from runner.importers.common import (Translation, as_number, coerce, pop_key as _pop, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
 
@@ -136,16 +136,6 @@ def _applies(dotted: str, tr: Translation) -> bool:
     if dotted == "training.epochs":
         return tr.get("training.max_steps") is None
     return True
-
-
-def _pop(keys: dict, name: str, tr: Translation):
-    if name not in keys:
-        return None
-    value = keys.pop(name)
-    if is_unset(value):
-        tr.idle.append(name)
-        return None
-    return value
 
 
 def _simple(key: str, value, tr: Translation) -> None:
