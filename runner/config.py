@@ -14,7 +14,8 @@ from runner.errors import ConfigErrors, UserError
 from runner.yamlsafe import load_yaml, scalar
 
 COMMAND_LINE = "<command line>"
-_HUB_LIKE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# org/name on the Hugging Face hub (not a local path)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -142,7 +143,7 @@ def _rebased(value: str, directory: Path) -> str:
     if "${" in value or value.startswith("package:") or os.path.isabs(os.path.expanduser(value)):
         return value
     candidate = directory / value
-    if candidate.exists() or not _HUB_LIKE.match(value):
+    if candidate.exists() or not HUB_ID.match(value):
         return str(candidate.resolve()) if candidate.exists() else os.path.normpath(str(candidate))
     return value
 

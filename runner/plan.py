@@ -15,11 +15,10 @@ from pathlib import Path
 
 from runner import hashing, schema
 from runner.checks import check
-from runner.config import Loaded, load
+from runner.config import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
 from runner.launch_config import accelerate_settings
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Keys that never change the trained weights: excluded from config_hash.
 NOT_IN_CONFIG_HASH = ("name", "output", "tracking")
 

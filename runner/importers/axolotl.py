@@ -9,7 +9,7 @@ from pathlib import Path
 from runner.importers import axolotl_datasets as ds
 from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PREFIX_UNSUPPORTED, QUANT_KEYS,
                                            RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS, UNSUPPORTED)
-from runner.importers.common import (Translation, as_number, coerce, pop_key as _pop, drop_lora_keys, fsdp_qlora_storage, is_unset,
+from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
 
@@ -42,10 +42,7 @@ def _simple(key: str, value, tr: Translation) -> None:
         tr.idle.append(key)  # an empty or switched-off key asks for nothing
         return
     if key in DIRECT:
-        target, kind = DIRECT[key]
-        value = coerce(value, kind, key, tr)
-        if value is not None:
-            tr.set(target, value)
+        set_direct(DIRECT, key, value, tr)
     elif key in IMPLIED:
         tr.note(key, IMPLIED[key])
     elif key in UNSUPPORTED:

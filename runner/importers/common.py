@@ -9,10 +9,10 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.config import HUB_ID
 from runner.errors import UserError
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -128,7 +128,7 @@ def split_list(value) -> list[str]:
 
 
 def looks_like_hub_id(text: str) -> bool:
-    return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+    return bool(HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
 
 
 def locate(path_text: str, bases: list[Path]) -> Path | None:
@@ -313,3 +313,11 @@ def pop_key(keys: dict, name: str, tr: "Translation"):
         tr.idle.append(name)
         return None
     return value
+
+
+def set_direct(table: dict, key: str, value, tr: "Translation") -> None:
+    """A key with a one-to-one runner key: its value, typed, at the target path."""
+    target, kind = table[key]
+    value = coerce(value, kind, key, tr)
+    if value is not None:
+        tr.set(target, value)

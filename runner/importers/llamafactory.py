@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.importers import llamafactory_datasets as lfd
 from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
-from runner.importers.common import (Translation, as_number, coerce, pop_key as _pop, drop_lora_keys, fsdp_qlora_storage, is_unset,
+from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
 
@@ -142,10 +142,7 @@ def _simple(key: str, value, tr: Translation) -> None:
     if is_unset(value):
         tr.idle.append(key)
     elif key in DIRECT:
-        target, kind = DIRECT[key]
-        value = coerce(value, kind, key, tr)
-        if value is not None:
-            tr.set(target, value)
+        set_direct(DIRECT, key, value, tr)
     elif key in IMPLIED:
         tr.note(key, IMPLIED[key])
     elif value is False and key in UNSUPPORTED:
