@@ -2,6 +2,7 @@
 hand-written baseline; a JSON result and a markdown row per scenario.
 
     python bench/harness.py SCENARIO|all [--smoke] [--out bench/results] [--baselines DIR] [--data DIR]
+    python bench/harness.py SCENARIO --side runner --variant NAME --set training.micro_batch_size=2 ...
 
 Each side runs in its own process under bench/probe.py (same step clock, fresh memory counters):
 - runner: `python -m runner train bench/scenarios/SCENARIO.yaml` + overrides (model dir, data dir,
@@ -16,6 +17,7 @@ baselines hard-code CUDA and the 8B shape: on a machine without CUDA they are re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -145,7 +147,7 @@ def run_runner(scenario, ctx: dict) -> dict:
     cfg = HERE / "scenarios" / scenario.config
     warmup, measure = (SMOKE_WARMUP, SMOKE_MEASURE) if ctx["smoke"] else (scenario.warmup, scenario.measure)
     overrides = runner_overrides(scenario, cfg, ctx["model_dir"], ctx["data_dir"], ctx["work"], ctx["smoke"],
-                                 not ctx["cuda"], warmup, measure)
+                                 not ctx["cuda"], warmup, measure) + list(ctx.get("extra_overrides") or [])
     metrics = run_dir_of(scenario, ctx["work"], ctx["smoke"]) / "metrics.jsonl"
     probe, output = run_probed(["-m", "runner", "train", str(cfg), *overrides], probe_out=ctx["work"] / "probe-runner.json",
                                warmup=warmup, log=ctx["work"] / f"{scenario.name}-runner.log", env=child_env(),
@@ -245,7 +247,7 @@ def run_scenario(scenario, args) -> dict:
     model_dir = modeldir.build(shape, args.work / "models" / tag, args.data, smoke)
     ctx = {"smoke": smoke, "cuda": cuda_available(), "model_dir": model_dir, "data_dir": args.data,
            "work": args.work, "baselines_dir": args.baselines, "timeout": args.timeout,
-           "peak_tflops": args.peak_tflops, "shape": modeldir.read_shape(model_dir)}
+           "peak_tflops": args.peak_tflops, "shape": modeldir.read_shape(model_dir), "extra_overrides": args.set}
     previous = _previous(args.out, scenario.name, smoke)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     versions = previous.get("versions")
@@ -298,7 +300,22 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=None, help="seconds per side")
     p.add_argument("--update-results", type=Path, default=None, help="replace the scenario's row in this table "
                    "(bench/RESULTS.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra runner override (repeatable); needs --variant")
+    p.add_argument("--variant", default=None, help="name of a variant: results go to SCENARIO@VARIANT.json")
+    p.add_argument("--steps", default=None, metavar="WARMUP,MEASURE", help="runner steps before and inside the "
+                   "timed window (default: the scenario's)")
     args = p.parse_args(argv)
+    if args.set and not args.variant:
+        p.error("--set changes what runs: name it with --variant")
+    if args.variant and args.update_results:
+        p.error("--update-results takes the scenarios as defined, not variants")
+    if args.steps:
+        try:
+            args.steps = tuple(int(x) for x in args.steps.split(","))
+            assert len(args.steps) == 2 and min(args.steps) >= 1
+        except (ValueError, AssertionError):
+            p.error("--steps takes WARMUP,MEASURE, two positive integers")
     if args.scenario != "all" and args.scenario not in catalog.SCENARIOS:
         p.error(f"unknown scenario {args.scenario!r}: use one of {', '.join(catalog.SCENARIOS)} or all")
     if args.smoke and args.update_results:
@@ -316,7 +333,12 @@ def main(argv=None) -> int:
     names = list(catalog.SCENARIOS) if args.scenario == "all" else [args.scenario]
     worst = 0
     for name in names:
-        result = run_scenario(catalog.SCENARIOS[name], args)
+        scenario = catalog.SCENARIOS[name]
+        if args.variant:
+            scenario = dataclasses.replace(scenario, name=f"{name}@{args.variant}")
+        if args.steps:
+            scenario = dataclasses.replace(scenario, warmup=args.steps[0], measure=args.steps[1])
+        result = run_scenario(scenario, args)
         json_path, _ = report.write_result(result, args.out)
         if args.update_results:
             report.update_results_table(args.update_results, result)

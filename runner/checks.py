@@ -74,6 +74,9 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     if seq["packing"] and stage in ("dpo", "kto", "orpo"):
         error(("sequence", "packing"), f"stage {stage} trains on prompt/answer pairs and cannot pack",
               "set sequence.packing: false")
+    if seq["truncation"] == "split" and stage != "pt":
+        error(("sequence", "truncation"), f"split cuts long samples into pieces for continued pretraining; stage {stage} "
+              "would train pieces of a conversation without their prompt", "use truncate, drop or error")
     has_eval = bool(cfg["eval_datasets"]) or cfg["val_size"] > 0
     if training["eval_every"] and not has_eval:
         error(("training", "eval_every"), "evaluation is asked for but there is no eval data",

@@ -75,6 +75,36 @@ def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None, chunk_tok
     return chunked_causal_lm_loss(out[0], head, inputs["labels"], num_items_in_batch, chunk_tokens)
 
 
+def _checkpointable(model) -> list:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpoint_split(model, count) -> str | None:
+    """"N/M": how many of the model's M decoder layers `training.gradient_checkpointing` recomputes
+    (true = all, an integer = the first N); None when it is off or the model has no such layers."""
+    layers = _checkpointable(model)
+    if not count or not layers:
+        return None
+    keep = len(layers) if count is True else min(int(count), len(layers))
+    return f"{keep}/{len(layers)}"
+
+
+def checkpoint_callback(count):
+    """Selective activation checkpointing: a TrainerCallback that, once the Trainer has turned
+    checkpointing on for every decoder layer (train begin), keeps it only on the first `count`."""
+    from transformers import TrainerCallback
+
+    class SelectiveCheckpointing(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layers = _checkpointable(model) if model is not None else []
+            for i, layer in enumerate(layers):
+                layer.gradient_checkpointing = bool(layer.gradient_checkpointing) and i < int(count)
+
+    return SelectiveCheckpointing()
+
+
 def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 

@@ -97,6 +97,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     from transformers import set_seed
 
     from runner import data as pipeline
+    from runner import fastpath
     from runner.adapters import PISSA_INIT_DIR, apply_adapter, is_pissa, print_parameters, save_pissa_initial
     from runner.model import load_model, local_device, resolve_dtype, resolve_precision
 
@@ -111,6 +112,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     model = load_model(plan, dtype=dtype)
     _match_tokenizer(model, tokenizer)
     fast = _fast_path(plan, model, device)
+    checkpointing = plan.training.get("gradient_checkpointing")
+    fast["checkpointed_layers"] = fastpath.checkpoint_split(model, checkpointing)
     if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
@@ -188,6 +191,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
                             collator=TokenCounter(collator) if collator is not None else None,
                             callbacks=[callback, stopper, *callbacks], ref_model=ref_model)
+    if checkpointing is not True and checkpointing:  # an integer: only the first N layers recompute
+        trainer.add_callback(fastpath.checkpoint_callback(checkpointing))
     trainer.runner_chunked_loss = fast["chunked_loss"] and stage in ("sft", "pt")
     distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
     if collator is None:  # the TRL trainer built its own

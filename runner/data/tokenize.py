@@ -219,19 +219,38 @@ def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True) 
                         where=too_long[0][0], hint="raise max_length, or set sequence.truncation: truncate | drop")
     input_ids, labels, origins = [], [], []
     for (ids, labs), item in zip(samples, kept):
+        pieces = [(ids, labs)]
         if len(ids) > max_length:
             if policy == "drop":
                 counts["dropped_too_long"] += 1
                 continue
-            ids, labs = ids[:max_length], labs[:max_length]
-            counts["truncated"] += 1
-        if trained_key and all(x == IGNORE for x in labs):
-            counts["dropped_no_trained_tokens"] += 1
-            continue
-        input_ids.append(ids)
-        labels.append(labs)
-        origins.append(item.origin)
+            if policy == "split":
+                pieces = split_sample(ids, labs, max_length)
+                counts["split"] += 1
+            else:
+                pieces = [(ids[:max_length], labs[:max_length])]
+                counts["truncated"] += 1
+        for ids, labs in pieces:
+            if trained_key and all(x == IGNORE for x in labs):
+                counts["dropped_no_trained_tokens"] += 1
+                continue
+            input_ids.append(ids)
+            labels.append(labs)
+            origins.append(item.origin)
     return Encoded({"input_ids": input_ids, "labels": labels}, origins, counts, skipped)
+
+
+def split_sample(ids: list, labels: list, max_length: int) -> list[tuple[list, list]]:
+    """A long sample cut into consecutive pieces of at most max_length tokens (continued pretraining:
+    nothing is thrown away). A piece's first token has no context inside its own row, so its label is
+    -100, as every sample's first label already is."""
+    pieces = []
+    for start in range(0, len(ids), max_length):
+        piece_labels = labels[start:start + max_length]
+        if start:
+            piece_labels = [IGNORE] + piece_labels[1:]
+        pieces.append((ids[start:start + max_length], piece_labels))
+    return pieces
 
 
 # ---- pt ------------------------------------------------------------------------------------------
