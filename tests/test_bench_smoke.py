@@ -121,7 +121,7 @@ def test_full1b_smoke_runs_runner_and_its_baseline(tmp_path):
     assert result["device"]
     # Every wiki document is longer than 128 tokens: each packed row is one truncated sample, no padding.
     assert run["tokens"] == run["timed_steps"] * 2 * 128 == 512
-    assert run["attn_ctx"] == 128.0
+    assert 120 < run["attn_ctx"] <= 128.0  # pieces of split documents fill the rows; the last piece is shorter
     assert run["tokens_per_s"] == pytest.approx(run["tokens"] / run["window_s"], rel=1e-3, abs=0.1)
     assert run["step_time_s"]["n"] == 2 and base["step_time_s"]["n"] == 3  # baseline: STEPS=3 after 3 warm-up
     assert run["optimizer_steps"] == 4 and base["optimizer_steps"] == 6
