@@ -149,8 +149,12 @@ def run_runner(scenario, ctx: dict) -> dict:
     overrides = runner_overrides(scenario, cfg, ctx["model_dir"], ctx["data_dir"], ctx["work"], ctx["smoke"],
                                  not ctx["cuda"], warmup, measure) + list(ctx.get("extra_overrides") or [])
     metrics = run_dir_of(scenario, ctx["work"], ctx["smoke"]) / "metrics.jsonl"
+    profile = None
+    if ctx.get("profile"):
+        first, last = ctx["profile"]
+        profile = {"BENCH_PROFILE": f"{first},{last},{ctx['out'] / (scenario.name + '-profile.txt')}"}
     probe, output = run_probed(["-m", "runner", "train", str(cfg), *overrides], probe_out=ctx["work"] / "probe-runner.json",
-                               warmup=warmup, log=ctx["work"] / f"{scenario.name}-runner.log", env=child_env(),
+                               warmup=warmup, log=ctx["work"] / f"{scenario.name}-runner.log", env=child_env(profile),
                                timeout=ctx["timeout"])
     side = {"command": f"runner train {cfg.relative_to(REPO)} " + " ".join(overrides), "warmup_steps": warmup,
             "timed_steps": measure}
@@ -247,7 +251,8 @@ def run_scenario(scenario, args) -> dict:
     model_dir = modeldir.build(shape, args.work / "models" / tag, args.data, smoke)
     ctx = {"smoke": smoke, "cuda": cuda_available(), "model_dir": model_dir, "data_dir": args.data,
            "work": args.work, "baselines_dir": args.baselines, "timeout": args.timeout,
-           "peak_tflops": args.peak_tflops, "shape": modeldir.read_shape(model_dir), "extra_overrides": args.set}
+           "peak_tflops": args.peak_tflops, "shape": modeldir.read_shape(model_dir), "extra_overrides": args.set,
+           "profile": args.profile, "out": args.out}
     previous = _previous(args.out, scenario.name, smoke)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     versions = previous.get("versions")
@@ -302,10 +307,14 @@ def parse_args(argv=None):
                    "(bench/RESULTS.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra runner override (repeatable); needs --variant")
-    p.add_argument("--variant", default=None, help="name of a variant: results go to SCENARIO@VARIANT.json")
+    p.add_argument("--variant", default=None, help="name of a variant: results go to SCENARIO.VARIANT.json")
     p.add_argument("--steps", default=None, metavar="WARMUP,MEASURE", help="runner steps before and inside the "
                    "timed window (default: the scenario's)")
+    p.add_argument("--profile", default=None, metavar="FIRST,LAST", help="torch.profiler over these runner "
+                   "optimizer steps: OUT/SCENARIO-profile.txt (host vs device time, top kernels)")
     args = p.parse_args(argv)
+    if args.profile:
+        args.profile = tuple(int(x) for x in args.profile.split(","))
     if args.set and not args.variant:
         p.error("--set changes what runs: name it with --variant")
     if args.variant and args.update_results:
@@ -335,7 +344,7 @@ def main(argv=None) -> int:
     for name in names:
         scenario = catalog.SCENARIOS[name]
         if args.variant:
-            scenario = dataclasses.replace(scenario, name=f"{name}@{args.variant}")
+            scenario = dataclasses.replace(scenario, name=f"{name}.{args.variant}")
         if args.steps:
             scenario = dataclasses.replace(scenario, warmup=args.steps[0], measure=args.steps[1])
         result = run_scenario(scenario, args)

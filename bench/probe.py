@@ -60,6 +60,10 @@ class StepClock:
         if len(self.stamps) == self.warmup and self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
             self.peak_reset_at = self.warmup
+        if self.profiler is not None:
+            self.profiler.at_step(len(self.stamps))
+
+    profiler = None
 
     def step_times(self) -> list[float]:
         """Seconds between consecutive optimizer steps (the first step has no predecessor)."""
@@ -81,6 +85,44 @@ class StepClock:
         if self.cuda:
             return self.torch.cuda.get_device_name(0)
         return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+
+
+class StepProfiler:
+    """BENCH_PROFILE=FIRST,LAST,FILE: torch.profiler over optimizer steps FIRST..LAST; FILE gets the
+    host time of those steps, the accelerator's busy time (sum of kernel times) and the top kernels
+    and operators. Busy time well under the host time means the step waits on Python launching work."""
+
+    def __init__(self, spec: str):
+        first, last, self.path = spec.split(",", 2)
+        self.first, self.last = int(first), int(last)
+        self.prof = None
+        self.started = None
+
+    def at_step(self, step: int) -> None:
+        import torch
+
+        if step == self.first:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+            self.started = time.perf_counter()
+        elif step == self.last and self.prof is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            host = time.perf_counter() - self.started
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+            steps = self.last - self.first
+            lines = [f"steps {self.first}..{self.last}: host {host / steps:.4f} s/step, "
+                     f"device busy {busy / steps:.4f} s/step ({busy / max(host, 1e-9):.0%})", ""]
+            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            lines.append(events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+            with open(self.path, "w") as fh:
+                fh.write("\n".join(lines))
+            self.prof = None
 
 
 def run_target(module: str | None, target: list[str]) -> int:
@@ -123,6 +165,8 @@ def main(argv=None) -> int:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     clock = StepClock(args.warmup)
+    if os.environ.get("BENCH_PROFILE"):
+        clock.profiler = StepProfiler(os.environ["BENCH_PROFILE"])
     handle = register_optimizer_step_post_hook(clock.hook)
     started = time.time()
     error = None

@@ -129,3 +129,11 @@ def decide(training: dict, device: str, model_type: str) -> dict:
     chunked = training.get("chunked_loss", "auto")
     use_chunked = bool(chunked is True or (chunked == "auto" and not use_liger))
     return {"liger": use_liger, "chunked_loss": use_chunked, "torch_compile": bool(training.get("torch_compile"))}
+
+
+def decide_fused_lora(training: dict, device: str, adapter: dict, quantized: bool, sharded: bool) -> bool:
+    """Whether LoRA layers take runner.fused_lora (auto: GPU, plain LoRA, unquantized, unsharded)."""
+    setting = training.get("fused_lora", "auto")
+    if adapter.get("kind") != "lora" or setting is False:
+        return False
+    return setting is True or (device == "cuda" and not quantized and not sharded)

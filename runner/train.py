@@ -117,6 +117,11 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
+    if fastpath.decide_fused_lora(plan.training, device.split(":")[0], plan.adapter,
+                                  bool((plan.quantization or {}).get("bits")), _sharded(plan)):
+        from runner.fused_lora import fuse_lora
+
+        fast["fused_lora_layers"] = fuse_lora(model)
     if is_main:
         print_parameters(info)
     pissa_init = None

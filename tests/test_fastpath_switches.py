@@ -127,3 +127,94 @@ def test_train_with_selective_checkpointing_records_the_split(tmp_path):
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["runtime"]["fast_path"]["checkpointed_layers"] == "2/3"
     assert '"split"' in json.dumps(plan["runtime"]["data_stats"])  # c4 documents are longer than 64 tokens
+
+
+# --- fused LoRA (runner.fused_lora) --------------------------------------------------------------
+
+def _lora_model(dtype=torch.float32, dropout=0.0, dora=False, bias="none", seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    model = _llama(2).to(dtype)
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, use_dora=dora, bias=bias, init_lora_weights=False,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(model, cfg)
+
+
+def _run(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _packed_batch():
+    ids = torch.randint(0, 97, (2, 19), generator=torch.Generator().manual_seed(4))
+    labels = ids.clone()
+    labels[:, 0] = labels[0, 9] = -100
+    pos = torch.cat([torch.arange(9), torch.arange(10)]).repeat(2, 1)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+def test_fused_lora_gives_peft_loss_and_gradients():
+    from runner.fused_lora import fuse_lora
+
+    plain, fused = _lora_model(), _lora_model()
+    fused.load_state_dict(plain.state_dict())
+    assert fuse_lora(fused) == 14 and fuse_lora(fused) == 0  # 7 projections x 2 layers, once
+    fused.train(), plain.train()
+    batch = _packed_batch()
+    ref_loss, ref_grads = _run(plain, batch)
+    loss, grads = _run(fused, batch)
+    assert torch.allclose(loss, ref_loss, atol=1e-6), (loss, ref_loss)
+    assert grads.keys() == ref_grads.keys() and any("lora_A" in n for n in grads)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_fused_lora_in_bf16_stays_close_to_peft_under_autocast():
+    from runner.fused_lora import fuse_lora
+
+    plain, fused = _lora_model(torch.bfloat16), _lora_model(torch.bfloat16)
+    fused.load_state_dict(plain.state_dict())
+    fuse_lora(fused)
+    batch = _packed_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss, ref_grads = _run(plain, batch)
+        loss, grads = _run(fused, batch)
+    assert abs(float(loss) - float(ref_loss)) < 2e-2 * abs(float(ref_loss))
+    for name, g in grads.items():
+        ref = ref_grads[name].float()
+        assert g.dtype == ref_grads[name].dtype, name
+        assert (g.float() - ref).norm() <= 0.05 * ref.norm() + 1e-3, name
+
+
+@pytest.mark.parametrize("variant", ["dropout", "dora", "disabled"])
+def test_fused_lora_leaves_what_it_cannot_fuse_to_peft(variant):
+    from runner.fused_lora import _fusable, fuse_lora
+
+    model = _lora_model(dropout=0.1 if variant == "dropout" else 0.0, dora=variant == "dora")
+    fuse_lora(model)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 3, 32)
+    if variant == "disabled":
+        assert _fusable(layer, x, {}) == "default"
+        with model.disable_adapter():
+            assert _fusable(layer, x, {}) is None
+            assert torch.allclose(layer(x), layer.base_layer(x))
+    else:
+        assert _fusable(layer, x, {}) is None
+    model.eval()  # dropout off: PEFT's forward and the routed one are the same call
+    assert torch.allclose(layer(x), layer._runner_peft_forward(x))
+
+
+def test_train_with_fused_lora_records_the_layers(tmp_path):
+    from tiny_model import save_tiny_model, write_config
+
+    model_dir = save_tiny_model(tmp_path / "model", layers=2)
+    cfg = write_config(tmp_path, model_dir, training={"fused_lora": True, "max_steps": 2},
+                       adapter={"target_modules": "all-linear"})
+    assert main(["train", str(cfg)]) == 0
+    fast = json.loads((tmp_path / "run" / "plan.json").read_text())["runtime"]["fast_path"]
+    assert fast["fused_lora_layers"] == 14
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,101 @@
+"""Fused LoRA linear layers: y = x W^T + b + s (x A^T) B^T as one autograd function.
+
+PEFT's LoRA forward under bf16 autocast casts the input to the adapter's fp32 dtype, autocast casts
+it back to bf16 for each matmul (a fresh copy per projection, kept for backward), and the scale and
+the add are separate passes over the full output. Here the low-rank term is added inside the base
+matmul's output with `addmm_` (one pass), the input the base layer already holds is the only
+activation kept (plus the [tokens, r] product), and backward mirrors it. Same arithmetic as
+autocast (matmuls in the input's dtype, fp32 accumulation), one rounding fewer; the parameters, the
+saved adapter and everything outside these layers are PEFT's own.
+
+Used only where it is exact to PEFT's semantics: one active vanilla LoRA adapter (no DoRA, no LoRA
+bias, no dropout), an unmerged plain nn.Linear base that is frozen, and an input in the base weight's
+dtype (no autocast to another dtype). Any other call goes to PEFT's forward unchanged."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+class _LoRALinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        a = lora_a.to(x.dtype)
+        b = lora_b.to(x.dtype)
+        xa = x2 @ a.t()
+        out = F.linear(x2, weight, bias)
+        out.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(x2, xa, weight, lora_a, lora_b)
+        ctx.scale = scale
+        ctx.shape = shape
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, xa, weight, lora_a, lora_b = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        a = lora_a.to(g.dtype)
+        b = lora_b.to(g.dtype)
+        g_xa = (g @ b).mul_(ctx.scale)            # gradient reaching x A^T
+        grad_b = (g.t() @ xa).mul_(ctx.scale) if ctx.needs_input_grad[4] else None
+        grad_a = g_xa.t() @ x2 if ctx.needs_input_grad[3] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ weight
+            grad_x.addmm_(g_xa, a)
+            grad_x = grad_x.view(ctx.shape)
+        return (grad_x, None, None,
+                grad_a.to(lora_a.dtype) if grad_a is not None else None,
+                grad_b.to(lora_b.dtype) if grad_b is not None else None, None)
+
+
+def _fusable(layer, x, kwargs) -> str | None:
+    """The adapter name when this call can take the fused path, else None."""
+    if kwargs or layer.disable_adapters or layer.merged:
+        return None
+    active = layer.active_adapters
+    if len(active) != 1:
+        return None
+    name = active[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+        return None
+    if getattr(layer, "lora_bias", {}).get(name) or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
+        return None
+    base = layer.base_layer
+    if type(base) is not torch.nn.Linear or base.weight.requires_grad:
+        return None
+    if x.dtype != base.weight.dtype or (base.bias is not None and base.bias.requires_grad):
+        return None
+    if torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) != x.dtype:
+        return None
+    return name
+
+
+def _forward(self, x, *args, **kwargs):
+    name = None if args else _fusable(self, x, kwargs)
+    if name is None:
+        return self._runner_peft_forward(x, *args, **kwargs)
+    base = self.base_layer
+    with torch.autocast(x.device.type, enabled=False):
+        return _LoRALinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                                 float(self.scaling[name]))
+
+
+def fuse_lora(model) -> int:
+    """Route every PEFT LoRA Linear of `model` through the fused function (calls it cannot take fall
+    back to PEFT's forward). Returns how many layers were routed."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear \
+                and not hasattr(module, "_runner_peft_forward"):
+            module._runner_peft_forward = module.forward
+            module.forward = types.MethodType(_forward, module)
+            count += 1
+    return count
