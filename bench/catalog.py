@@ -58,6 +58,11 @@ SCENARIOS = {s.name: s for s in [
                  smoke_env={"SEQ": "256", "MB": "1", "GC": "1"}, attn_ctx="SEQ", needs_cuda=True),
         "Llama-3-8B shape (random init, bf16), LoRA r16 all-linear, seq 2048 packed"),
     Scenario(
+        "lora8b_packed_24g", "lora8b_packed_24g.yaml", "llama3_8b", "lora",
+        Baseline("lora8b_baseline.py", shared=True, env={"SEQ": "2048", "MB": "4", "GC": "1"},
+                 smoke_env={"SEQ": "256", "MB": "1", "GC": "1"}, attn_ctx="SEQ", needs_cuda=True),
+        "lora8b_packed under a 24 GiB peak: selective checkpointing (29 of 32 layers), mb 4"),
+    Scenario(
         "lora8b_alpaca", "lora8b_alpaca.yaml", "llama3_8b", "lora",
         Baseline("baselines2.py", shared=True, args=("padded",), tokens_key="real_tokens_per_s",
                  attn_ctx="alpaca", needs_cuda=True),

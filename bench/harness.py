@@ -165,7 +165,9 @@ def run_runner(scenario, ctx: dict) -> dict:
     times = probe.get("step_times_s") or []
     window = times[warmup - 1:warmup + measure - 1]
     if warmup not in by_step or warmup + measure not in by_step or len(window) < measure:
-        return {**side, **failed("no timed window", output, probe), "metrics_steps": sorted(by_step)}
+        seen = measured_side(probe, times[warmup - 1:])  # what was measured still helps the reader
+        seen.pop("_probe_versions", None)
+        return {**side, **seen, **failed("no timed window", output, probe), "metrics_steps": sorted(by_step)}
     tokens = by_step[warmup + measure]["tokens"] - by_step[warmup]["tokens"]
     # runner's own figure, a cross-check of the probe's (the probe reset the counters at the warm-up's end)
     memory_mb = max((r.get("memory_mb") or 0) for s, r in by_step.items() if s > warmup)
@@ -322,9 +324,10 @@ def parse_args(argv=None):
     if args.steps:
         try:
             args.steps = tuple(int(x) for x in args.steps.split(","))
-            assert len(args.steps) == 2 and min(args.steps) >= 1
+            assert len(args.steps) == 2 and min(args.steps) >= 1 and args.steps[1] % args.steps[0] == 0
         except (ValueError, AssertionError):
-            p.error("--steps takes WARMUP,MEASURE, two positive integers")
+            p.error("--steps takes WARMUP,MEASURE: positive integers, MEASURE a multiple of WARMUP (the log cadence "
+                    "that bounds the timed window)")
     if args.scenario != "all" and args.scenario not in catalog.SCENARIOS:
         p.error(f"unknown scenario {args.scenario!r}: use one of {', '.join(catalog.SCENARIOS)} or all")
     if args.smoke and args.update_results:

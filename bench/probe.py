@@ -114,7 +114,8 @@ class StepProfiler:
             host = time.perf_counter() - self.started
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
-            busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+            kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith(("CUDA", "PrivateUse1"))]
+            busy = sum(e.self_device_time_total for e in kernels) / 1e6  # kernels only: ops would count twice
             steps = self.last - self.first
             lines = [f"steps {self.first}..{self.last}: host {host / steps:.4f} s/step, "
                      f"device busy {busy / steps:.4f} s/step ({busy / max(host, 1e-9):.0%})", ""]

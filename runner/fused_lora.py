@@ -30,17 +30,16 @@ class _LoRALinear(torch.autograd.Function):
         xa = x2 @ a.t()
         out = F.linear(x2, weight, bias)
         out.addmm_(xa, b.t(), alpha=scale)
-        ctx.save_for_backward(x2, xa, weight, lora_a, lora_b)
+        ctx.save_for_backward(x2, xa, weight, a, b)  # the adapter in the input's dtype: tiny, and no recast
+        ctx.dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.scale = scale
         ctx.shape = shape
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, xa, weight, lora_a, lora_b = ctx.saved_tensors
+        x2, xa, weight, a, b = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        a = lora_a.to(g.dtype)
-        b = lora_b.to(g.dtype)
         g_xa = (g @ b).mul_(ctx.scale)            # gradient reaching x A^T
         grad_b = (g.t() @ xa).mul_(ctx.scale) if ctx.needs_input_grad[4] else None
         grad_a = g_xa.t() @ x2 if ctx.needs_input_grad[3] else None
@@ -50,8 +49,8 @@ class _LoRALinear(torch.autograd.Function):
             grad_x.addmm_(g_xa, a)
             grad_x = grad_x.view(ctx.shape)
         return (grad_x, None, None,
-                grad_a.to(lora_a.dtype) if grad_a is not None else None,
-                grad_b.to(lora_b.dtype) if grad_b is not None else None, None)
+                grad_a.to(ctx.dtypes[0]) if grad_a is not None else None,
+                grad_b.to(ctx.dtypes[1]) if grad_b is not None else None, None)
 
 
 def _fusable(layer, x, kwargs) -> str | None:
