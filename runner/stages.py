@@ -33,20 +33,34 @@ class RunnerMixin:
     runner_save_total_limit = None
     runner_plan_hash = None  # written into each checkpoint's completeness marker
 
+    runner_guard = None  # runner.nonfinite.NonFiniteGuard when the optimizer can skip steps on the device
+
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.runner_param_groups is not None:
             opt_model = self.model if model is None else model
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             kwargs.pop("lr", None)  # each group carries its own rate
             self.optimizer = optimizer_cls(self.runner_param_groups(opt_model), lr=self.args.learning_rate, **kwargs)
-            return self.optimizer
-        return super().create_optimizer(model)
+        else:
+            super().create_optimizer(model)
+        self._attach_guard()
+        return self.optimizer
+
+    def _attach_guard(self):
+        from runner import nonfinite
+
+        single = self.args.world_size == 1 and not self.is_fsdp_enabled and not self.is_deepspeed_enabled
+        # fp16's GradScaler skips overflowing steps by design: those must not count as failures.
+        if self.runner_guard is None and single and not self.args.fp16 and nonfinite.supports(self.optimizer):
+            self.runner_guard = nonfinite.NonFiniteGuard(self.optimizer, self.runner_max_nonfinite)
 
     runner_tokens = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.runner_tokens += int(inputs.pop(TOKENS_KEY, 0))
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.runner_guard is not None:
+            return self.runner_guard.after_micro_step(loss)  # no host-device sync
         if not math.isfinite(float(loss.detach())):
             self.runner_nonfinite_seen += 1
             step = self.state.global_step + 1
@@ -218,6 +232,7 @@ def training_arguments(plan, *, output_dir: str, precision: str, has_eval: bool,
         report_to="none",  # tracking.py logs to W&B itself: the run config holds the plan, no key is written
         disable_tqdm=True,  # metrics.py draws the progress bar
         remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # RunnerMixin handles non-finite losses; the filter syncs every step
         dataloader_num_workers=0,
         label_names=["labels"] if stage in ("sft", "pt") else None,
         **(extra or {}),
@@ -261,6 +276,11 @@ def build_trainer(plan, *, model, tokenizer, data, args, collator, callbacks, re
     else:
         trainer = cls(**common)
     trainer.runner_max_nonfinite = int(plan.training.get("max_nonfinite", 0))
+    from runner.nonfinite import guard_callback
+
+    check = guard_callback()
+    check.trainer = trainer
+    trainer.add_callback(check)
     trainer.runner_save_total_limit = plan.output.get("save_total_limit")
     trainer.runner_plan_hash = (plan.hashes or {}).get("plan")
     ratio = plan.adapter.get("loraplus_lr_ratio")

@@ -1,0 +1,120 @@
+"""Steps with a non-finite loss or gradient, caught without a host-device sync per step.
+
+With torch's fused Adam/AdamW (the `adamw_torch_fused` optimizer) the optimizer itself can skip an
+update on the device: it reads a `found_inf` flag, as under GradScaler. Before each step one fused
+kernel per dtype checks every gradient for inf/NaN and sets the flag (the micro-steps' losses set it
+too); the optimizer then leaves parameters, moments and step counts as they were. Counts stay on the
+device and are read when the Trainer logs or saves anyway and at the end: a run with more than
+training.max_nonfinite such steps stops there with the step named. Skipped updates never reach the
+weights, so reading late loses nothing.
+
+Other optimizers, and runs on several processes or sharded (FSDP, DeepSpeed), keep the plain check
+in stages.RunnerMixin (one sync per micro-step)."""
+
+from __future__ import annotations
+
+import sys
+
+from runner.errors import UserError
+
+
+def supports(optimizer) -> bool:
+    """A torch optimizer whose fused step takes `found_inf`."""
+    import torch
+
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and bool(optimizer.defaults.get("fused")) \
+        and getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+class NonFiniteGuard:
+    def __init__(self, optimizer, max_nonfinite: int):
+        import torch
+
+        device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+        self.max_nonfinite = max_nonfinite
+        self.found = torch.zeros((), dtype=torch.float32, device=device)  # this step: 1.0 when skipped
+        self.one = torch.ones((), dtype=torch.float32, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)  # skipped steps so far
+        self.steps = torch.zeros((), dtype=torch.int64, device=device)  # steps seen by the guard
+        self.last = torch.zeros((), dtype=torch.int64, device=device)   # its step index of the last skip
+        self.reported = 0
+        self.optimizer = optimizer
+        self.handles = [optimizer.register_step_pre_hook(self._before_step),
+                        optimizer.register_step_post_hook(self._after_step)]
+
+    def after_micro_step(self, loss):
+        """The micro-step's loss for the Trainer's running mean (0 when non-finite), flag set on device."""
+        import torch
+
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        torch.maximum(self.found, (~finite).to(self.found.dtype), out=self.found)
+        return torch.where(finite, loss, torch.zeros_like(loss))
+
+    def _before_step(self, optimizer, args, kwargs):
+        import torch
+
+        groups: dict = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for grads in groups.values():
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+        optimizer.found_inf = self.found
+
+    def _after_step(self, optimizer, args, kwargs):
+        import torch
+
+        optimizer.__dict__.pop("found_inf", None)
+        self.steps.add_(1)
+        skipped = self.found > 0
+        self.count.add_(skipped.to(self.count.dtype))
+        torch.where(skipped, self.steps, self.last, out=self.last)
+        self.found.zero_()
+
+    def check(self, global_step: int) -> None:
+        """Read the counts (one sync): warn about new skips; stop past training.max_nonfinite."""
+        import torch
+
+        count, steps, last = (int(x) for x in torch.stack([self.count, self.steps, self.last]).tolist())
+        if count == self.reported:
+            return
+        at = global_step - steps + last
+        new = count - self.reported
+        self.reported = count
+        if count > self.max_nonfinite:
+            raise UserError(
+                f"non-finite loss or gradients at step {at} ({count} so far; training.max_nonfinite is "
+                f"{self.max_nonfinite})",
+                where="training",
+                hint="lower training.learning_rate, use precision bf16 rather than fp16, or raise max_nonfinite "
+                "to skip such steps",
+            )
+        print(f"warning: {new} step(s) with a non-finite loss or gradients, the last at step {at}: their updates "
+              "were skipped", file=sys.stderr)
+
+
+def guard_callback():
+    """Checks the trainer's guard where the Trainer syncs anyway: logging, saving, the end."""
+    from transformers import TrainerCallback
+
+    class NonFiniteCheck(TrainerCallback):
+        def __init__(self):
+            self.trainer = None
+
+        def _check(self, state):
+            guard = getattr(self.trainer, "runner_guard", None)
+            if guard is not None:
+                guard.check(state.global_step)
+
+        def on_log(self, args, state, control, **kwargs):
+            self._check(state)
+
+        def on_save(self, args, state, control, **kwargs):
+            self._check(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self._check(state)
+
+    return NonFiniteCheck()

@@ -1,0 +1,105 @@
+"""Non-finite steps under the fused optimizer, without a sync per step (runner.nonfinite): a NaN
+gradient leaves parameters, Adam moments and the step count untouched; the count is read at logging /
+saving / the end, and a run past training.max_nonfinite stops naming the step. Real torch fused AdamW
+on CPU and real training of a tiny Llama."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from runner.errors import UserError
+from runner.nonfinite import NonFiniteGuard, supports
+from runner.plan import make_plan
+from runner.train import run
+from tests.tiny_model import save_tiny_model, write_config
+
+torch.set_num_threads(1)
+
+
+def _opt():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    return layer, torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+
+
+def _step(layer, opt, x):
+    opt.zero_grad(set_to_none=True)
+    layer(x).pow(2).sum().backward()
+    opt.step()
+
+
+def test_supports_only_fused_adam():
+    layer = torch.nn.Linear(2, 2)
+    assert supports(torch.optim.AdamW(layer.parameters(), fused=True))
+    assert not supports(torch.optim.AdamW(layer.parameters()))
+    assert not supports(torch.optim.SGD(layer.parameters(), lr=0.1))
+
+
+def test_nan_gradient_skips_the_update_on_device_and_check_names_the_step():
+    layer, opt = _opt()
+    guard = NonFiniteGuard(opt, max_nonfinite=1)
+    _step(layer, opt, torch.ones(2, 4))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+    _step(layer, opt, torch.tensor([[1.0, float("nan"), 0.0, 0.0]] * 2))  # step 2: NaN gradients
+    after = layer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, opt.state.values()))
+    assert all(int(s["step"]) == 1 for s in opt.state.values())
+    assert not hasattr(opt, "found_inf")
+    _step(layer, opt, torch.ones(2, 4))  # step 3 trains again
+    assert not torch.equal(before["weight"], layer.weight)
+    guard.check(global_step=3)  # one skip, allowed: a warning
+    _step(layer, opt, torch.full((2, 4), float("inf")))  # step 4
+    with pytest.raises(UserError, match=r"non-finite loss or gradients at step 4 \(2 so far; training.max_nonfinite is 1\)"):
+        guard.check(global_step=4)
+
+
+def test_non_finite_loss_sets_the_flag_and_reports_zero():
+    layer, opt = _opt()
+    guard = NonFiniteGuard(opt, max_nonfinite=0)
+    assert guard.after_micro_step(torch.tensor(2.5)).item() == 2.5
+    assert guard.found.item() == 0.0
+    assert guard.after_micro_step(torch.tensor(float("nan"))).item() == 0.0
+    assert guard.found.item() == 1.0
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden=48)
+
+
+def _train(tmp_path, model_dir, callbacks=(), **training):
+    training = {"max_steps": 4, "micro_batch_size": 8, "optimizer": "adamw_torch_fused", **training}
+    return run(make_plan(write_config(tmp_path, model_dir, adapter={"kind": "full"}, training=training)),
+               callbacks=list(callbacks))
+
+
+def test_training_stops_past_max_nonfinite_and_skips_up_to_it(tmp_path, model_dir):
+    with pytest.raises(UserError, match=r"non-finite loss or gradients at step \d \(\d so far; training.max_nonfinite is 0\)"):
+        _train(tmp_path / "a", model_dir, learning_rate=1e30)
+    assert not (tmp_path / "a" / "run" / "RUN_COMPLETE").exists()
+    run_dir = _train(tmp_path / "b", model_dir, learning_rate=1e30, max_nonfinite=4)
+    assert (run_dir / "RUN_COMPLETE").is_file()
+
+
+def test_finite_training_takes_the_guard_and_learns(tmp_path, model_dir):
+    from tests.tiny_model import train_losses
+
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Hooks(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            inner = getattr(optimizer, "optimizer", optimizer)
+            seen["fused"] = supports(inner)
+            seen["hooks"] = len(inner._optimizer_step_pre_hooks), len(inner._optimizer_step_post_hooks)
+
+    run_dir = _train(tmp_path, model_dir, callbacks=[Hooks()], max_steps=12, learning_rate=1e-2)
+    assert seen == {"fused": True, "hooks": (1, 1)}
+    losses = train_losses(run_dir)
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
