@@ -9,8 +9,9 @@ autocast (matmuls in the input's dtype, fp32 accumulation), one rounding fewer; 
 saved adapter and everything outside these layers are PEFT's own.
 
 Used only where it is exact to PEFT's semantics: one active vanilla LoRA adapter (no DoRA, no LoRA
-bias, no dropout), an unmerged plain nn.Linear base that is frozen, and an input in the base weight's
-dtype (no autocast to another dtype). Any other call goes to PEFT's forward unchanged."""
+bias; dropout is applied as PEFT does, and then its output is kept for backward as PEFT keeps it), an
+unmerged plain nn.Linear base that is frozen, and an input in the base weight's dtype (no autocast to
+another dtype). Any other call goes to PEFT's forward unchanged."""
 
 from __future__ import annotations
 
@@ -21,16 +22,22 @@ import torch.nn.functional as F
 
 
 class _LoRALinear(torch.autograd.Function):
+    """y = x W^T + b + s (x_l A^T) B^T; x_l is x itself, or x after LoRA dropout (passed separately)."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float):
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scale: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        xl = x2 if x_lora is None else x_lora.reshape(-1, shape[-1])
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
-        xa = x2 @ a.t()
+        xa = xl @ a.t()
         out = F.linear(x2, weight, bias)
         out.addmm_(xa, b.t(), alpha=scale)
-        ctx.save_for_backward(x2, xa, weight, a, b)  # the adapter in the input's dtype: tiny, and no recast
+        # The base weight is frozen: backward needs only the low-rank input, and the adapter in the
+        # input's dtype (tiny, and no recast).
+        ctx.save_for_backward(xl, xa, weight, a, b)
+        ctx.separate = x_lora is not None
         ctx.dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.scale = scale
         ctx.shape = shape
@@ -38,17 +45,20 @@ class _LoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, xa, weight, a, b = ctx.saved_tensors
+        xl, xa, weight, a, b = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        g_xa = (g @ b).mul_(ctx.scale)            # gradient reaching x A^T
-        grad_b = (g.t() @ xa).mul_(ctx.scale) if ctx.needs_input_grad[4] else None
-        grad_a = g_xa.t() @ x2 if ctx.needs_input_grad[3] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        g_xa = (g @ b).mul_(ctx.scale)            # gradient reaching x_l A^T
+        grad_b = (g.t() @ xa).mul_(ctx.scale) if ctx.needs_input_grad[5] else None
+        grad_a = g_xa.t() @ xl if ctx.needs_input_grad[4] else None
+        grad_x = grad_xl = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_x = g @ weight
-            grad_x.addmm_(g_xa, a)
+            if ctx.separate:
+                grad_xl = (g_xa @ a).view(ctx.shape)
+            else:
+                grad_x.addmm_(g_xa, a)
             grad_x = grad_x.view(ctx.shape)
-        return (grad_x, None, None,
+        return (grad_x, grad_xl, None, None,
                 grad_a.to(ctx.dtypes[0]) if grad_a is not None else None,
                 grad_b.to(ctx.dtypes[1]) if grad_b is not None else None, None)
 
@@ -63,7 +73,8 @@ def _fusable(layer, x, kwargs) -> str | None:
     name = active[0]
     if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
         return None
-    if getattr(layer, "lora_bias", {}).get(name) or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
+    if getattr(layer, "lora_bias", {}).get(name) or not isinstance(layer.lora_dropout[name],
+                                                                     (torch.nn.Identity, torch.nn.Dropout)):
         return None
     base = layer.base_layer
     if type(base) is not torch.nn.Linear or base.weight.requires_grad:
@@ -80,9 +91,12 @@ def _forward(self, x, *args, **kwargs):
     if name is None:
         return self._runner_peft_forward(x, *args, **kwargs)
     base = self.base_layer
+    dropout = self.lora_dropout[name]
+    # Dropout (training only) draws its mask here, where PEFT draws it: same random stream.
+    x_lora = dropout(x) if isinstance(dropout, torch.nn.Dropout) and dropout.training and dropout.p > 0 else None
     with torch.autocast(x.device.type, enabled=False):
-        return _LoRALinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                                 float(self.scaling[name]))
+        return _LoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A[name].weight,
+                                 self.lora_B[name].weight, float(self.scaling[name]))
 
 
 def fuse_lora(model) -> int:

@@ -156,15 +156,18 @@ def _packed_batch():
     return {"input_ids": ids, "labels": labels, "position_ids": pos}
 
 
-def test_fused_lora_gives_peft_loss_and_gradients():
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_lora_gives_peft_loss_and_gradients(dropout):
     from runner.fused_lora import fuse_lora
 
-    plain, fused = _lora_model(), _lora_model()
+    plain, fused = _lora_model(dropout=dropout), _lora_model(dropout=dropout)
     fused.load_state_dict(plain.state_dict())
     assert fuse_lora(fused) == 14 and fuse_lora(fused) == 0  # 7 projections x 2 layers, once
     fused.train(), plain.train()
     batch = _packed_batch()
+    torch.manual_seed(11)  # dropout masks: the same draws in the same order on both sides
     ref_loss, ref_grads = _run(plain, batch)
+    torch.manual_seed(11)
     loss, grads = _run(fused, batch)
     assert torch.allclose(loss, ref_loss, atol=1e-6), (loss, ref_loss)
     assert grads.keys() == ref_grads.keys() and any("lora_A" in n for n in grads)
@@ -189,11 +192,11 @@ def test_fused_lora_in_bf16_stays_close_to_peft_under_autocast():
         assert (g.float() - ref).norm() <= 0.05 * ref.norm() + 1e-3, name
 
 
-@pytest.mark.parametrize("variant", ["dropout", "dora", "disabled"])
+@pytest.mark.parametrize("variant", ["dora", "disabled"])
 def test_fused_lora_leaves_what_it_cannot_fuse_to_peft(variant):
     from runner.fused_lora import _fusable, fuse_lora
 
-    model = _lora_model(dropout=0.1 if variant == "dropout" else 0.0, dora=variant == "dora")
+    model = _lora_model(dora=variant == "dora")
     fuse_lora(model)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     x = torch.randn(1, 3, 32)
