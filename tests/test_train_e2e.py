@@ -132,8 +132,9 @@ def test_non_finite_loss_stops_the_run_or_is_skipped_up_to_max_nonfinite(tmp_pat
     from runner.errors import UserError
 
     blow_up = {"kind": "full"}
+    plain = {"optimizer": "adamw_torch"}  # the per-micro-step check (fused AdamW: tests/test_nonfinite.py)
     with pytest.raises(UserError, match=r"non-finite loss at step \d \(1 so far; training.max_nonfinite is 0\)"):
-        train(tmp_path / "a", model_dir, adapter=blow_up, training={"max_steps": 4, "learning_rate": 1e30})
+        train(tmp_path / "a", model_dir, adapter=blow_up, training={"max_steps": 4, "learning_rate": 1e30, **plain})
     run_dir, _ = train(tmp_path / "b", model_dir, adapter=blow_up,
-                       training={"max_steps": 4, "learning_rate": 1e30, "max_nonfinite": 3})
+                       training={"max_steps": 4, "learning_rate": 1e30, "max_nonfinite": 3, **plain})
     assert (run_dir / "RUN_COMPLETE").is_file()
