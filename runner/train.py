@@ -114,6 +114,9 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     fast = _fast_path(plan, model, device)
     checkpointing = plan.training.get("gradient_checkpointing")
     fast["checkpointed_layers"] = fastpath.checkpoint_split(model, checkpointing)
+    if checkpointing and checkpointing is not True and fast["checkpointed_layers"] is None:
+        print(f"warning: training.gradient_checkpointing: {checkpointing} selects layers, but "
+              f"{type(model).__name__} has no per-layer checkpointing: every layer is checkpointed", file=sys.stderr)
     if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
