@@ -98,12 +98,13 @@ CHUNKED = False
 
 
 def make_cfg(root: Path, model_dir: Path, *, micro: int, backend: str = "auto", full: bool = False, name="run",
-             fsdp=None, chunked=CHUNKED) -> Path:
+             fsdp=None, chunked=CHUNKED, fused_lora="auto") -> Path:
     distributed = {"backend": backend, **({"fsdp": fsdp} if fsdp else {})}
     return write_config(root, model_dir, name=name,
                         adapter={"kind": "full"} if full else None,
                         training={"max_steps": STEPS, "micro_batch_size": micro, "gradient_accumulation": 1,
-                                  "learning_rate": 1e-3 if full else 5e-3, "chunked_loss": chunked},
+                                  "learning_rate": 1e-3 if full else 5e-3, "chunked_loss": chunked,
+                                  "fused_lora": fused_lora},
                         extra={"distributed": distributed})
 
 
@@ -281,3 +282,17 @@ def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, ba
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
     for key, value in adapter.items():
         assert value.allclose(reference["adapter"][key], atol=1e-6), key
+
+
+def test_fused_lora_under_ddp_matches_the_plain_one_process_run(tmp_path, model_dir, reference):
+    """runner.fused_lora's autograd function feeds DDP's gradient hooks like PEFT's layers do."""
+    cfg = make_cfg(tmp_path, model_dir, micro=GLOBAL_BATCH // 2, backend="ddp", name="fused", fused_lora=True)
+    proc = run_cli(["launch", cfg, "--cpu", "--num-processes", "2"], probe_dir=tmp_path / "probe", wait=False)
+    _, err = finish(proc)
+    assert proc.returncode == 0, err[-2000:]
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["runtime"]["fast_path"]["fused_lora_layers"] > 0
+    assert losses(tmp_path / "run") == pytest.approx(reference["losses"], rel=1e-5)
+    adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
+    for key, value in adapter.items():
+        assert value.allclose(reference["adapter"][key], atol=1e-5), key
