@@ -123,3 +123,15 @@ def test_source_defaults_that_change_the_run_are_written_out(tmp_path):
     assert config["adapter"]["r"] == 8 and config["adapter"]["dropout"] == 0.0
     assert config["training"]["learning_rate"] == 5e-5 and config["training"]["epochs"] == 3.0
     assert config["training"]["precision"] == "fp32" and config["training"]["gradient_checkpointing"] is True
+
+
+def test_unsloth_lora_kernels_become_fused_lora(tmp_path):
+    source = tmp_path / "a.yml"
+    source.write_text("base_model: org/model\nadapter: lora\nlora_r: 16\nlora_target_linear: true\n"
+                      "unsloth_lora_mlp: true\nunsloth_lora_qkv: true\nunsloth_lora_o: false\n"
+                      "datasets:\n  - path: org/data\n    type: alpaca\n")
+    result = import_config("axolotl", source, tmp_path)
+    config = yaml.safe_load(result.text)
+    assert config["training"]["fused_lora"] is True
+    assert not {"unsloth_lora_mlp", "unsloth_lora_qkv"} & set(result.translation.unmapped_keys())
+    assert "unsloth_lora_o" in result.translation.idle

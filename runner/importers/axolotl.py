@@ -251,6 +251,12 @@ def _plugins(keys: dict, tr: Translation) -> None:
             tr.idle.append(key)
         elif not liger:
             tr.skip(key, value, "the Liger plugin is not in plugins, so Axolotl ignores it too")
+    unsloth = {k: keys.pop(k) for k in ("unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o") if k in keys}
+    if any(v is True for v in unsloth.values()):
+        tr.set("training.fused_lora", True)
+        tr.note("unsloth_lora_*", "runner's fused LoRA layers play that role, for every LoRA projection "
+                "(training.fused_lora: true)")
+    tr.idle.extend(k for k, v in unsloth.items() if v is not True)
     if (value := _pop(keys, "cut_cross_entropy", tr)) is not None:
         if value is True and cce:
             tr.set("training.chunked_loss", True)

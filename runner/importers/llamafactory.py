@@ -275,6 +275,11 @@ def _datasets(keys: dict, tr: Translation, bases: list[Path], out_dir: Path, exp
             tr.note("packing", "runner's packing never attends across samples (LLaMA-Factory's neat_packing)")
         elif packing is None and not neat:
             tr.note("packing", "LLaMA-Factory packs pre-training data by default")
+    if stage == "pt" and tr.get("sequence.truncation") is None:
+        # LLaMA-Factory's pre-training preprocessing joins the texts and cuts blocks of cutoff_len:
+        # no text is dropped. runner keeps documents apart and splits the long ones.
+        tr.set("sequence.truncation", "split")
+        tr.note("stage", "pre-training text: long documents are split into pieces (sequence.truncation: split)")
     if _pop(keys, "disable_shuffling", tr):
         tr.set("data.shuffle", False)
 
