@@ -121,14 +121,24 @@ def apply_liger(model, family: str) -> bool:
     return True
 
 
-def decide(training: dict, device: str, model_type: str) -> dict:
-    """Which switches this run uses, for plan.runtime (auto made concrete)."""
+def decide(training: dict, device: str, model_type: str, *, world_size: int = 1, sharded: bool = False) -> dict:
+    """Which switches this run uses, for plan.runtime (auto made concrete). `sharded`: FSDP or
+    ZeRO-3 parameters; `world_size`: processes of the run."""
     liger = training.get("liger", "auto")
     use_liger = bool(liger is True or (liger == "auto" and device == "cuda" and liger_available()
                                        and model_type in LIGER_FAMILIES))
     chunked = training.get("chunked_loss", "auto")
     use_chunked = bool(chunked is True or (chunked == "auto" and not use_liger))
-    return {"liger": use_liger, "chunked_loss": use_chunked, "torch_compile": bool(training.get("torch_compile"))}
+    out = {"liger": use_liger, "chunked_loss": use_chunked, "torch_compile": bool(training.get("torch_compile"))}
+    if use_chunked and sharded:
+        # The chunked loss calls the decoder and the LM head one by one, outside the root module's
+        # forward: FSDP2 then sees several roots and ZeRO-3 recomputes against partitioned weights.
+        out.update(chunked_loss=False, chunked_loss_off_because="sharded parameters (fsdp / ZeRO-3)")
+    elif use_chunked and world_size > 1:
+        # Under DDP the chunked loss would call the decoder inside the wrapper and skip the
+        # Trainer's loss scaling across processes; until it goes through the wrapper, it stays off.
+        out.update(chunked_loss=False, chunked_loss_off_because="several processes (DDP)")
+    return out
 
 
 def decide_fused_lora(training: dict, device: str, adapter: dict, quantized: bool, sharded: bool) -> bool:

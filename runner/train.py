@@ -117,11 +117,10 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     if checkpointing and checkpointing is not True and fast["checkpointed_layers"] is None:
         print(f"warning: training.gradient_checkpointing: {checkpointing} selects layers, but "
               f"{type(model).__name__} has no per-layer checkpointing: every layer is checkpointed", file=sys.stderr)
-    if plan.training.get("gradient_checkpointing") and plan.adapter["kind"] != "full":
+    if checkpointing and plan.adapter["kind"] != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
-    if fastpath.decide_fused_lora(plan.training, device.split(":")[0], plan.adapter,
-                                  bool((plan.quantization or {}).get("bits")), _sharded(plan)):
+    if fast["fused_lora"]:
         from runner.fused_lora import fuse_lora
 
         fast["fused_lora_layers"] = fuse_lora(model)
@@ -239,12 +238,13 @@ def _single_process_group() -> None:
 
 
 def _fast_path(plan, model, device: str) -> dict:
-    """The fast path's concrete switches (runner.fastpath), applied to the base model before the
-    adapter wraps it; recorded in plan.runtime."""
+    """The fast path's concrete switches (runner.fastpath.decide), Liger applied to the base model
+    before the adapter wraps it; recorded in plan.runtime."""
     from runner import fastpath
 
     model_type = getattr(model.config, "model_type", "")
-    fast = fastpath.decide(plan.training, device.split(":")[0], model_type)
+    fast = fastpath.decide(plan.training, device.split(":")[0], model_type,
+                           world_size=int(os.environ.get("WORLD_SIZE", "1")), sharded=_sharded(plan))
     if fast["liger"] and not fastpath.apply_liger(model, model_type):
         if plan.training.get("liger") is True:
             raise UserError(f"training.liger is true but Liger kernels are not available for {model_type!r} here",
@@ -252,16 +252,8 @@ def _fast_path(plan, model, device: str) -> dict:
         fast["liger"] = False
     if fast["liger"]:
         fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
-    if fast["chunked_loss"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _sharded(plan):
-        # Under DDP the chunked loss would call the decoder inside the wrapper and skip the
-        # Trainer's loss scaling across processes; until it goes through the wrapper, it stays off.
-        fast["chunked_loss"] = False
-        fast["chunked_loss_off_because"] = "several processes (DDP)"
-    if fast["chunked_loss"] and _sharded(plan):
-        # The chunked loss calls the decoder and the LM head one by one, outside the root module's
-        # forward: FSDP2 then sees several roots and ZeRO-3 recomputes against partitioned weights.
-        fast["chunked_loss"] = False
-        fast["chunked_loss_off_because"] = "sharded parameters (fsdp / ZeRO-3)"
+    fast["fused_lora"] = fastpath.decide_fused_lora(plan.training, device.split(":")[0], plan.adapter,
+                                                    bool((plan.quantization or {}).get("bits")), _sharded(plan))
     return fast
 
 

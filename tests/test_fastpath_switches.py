@@ -141,13 +141,6 @@ def _lora_model(dtype=torch.float32, dropout=0.0, dora=False, bias="none", seed=
     return get_peft_model(model, cfg)
 
 
-def _run(model, batch):
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def _packed_batch():
     ids = torch.randint(0, 97, (2, 19), generator=torch.Generator().manual_seed(4))
     labels = ids.clone()
@@ -166,9 +159,9 @@ def test_fused_lora_gives_peft_loss_and_gradients(dropout):
     fused.train(), plain.train()
     batch = _packed_batch()
     torch.manual_seed(11)  # dropout masks: the same draws in the same order on both sides
-    ref_loss, ref_grads = _run(plain, batch)
+    ref_loss, ref_grads = _loss_and_grads(plain, batch)
     torch.manual_seed(11)
-    loss, grads = _run(fused, batch)
+    loss, grads = _loss_and_grads(fused, batch)
     assert torch.allclose(loss, ref_loss, atol=1e-6), (loss, ref_loss)
     assert grads.keys() == ref_grads.keys() and any("lora_A" in n for n in grads)
     for name, g in grads.items():
@@ -183,8 +176,8 @@ def test_fused_lora_in_bf16_stays_close_to_peft_under_autocast():
     fuse_lora(fused)
     batch = _packed_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref_loss, ref_grads = _run(plain, batch)
-        loss, grads = _run(fused, batch)
+        ref_loss, ref_grads = _loss_and_grads(plain, batch)
+        loss, grads = _loss_and_grads(fused, batch)
     assert abs(float(loss) - float(ref_loss)) < 2e-2 * abs(float(ref_loss))
     for name, g in grads.items():
         ref = ref_grads[name].float()

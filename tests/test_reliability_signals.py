@@ -19,8 +19,8 @@ from runner import rundir
 from runner.plan import make_plan
 from runner.signals import EXIT_INTERRUPTED
 from runner.train import run
-from tests.test_reliability_kill import ADAPTER, OUTPUT, TRAINING, adapter_weights, train_losses
-from tests.tiny_model import REPO, save_tiny_model, write_config
+from tests.test_reliability_kill import ADAPTER, TRAINING, adapter_weights, reference, train_losses  # noqa: F401 (fixture)
+from tests.tiny_model import REPO, write_config
 
 torch.set_num_threads(1)
 
@@ -58,24 +58,20 @@ def wait_for_step(proc, run_dir, step, timeout=120):
     raise AssertionError(f"step {step} never logged")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sig")
-    model_dir = save_tiny_model(root / "model")
-    straight = run(make_plan(write_config(root / "straight", model_dir, training=TRAINING, adapter=ADAPTER,
-                                          extra={"output": OUTPUT})))
-    return model_dir, straight
+def started_at(tmp_path, model_dir, step):
+    """A `runner train` child (save_every far away) that has logged `step`: (config, run dir, process)."""
+    cfg = write_config(tmp_path, model_dir, training=TRAINING, adapter=ADAPTER, extra={"output": {"save_every": 100}})
+    with open(tmp_path / "child.log", "w") as log:  # the child keeps its own handle
+        proc = start(cfg, log)
+    wait_for_step(proc, tmp_path / "run", step)
+    return cfg, tmp_path / "run", proc
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, reference):
     model_dir, straight = reference
-    cfg = write_config(tmp_path, model_dir, training=TRAINING, adapter=ADAPTER, extra={"output": {"save_every": 100}})
-    run_dir = tmp_path / "run"
-    with open(tmp_path / "child.log", "w") as log:
-        proc = start(cfg, log)
-        wait_for_step(proc, run_dir, 3)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
+    cfg, run_dir, proc = started_at(tmp_path, model_dir, 3)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
     out = (tmp_path / "child.log").read_text()
     assert code == EXIT_INTERRUPTED, out[-3000:]
     assert "SIGTERM" in out and "resume" in out
@@ -96,18 +92,14 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, reference):
 @pytest.mark.slow
 def test_second_sigint_stops_at_once(tmp_path, reference):
     model_dir, _ = reference
-    cfg = write_config(tmp_path, model_dir, training=TRAINING, adapter=ADAPTER, extra={"output": {"save_every": 100}})
-    run_dir = tmp_path / "run"
-    with open(tmp_path / "child.log", "w") as log:
-        proc = start(cfg, log)
-        wait_for_step(proc, run_dir, 2)
-        proc.send_signal(signal.SIGINT)
-        # Two signals before Python runs its handler would count as one: wait for the first's message.
-        deadline = time.time() + 30
-        while "finishing this step" not in (tmp_path / "child.log").read_text() and time.time() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=120)
+    _, run_dir, proc = started_at(tmp_path, model_dir, 2)
+    proc.send_signal(signal.SIGINT)
+    # Two signals before Python runs its handler would count as one: wait for the first's message.
+    deadline = time.time() + 30
+    while "finishing this step" not in (tmp_path / "child.log").read_text() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
     out = (tmp_path / "child.log").read_text()
     assert code == 130, out[-3000:]
     assert "interrupted" in out

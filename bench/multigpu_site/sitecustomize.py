@@ -2,35 +2,22 @@
 probe (bench/multigpu.py: install_rank_probe) is installed as soon as a worker imports runner.train,
 so launchers and other processes pay nothing."""
 
-import importlib.abc
 import importlib.util
 import os
 import sys
 
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "runner.train":
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
-            return spec
-        real_exec = spec.loader.exec_module
 
-        def exec_module(module):
-            real_exec(module)
-            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            import multigpu
+def _rank_probe(module):
+    sys.path.insert(0, BENCH)
+    import multigpu
 
-            multigpu.install_rank_probe()
-
-        spec.loader.exec_module = exec_module
-        return spec
+    multigpu.install_rank_probe()
 
 
 if os.environ.get("RUNNER_BENCH_RANK_DIR"):
-    sys.meta_path.insert(0, _AfterImport())
+    spec = importlib.util.spec_from_file_location("runner_bench_after_import", os.path.join(BENCH, "after_import.py"))
+    after_import = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(after_import)
+    after_import.install("runner.train", _rank_probe)
