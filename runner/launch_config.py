@@ -150,10 +150,13 @@ def zero_stage(cfg: dict) -> int | None:
     if dist["backend"] != "deepspeed":
         return None
     if dist["deepspeed"]["config"]:
-        data, _ = read_user_deepspeed(dist["deepspeed"]["config"])
-        stage = ((data or {}).get("zero_optimization") or {}).get("stage")
-        return stage if isinstance(stage, int) else 0
+        return _file_stage(read_user_deepspeed(dist["deepspeed"]["config"])[0])
     return dist["deepspeed"]["zero_stage"]
+
+
+def _file_stage(data: dict | None) -> int:
+    stage = ((data or {}).get("zero_optimization") or {}).get("stage")
+    return stage if isinstance(stage, int) else 0
 
 
 def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str | None]]:
@@ -190,9 +193,12 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
                 found.append(("error", ("distributed", "deepspeed", key),
                               "NVMe offload needs a folder on a local NVMe disk",
                               "set distributed.deepspeed.nvme_path: /local_nvme/deepspeed (or use cpu)"))
+    stage = ds["zero_stage"] if backend == "deepspeed" else None
     if backend == "deepspeed" and ds["config"]:
-        found += _check_user_deepspeed(ds["config"], training, nproc * machines if nproc else None)
-    sharded = backend == "fsdp" or zero_stage(cfg) == 3
+        data, problem = read_user_deepspeed(ds["config"])  # read once: checked, and its stage
+        found += _check_user_deepspeed(ds["config"], data, problem, training, nproc * machines if nproc else None)
+        stage = _file_stage(data)
+    sharded = backend == "fsdp" or stage == 3
     if sharded and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
         found.append(("warning", ("adapter", "init"),
                       "a PiSSA adapter trained with sharded parameters is saved unconverted: it applies to the "
@@ -200,9 +206,9 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
     return found
 
 
-def _check_user_deepspeed(path: str, training: dict, world: int | None) -> list:
+def _check_user_deepspeed(path: str, data: dict | None, problem: str | None, training: dict,
+                          world: int | None) -> list:
     where = ("distributed", "deepspeed", "config")
-    data, problem = read_user_deepspeed(path)
     if data is None:
         return [("error", where, problem, "fix the file, or remove distributed.deepspeed.config to use runner's")]
     found = []
