@@ -74,7 +74,7 @@ def _metrics(run_dir: Path) -> dict:
             "peak_memory_gib": max(mem, default=None)}
 
 
-def _reload(run_dir: Path) -> str:
+def reload(run_dir: Path, env: dict | None = None) -> str:
     """The saved result loads on one device and gives finite logits."""
     code = (
         "import sys, torch, json; from pathlib import Path; d = Path(sys.argv[1])\n"
@@ -95,7 +95,7 @@ def _reload(run_dir: Path) -> str:
         "with torch.no_grad(): out = m(ids).logits\n"
         "assert torch.isfinite(out.float()).all(); print('reload ok', tuple(out.shape))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], capture_output=True, text=True, timeout=900, env=env)
     return "ok" if proc.returncode == 0 else f"failed: {proc.stderr[-800:]}"
 
 
@@ -138,7 +138,7 @@ def main() -> int:
         row = {"run": name, "exit": proc.returncode, "seconds": round(time.time() - start, 1)}
         if proc.returncode == 0:
             row.update(_metrics(run_dir))
-            row["reload"] = _reload(run_dir)
+            row["reload"] = reload(run_dir)
         else:
             row["error_tail"] = proc.stderr[-1500:]
         print(json.dumps(row), flush=True)

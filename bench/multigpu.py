@@ -5,18 +5,24 @@
     python bench/multigpu.py --smoke        # CPU: tiny model, 1-2 processes, every code path
 
 Runs (Llama-3-8B shape, random init, bf16, rows of 2048 packed from wiki_demo, bench/scenarios/
-lora8b_packed.yaml):
-  lora_ddp   LoRA r16 all-linear, backend auto (single at 1, DDP above), at 1, 2 and N GPUs
-  full_fsdp2 full fine-tune, FSDP2 (reshard after forward), at 2 and N GPUs
-  full_zero3 full fine-tune, DeepSpeed ZeRO-3, at 2 and N GPUs
+lora8b_packed.yaml, micro batch 4):
+  lora_ddp   LoRA r16 all-linear, backend auto (single at 1, DDP above), at 1, 2 and N GPUs, with one
+             global batch for all sizes (gradient accumulation N/K at K GPUs), on a memorised subset
+             (8 documents, lr 1e-3): the per-step losses at K GPUs must follow those at 1 GPU (bf16
+             tolerance, `ddp_parity`)
+  full_fsdp2 full fine-tune, FSDP2 (reshard after forward), gradient checkpointing, at 2 and N GPUs
+  full_zero3 full fine-tune, DeepSpeed ZeRO-3, gradient checkpointing, at 2 and N GPUs
   accelerate one short `accelerate launch --multi_gpu -m runner train` run beside lora_ddp@2: its
              first losses must equal the `runner launch` run's (two ways in, one behaviour)
+After each run its saved result (adapter or full model) is loaded on one GPU and its logits checked
+finite (bench/accept.py's reload check), in a process of its own that sees only GPU 0.
 
 Each worker is measured from inside (multigpu_site/sitecustomize.py loads `install_rank_probe`):
 optimizer-step times on CUDA events (bench/probe.py's clock), the tokens each rank fed its model in
 the timed steps, peak allocated / reserved memory after the warm-up, and the wrapper the model got.
-Written: OUT/multigpu.json (every run, per rank) and OUT/multigpu.md (tokens/s per GPU, peak memory
-per GPU, scaling efficiency = tokens/s per GPU at K / the same at the run's smallest K).
+Written after every run (a call cut short keeps what finished): OUT/multigpu.json (every run, per
+rank) and OUT/multigpu.md (tokens/s per GPU, peak memory per GPU, scaling efficiency = tokens/s per
+GPU at K / the same at the run's smallest K).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +43,13 @@ SCENARIO = HERE / "scenarios" / "lora8b_packed.yaml"
 SITE = HERE / "multigpu_site"
 RANK_DIR_ENV = "RUNNER_BENCH_RANK_DIR"
 WARMUP_ENV = "RUNNER_BENCH_WARMUP"
-FULL = ["adapter.kind=full", "training.learning_rate=1e-5", "training.optimizer=adamw_torch_fused"]
+FULL = ["adapter.kind=full", "training.learning_rate=1e-5", "training.optimizer=adamw_torch_fused",
+        "training.gradient_checkpointing=true"]  # 4 x 2048 tokens of 8B activations (~70 GiB) need recomputation
 RUNS = {  # name -> (overrides, world sizes: "1", "2", "N")
-    "lora_ddp": (["distributed.backend=auto"], ("1", "2", "N")),
+    # A subset of 8 documents (~30 rows of 2048) seen over and over at lr 1e-3: the loss falls fast,
+    # so per-step losses that follow the 1-GPU curve say the gradients were averaged right.
+    "lora_ddp": (["distributed.backend=auto", "datasets.0.num_samples=8", "training.learning_rate=1e-3"],
+                 ("1", "2", "N")),
     "full_fsdp2": (FULL + ["distributed.backend=fsdp", "distributed.fsdp.reshard_after_forward=true"], ("2", "N")),
     "full_zero3": (FULL + ["distributed.backend=deepspeed", "distributed.deepspeed.zero_stage=3"], ("2", "N")),
 }
@@ -46,6 +57,7 @@ RUNS = {  # name -> (overrides, world sizes: "1", "2", "N")
 EXPECTED_WRAPPER = {"full_fsdp2": "FSDP2", "full_zero3": "DeepSpeedEngine", "lora_ddp": "DistributedDataParallel"}
 CROSS_CHECK = ("lora_ddp", 2)  # the run the accelerate-launch run must reproduce
 FIRST_LOSSES = 3
+PARITY_RTOL = 5e-3  # bf16: the gradients are summed in another order across ranks
 
 
 # --- inside each worker ----------------------------------------------------------------------------
@@ -122,7 +134,13 @@ def overrides(name: str, world: int, ctx: dict) -> list[str]:
         import catalog
 
         out += catalog.smoke_runner_overrides(ctx["cpu"])
+    if name in ("lora_ddp", "accelerate"):  # one global batch at every size: DDP must reproduce 1 GPU
+        out.append(f"training.gradient_accumulation={accumulation(world, ctx['gpus'])}")
     return out
+
+
+def accumulation(world: int, gpus: int) -> int:
+    return max(1, gpus // world)
 
 
 def command(name: str, world: int, ctx: dict) -> list[str]:
@@ -184,7 +202,14 @@ def run_one(name: str, world: int, ctx: dict) -> dict:
     log = ctx["work"] / f"{name}-{world}.log"
     started = datetime.datetime.now()
     with open(log, "w") as fh:
-        code = subprocess.call(cmd, cwd=REPO, env=child_env(ctx, rank_dir), stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(ctx, rank_dir), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=ctx.get("run_timeout"))
+        except subprocess.TimeoutExpired:  # the launcher and every worker: they hold the GPUs
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait()
+            fh.write(f"\nbench: killed after {ctx['run_timeout']} s\n")
     ranks = [json.loads(p.read_text()) for p in sorted(rank_dir.glob("rank*.json"))]
     out = {"run": name, "gpus": world, "exit_code": code, "command": shlex.join(cmd), "started": started.isoformat(),
            "status": "ok" if code == 0 else "failed", **summarise(ranks, ctx["warmup"]),
@@ -197,6 +222,38 @@ def run_one(name: str, world: int, ctx: dict) -> dict:
         out["status"] = f"{len(ranks)} of {world} ranks reported"
     if code != 0:
         out["log_tail"] = log.read_text()[-3000:]
+    elif name != "accelerate":
+        out["reload"] = reload_on_one_gpu(ctx["work"] / "runs" / f"{name}-{world}", ctx)
+        if out["reload"] != "ok" and out["status"] == "ok":
+            out["status"] = "saved result does not load on one GPU"
+    if name in ("lora_ddp", "accelerate"):
+        out["gradient_accumulation"] = accumulation(world, ctx["gpus"])
+    out["all_losses"] = losses(ctx["work"] / "runs" / f"{name}-{world}")
+    return out
+
+
+def reload_on_one_gpu(run_dir: Path, ctx: dict) -> str:
+    sys.path.insert(0, str(REPO))
+    from bench.accept import reload
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if not ctx["cpu"]:
+        env["CUDA_VISIBLE_DEVICES"] = "0"
+    return reload(run_dir, env=env)
+
+
+def ddp_parity(results: list[dict]) -> list[dict]:
+    """Per-step losses of lora_ddp at K GPUs against 1 GPU, same global batch."""
+    one = next((r for r in results if r["run"] == "lora_ddp" and r["gpus"] == 1 and r.get("all_losses")), None)
+    out = []
+    for r in results:
+        if r["run"] != "lora_ddp" or r["gpus"] == 1 or not one or not r.get("all_losses"):
+            continue
+        a, b = r["all_losses"], one["all_losses"]
+        worst = max((abs(x - y) / max(1.0, abs(y)) for x, y in zip(a, b)), default=None)
+        out.append({"gpus": r["gpus"], "steps": min(len(a), len(b)), "max_rel_diff": worst,
+                    "global_batch_same": r.get("gradient_accumulation", 0) * r["gpus"] == one.get("gradient_accumulation"),
+                    "match": bool(a) and len(a) == len(b) and worst is not None and worst <= PARITY_RTOL})
     return out
 
 
@@ -220,19 +277,25 @@ def cross_check(results: list[dict]) -> dict | None:
 
 def markdown(report: dict) -> str:
     lines = [f"# Multi-GPU benchmark ({report['device']}, {report['date']})", "",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
              "| run | GPUs | wrapper | tokens/s per GPU | tokens/s total | peak reserved GiB per GPU (max; CPU: RSS) "
-             "| scaling eff. | status |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| scaling eff. | saved result on one GPU | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         memory = r.get("peak_reserved_gib_max") if r.get("peak_reserved_gib_max") is not None else r.get("peak_rss_gib_max")
         lines.append(f"| {r['run']} | {r['gpus']} | {'FSDP2' if r.get('fsdp2') else r.get('wrapper')} | "
                      f"{r.get('tokens_per_s_per_gpu')} | {r.get('tokens_per_s_total')} | {memory} | "
-                     f"{r.get('scaling_efficiency', '')} | {r['status']} |")
+                     f"{r.get('scaling_efficiency', '')} | {(r.get('reload') or '')[:40]} | {r['status']} |")
     check = report.get("cross_check")
     if check:
         lines += ["", f"accelerate launch vs runner launch at {check['gpus']} GPU(s), first losses: "
                       f"{check['accelerate_launch']} vs {check['runner_launch']}: "
                       f"{'same' if check['same_first_losses'] else 'DIFFERENT'}"]
+    for p in report.get("ddp_parity", []):
+        lines += ["", f"lora_ddp at {p['gpus']} GPUs vs 1 GPU, same global batch: {p['steps']} per-step losses, "
+                      f"max relative difference {p['max_rel_diff'] or 0:.2e} (tolerance {PARITY_RTOL:g}): "
+                      f"{'match' if p['match'] else 'DIFFERENT'}"
+                      + ("" if p["global_batch_same"] else " (global batches differ: not comparable)")]
     return "\n".join(lines) + "\n"
 
 
@@ -267,6 +330,7 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=REPO / ".runner_cache" / "bench-multigpu")
     p.add_argument("--data", type=Path, help="shared data folder (default: ./shared/data, else ../shared/data)")
     p.add_argument("--port", type=int, default=29611)
+    p.add_argument("--run-timeout", type=float, help="seconds one launch may take before it is killed")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--smoke", action="store_true")
     return p.parse_args(argv)
@@ -293,33 +357,53 @@ def main(argv=None) -> int:
     model_dir = modeldir.build(shape, work / ("model-smoke" if args.smoke else "model-8b"), data, smoke=args.smoke)
     ctx = {"model_dir": model_dir, "data_dir": data.resolve(), "work": work, "smoke": args.smoke, "cpu": cpu,
            "steps": 2 if args.smoke else args.steps, "warmup": 2 if args.smoke else args.warmup,
-           "port": args.port, "gpus": gpus, "out": args.out}
+           "port": args.port, "gpus": gpus, "out": args.out,
+           "run_timeout": args.run_timeout}
     chosen = plan_runs(gpus, args.only, cpu)
     if args.smoke:
         chosen = [(n, w) for n, w in chosen if not (n == "full_zero3" and not _has("deepspeed"))]
     if args.dry_run:
         return dry_run(ctx, chosen)
-    results = []
+    stem = "multigpu-smoke" if args.smoke else "multigpu"
+    results, report = [], {}
     for i, (name, world) in enumerate(chosen):
         ctx["port"] = args.port + i  # a fresh rendezvous port per run
         print(f"running {name} on {world} GPU(s)...", file=sys.stderr, flush=True)
         results.append(run_one(name, world, ctx))
-        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_rank", "log_tail")}), flush=True)
-    stem = "multigpu-smoke" if args.smoke else "multigpu"
-    results = merged(args.out / f"{stem}.json", results)
-    scaling(results)
+        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_rank", "log_tail", "all_losses")}),
+              flush=True)
+        report = write_report(args.out, stem, gpus, args.smoke, results)
+    print(markdown(report))
+    failed = [r for r in report["results"] if r["status"] != "ok"]
+    check = report["cross_check"]
+    parity_bad = [p for p in report["ddp_parity"] if p["global_batch_same"] and not p["match"]]
+    return 1 if failed or parity_bad or (check and not check["same_first_losses"]) else 0
+
+
+def write_report(out: Path, stem: str, gpus: int, smoke: bool, results: list[dict]) -> dict:
     import torch
 
-    report = {"date": datetime.date.today().isoformat(), "smoke": args.smoke, "gpus": gpus,
+    rows = merged(out / f"{stem}.json", results)
+    scaling(rows)
+    report = {"date": datetime.date.today().isoformat(), "smoke": smoke, "gpus": gpus,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "results": results, "cross_check": cross_check(results)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
-    failed = [r for r in results if r["status"] != "ok"]
-    check = report["cross_check"]
-    return 1 if failed or (check and not check["same_first_losses"]) else 0
+              "versions": versions(), "results": rows, "cross_check": cross_check(rows), "ddp_parity": ddp_parity(rows)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(markdown(report))
+    return report
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "deepspeed", "liger-kernel"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def merged(previous: Path, results: list[dict]) -> list[dict]:

@@ -64,6 +64,12 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
     assert two["scaling_efficiency"] == pytest.approx(two["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"], abs=1e-3)
     check = report["cross_check"]
     assert check["gpus"] == 1 and check["same_first_losses"], check
+    # One global batch at every size: 1 process accumulates 2 micro batches, 2 processes take one each.
+    assert (one["gradient_accumulation"], two["gradient_accumulation"]) == (2, 1)
+    [parity] = report["ddp_parity"]
+    assert parity["gpus"] == 2 and parity["global_batch_same"] and parity["steps"] == 4, parity
+    assert parity["match"], parity
+    assert one["reload"] == "ok" and two["reload"] == "ok", "each saved result loads on one device"
     fsdp = rows["full_fsdp2", 2]
     # The bench names the wrapper the model really got: FSDP2, or Accelerate's silent DDP fallback.
     assert (fsdp["status"] == "ok" and fsdp["fsdp2"]) or \
@@ -71,3 +77,21 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
     assert result.returncode == (0 if fsdp["status"] == "ok" else 1)
     table = (tmp_path / "out" / "multigpu-smoke.md").read_text()
     assert "| lora_ddp | 2 | DistributedDataParallel |" in table and "first losses" in table
+    assert "lora_ddp at 2 GPUs vs 1 GPU, same global batch: 4 per-step losses" in table
+
+
+def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve():
+    sys.path.insert(0, str(REPO / "bench"))
+    import multigpu
+
+    one = {"run": "lora_ddp", "gpus": 1, "gradient_accumulation": 2, "all_losses": [10.4, 9.8, 9.1, 8.5]}
+    same = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.81, 9.1, 8.51]}
+    off = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.9, 9.3, 8.8]}
+    short = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.8]}
+    other_batch = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 2, "all_losses": [10.4, 9.8, 9.1, 8.5]}
+    [good] = multigpu.ddp_parity([one, same])
+    assert good["match"] and good["global_batch_same"] and good["steps"] == 4
+    [bad] = multigpu.ddp_parity([one, off])
+    assert not bad["match"] and bad["max_rel_diff"] == pytest.approx(0.3 / 8.5)
+    assert not multigpu.ddp_parity([one, short])[0]["match"], "a run that stopped early does not match"
+    assert not multigpu.ddp_parity([one, other_batch])[0]["global_batch_same"]
