@@ -187,6 +187,11 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         extra["torch_compile"] = True
     args = training_arguments(plan, output_dir=str(rundir.checkpoints_dir(run_dir)), precision=precision,
                               has_eval=has_eval, extra=extra)
+    if args.n_gpu > 1:  # one process that sees several GPUs: Trainer would wrap the model in nn.DataParallel
+        if is_main:
+            print(f"note: {args.n_gpu} GPUs are visible to this one process; it trains on {args.device} only "
+                  "(`runner launch` starts one process per GPU)", file=sys.stderr)
+        args._n_gpu = 1
     collator = pipeline.make_collator(plan, tokenizer) if stage in ("sft", "pt") else None
     from runner.signals import TrainingInterrupted, stop_callback
 
