@@ -8,7 +8,7 @@ Runs (Llama-3-8B shape, random init, bf16, rows of 2048 packed from wiki_demo, b
 lora8b_packed.yaml, micro batch 4):
   lora_ddp   LoRA r16 all-linear, backend auto (single at 1, DDP above), at 1, 2 and N GPUs, with one
              global batch for all sizes (gradient accumulation N/K at K GPUs), on a memorised subset
-             (8 documents, lr 1e-3): the per-step losses at K GPUs must follow those at 1 GPU (bf16
+             (8 documents, lr 2e-4): the per-step losses at K GPUs must follow those at 1 GPU (bf16
              tolerance, `ddp_parity`)
   full_fsdp2 full fine-tune, FSDP2 (reshard after forward), gradient checkpointing, at 2 and N GPUs
   full_zero3 full fine-tune, DeepSpeed ZeRO-3, gradient checkpointing, at 2 and N GPUs
@@ -46,9 +46,10 @@ WARMUP_ENV = "RUNNER_BENCH_WARMUP"
 FULL = ["adapter.kind=full", "training.learning_rate=1e-5", "training.optimizer=adamw_torch_fused",
         "training.gradient_checkpointing=true"]  # 4 x 2048 tokens of 8B activations (~70 GiB) need recomputation
 RUNS = {  # name -> (overrides, world sizes: "1", "2", "N")
-    # A subset of 8 documents (~30 rows of 2048) seen over and over at lr 1e-3: the loss falls fast,
-    # so per-step losses that follow the 1-GPU curve say the gradients were averaged right.
-    "lora_ddp": (["distributed.backend=auto", "datasets.0.num_samples=8", "training.learning_rate=1e-3"],
+    # A subset of 8 documents (~30 rows of 2048) seen over and over at lr 2e-4: the loss falls steadily,
+    # so per-step losses that follow the 1-GPU curve say the gradients were averaged right. (At 1e-3 the
+    # loss spiked at step 4 and from there two launches of one config parted by 2%: chaos, not a check.)
+    "lora_ddp": (["distributed.backend=auto", "datasets.0.num_samples=8", "training.learning_rate=2e-4"],
                  ("1", "2", "N")),
     "full_fsdp2": (FULL + ["distributed.backend=fsdp", "distributed.fsdp.reshard_after_forward=true"], ("2", "N")),
     "full_zero3": (FULL + ["distributed.backend=deepspeed", "distributed.deepspeed.zero_stage=3"], ("2", "N")),
