@@ -108,6 +108,9 @@ def accelerate_file(settings: dict, *, backend: str, num_processes: int, machine
         path = conf["file"] if "file" in conf else str(Path(run_dir) / DEEPSPEED_FILE)
         stage3 = "file" not in conf and conf["zero_optimization"]["stage"] == 3
         out["deepspeed_config"] = {"deepspeed_config_file": path, "zero3_init_flag": stage3}
+        # Precision lives in the DeepSpeed JSON (filled by the Trainer): Accelerate's workers refuse a
+        # config file that sets mixed_precision beside a deepspeed_config_file.
+        del out["mixed_precision"]
     return out
 
 

@@ -175,7 +175,8 @@ def accelerate_parses(path: Path):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
     args = launch_command_parser().parse_args(["--config_file", str(path), "train.py"])
-    _validate_launch_command(args)
+    _, defaults, mixed_precision_from_file = _validate_launch_command(args)
+    args.deepspeed_fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_file else [])
     return args
 
 
@@ -239,6 +240,12 @@ def test_dry_run_deepspeed_shows_the_json_and_accelerate_reads_it(tmp_path, caps
     ds_path.write_text(files[str(ds_path)])
     parsed = accelerate_parses(tmp_path / "acc.yaml")
     assert parsed.use_deepspeed and parsed.deepspeed_config_file == str(ds_path)
+    # What each worker's DeepSpeedPlugin checks: no accelerate-config field that the JSON owns
+    # (mixed_precision beside a deepspeed_config_file stopped both ranks on 2 H200s).
+    from accelerate.utils import DeepSpeedPlugin
+
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", ",".join(parsed.deepspeed_fields).lower())
+    DeepSpeedPlugin._deepspeed_config_checks(None)
 
 
 def test_multi_node_rank_address_and_port(tmp_path, capsys, monkeypatch):
