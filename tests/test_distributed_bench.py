@@ -77,21 +77,23 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
     assert result.returncode == (0 if fsdp["status"] == "ok" else 1)
     table = (tmp_path / "out" / "multigpu-smoke.md").read_text()
     assert "| lora_ddp | 2 | DistributedDataParallel |" in table and "first losses" in table
-    assert "lora_ddp at 2 GPUs vs 1 GPU, same global batch: 4 per-step losses" in table
+    assert "lora_ddp at 2 GPUs vs 1 GPU, same global batch: 4 per-step losses of the first epoch" in table
 
 
-def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve():
+def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve_inside_the_first_epoch():
     sys.path.insert(0, str(REPO / "bench"))
     import multigpu
 
-    one = {"run": "lora_ddp", "gpus": 1, "gradient_accumulation": 2, "all_losses": [10.4, 9.8, 9.1, 8.5]}
-    same = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.81, 9.1, 8.51]}
-    off = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.9, 9.3, 8.8]}
-    short = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 1, "all_losses": [10.4, 9.8]}
-    other_batch = {"run": "lora_ddp", "gpus": 2, "gradient_accumulation": 2, "all_losses": [10.4, 9.8, 9.1, 8.5]}
-    [good] = multigpu.ddp_parity([one, same])
-    assert good["match"] and good["global_batch_same"] and good["steps"] == 4
-    [bad] = multigpu.ddp_parity([one, off])
+    epochs = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+
+    def run(gpus, losses, accumulation=1):
+        return {"run": "lora_ddp", "gpus": gpus, "gradient_accumulation": accumulation, "all_losses": losses,
+                "all_epochs": epochs[:len(losses)]}
+
+    one = run(1, [10.4, 9.8, 9.1, 8.5, 8.0, 7.9], accumulation=2)
+    [good] = multigpu.ddp_parity([one, run(2, [10.4, 9.81, 9.1, 8.51, 7.2, 7.0])])
+    assert good["match"] and good["global_batch_same"] and good["steps"] == 4, "the epoch's last step is left out"
+    [bad] = multigpu.ddp_parity([one, run(2, [10.4, 9.9, 9.3, 8.8, 8.0, 7.9])])
     assert not bad["match"] and bad["max_rel_diff"] == pytest.approx(0.3 / 8.5)
-    assert not multigpu.ddp_parity([one, short])[0]["match"], "a run that stopped early does not match"
-    assert not multigpu.ddp_parity([one, other_batch])[0]["global_batch_same"]
+    assert not multigpu.ddp_parity([one, run(2, [10.4, 9.8])])[0]["match"], "too few steps to compare"
+    assert not multigpu.ddp_parity([one, run(2, [10.4, 9.8, 9.1, 8.5], accumulation=2)])[0]["global_batch_same"]
