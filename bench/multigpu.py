@@ -168,15 +168,29 @@ def child_env(ctx: dict, rank_dir: Path) -> dict:
     return env
 
 
+def training_steps(step_times: list[float], tokens: list[int]) -> list[tuple[float, int]]:
+    """(seconds, tokens) per training step from the optimizer-step hook's records: step_times[i] is the
+    time from hook i to hook i+1, tokens[i+1] what the model was fed in between. DeepSpeed ZeRO-3 steps
+    its torch optimizer once per parameter sub-group, so one training step can be several hook calls:
+    a step starts at each call that follows fed tokens. The first step has no start time (None)."""
+    steps: list[list] = []
+    for i, fed in enumerate(tokens):
+        seconds = step_times[i - 1] if 0 < i <= len(step_times) else None
+        if i == 0 or fed > 0:
+            steps.append([seconds, fed])
+        elif seconds is not None and steps[-1][0] is not None:  # another sub-step of the same step
+            steps[-1][0] += seconds
+    return [(t, n) for t, n in steps]
+
+
 def summarise(ranks: list[dict], warmup: int) -> dict:
     """tokens/s per GPU over the timed steps (after `warmup`), per rank and averaged; peak memory."""
     per_rank = []
     for r in ranks:
-        times = r["step_times_s"][warmup - 1:]  # time between step `warmup` and each later step
-        toks = r["tokens_per_step"][warmup:]
-        n = min(len(times), len(toks))
-        secs = sum(times[:n])
-        per_rank.append({"rank": r["rank"], "tokens_per_s": round(sum(toks[:n]) / secs, 1) if secs else None,
+        timed = [(t, n) for t, n in training_steps(r["step_times_s"], r["tokens_per_step"])[warmup:] if t is not None]
+        n = len(timed)
+        secs = sum(t for t, _ in timed)
+        per_rank.append({"rank": r["rank"], "tokens_per_s": round(sum(k for _, k in timed) / secs, 1) if secs else None,
                          "peak_allocated_gib": r.get("peak_allocated_gib"), "peak_reserved_gib": r.get("peak_reserved_gib"),
                          "peak_rss_gib": r.get("peak_rss_gib"), "timed_steps": n})
     rates = [p["tokens_per_s"] for p in per_rank if p["tokens_per_s"]]

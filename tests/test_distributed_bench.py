@@ -97,3 +97,22 @@ def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve_inside_the_first
     assert not bad["match"] and bad["max_rel_diff"] == pytest.approx(0.3 / 8.5)
     assert not multigpu.ddp_parity([one, run(2, [10.4, 9.8])])[0]["match"], "too few steps to compare"
     assert not multigpu.ddp_parity([one, run(2, [10.4, 9.8, 9.1, 8.5], accumulation=2)])[0]["global_batch_same"]
+
+
+def test_training_steps_join_the_optimizer_sub_steps_of_zero3():
+    sys.path.insert(0, str(REPO / "bench"))
+    import multigpu
+
+    # Plain optimizer: one hook call per training step.
+    assert multigpu.training_steps([1.0, 1.1], [8, 8, 8]) == [(None, 8), (1.0, 8), (1.1, 8)]
+    # ZeRO-3: three hook calls per step, tokens fed before the first of them.
+    times = [0.01, 0.02, 1.0, 0.01, 0.02, 1.2, 0.01, 0.02]
+    fed = [8, 0, 0, 8, 0, 0, 8, 0, 0]
+    steps = multigpu.training_steps(times, fed)
+    assert [n for _, n in steps] == [8, 8, 8]
+    assert steps[0][0] is None and steps[1][0] == pytest.approx(1.03), "the first step has no start"
+    assert steps[2][0] == pytest.approx(1.23)
+    ranks = [{"rank": 0, "step_times_s": times, "tokens_per_step": fed}]
+    summary = multigpu.summarise(ranks, warmup=1)
+    assert summary["per_rank"][0]["timed_steps"] == 2
+    assert summary["tokens_per_s_per_gpu"] == pytest.approx(16 / 2.26, abs=0.1)
