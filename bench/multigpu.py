@@ -168,7 +168,7 @@ def child_env(ctx: dict, rank_dir: Path) -> dict:
     return env
 
 
-def training_steps(step_times: list[float], tokens: list[int]) -> list[tuple[float, int]]:
+def training_steps(step_times: list[float], tokens: list[int]) -> list[tuple[float | None, int]]:
     """(seconds, tokens) per training step from the optimizer-step hook's records: step_times[i] is the
     time from hook i to hook i+1, tokens[i+1] what the model was fed in between. DeepSpeed ZeRO-3 steps
     its torch optimizer once per parameter sub-group, so one training step can be several hook calls:
@@ -270,7 +270,8 @@ def ddp_parity(results: list[dict]) -> list[dict]:
         if r["run"] != "lora_ddp" or r["gpus"] == 1 or not one or not r.get("all_losses"):
             continue
         pairs = [(x, y) for x, y, ex, ey in zip(r["all_losses"], one["all_losses"], r.get("all_epochs") or [],
-                                               one.get("all_epochs") or []) if ex < 1 and ey < 1]
+                                               one.get("all_epochs") or [])
+                 if ex is not None and ey is not None and ex < 1 and ey < 1]
         worst = max((abs(x - y) / max(1.0, abs(y)) for x, y in pairs), default=None)
         out.append({"gpus": r["gpus"], "steps": len(pairs), "max_rel_diff": worst,
                     "global_batch_same": r.get("gradient_accumulation", 0) * r["gpus"] == one.get("gradient_accumulation"),
