@@ -23,6 +23,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -64,23 +66,47 @@ def child_env(extra: dict | None = None) -> dict:
 
 def run_probed(cmd: list[str], *, probe_out: Path, warmup: int, log: Path, env: dict, cwd: Path | None = None,
                timeout: float | None = None) -> tuple[dict, str]:
-    """Run `cmd` (a script or `-m module ...`) under the probe; returns (probe result, its output)."""
+    """Run `cmd` (a script or `-m module ...`) under the probe; returns (probe result, its output).
+    The log gets each output line with the seconds since the start, so a run cut off by the timeout
+    still shows where its time went (building a model, loading it, stepping)."""
     probe_out.unlink(missing_ok=True)
     full = [sys.executable, str(HERE / "probe.py"), "--out", str(probe_out), "--warmup", str(warmup)]
     full += (["--cwd", str(cwd)] if cwd else []) + cmd
-    try:
-        proc = subprocess.run(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout)
-        output, code = proc.stdout, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        output, code = output + f"\n[harness] timed out after {timeout} s", 124
-    log.write_text(output)
+    output, stamped, code = run_stamped(full, env=env, timeout=timeout)
+    if code == 124:
+        note = f"\n[harness] timed out after {timeout} s"
+        output, stamped = output + note, stamped + note
+    log.write_text(stamped)
     probe = json.loads(probe_out.read_text()) if probe_out.is_file() else {}
     probe.setdefault("exit_code", code)
     if code and not probe.get("exit_code"):
         probe["exit_code"] = code
     return probe, output
+
+
+def run_stamped(cmd: list[str], *, env: dict, timeout: float | None) -> tuple[str, str, int]:
+    """(output, the same with each line prefixed by its elapsed seconds, exit code; 124 on timeout)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    plain: list[str] = []
+    stamped: list[str] = []
+
+    def pump():
+        for raw in proc.stdout:  # bytes, split at "\n" only: a progress bar's "\r" stays in its line
+            line = raw.decode(errors="replace")
+            plain.append(line)
+            stamped.append(f"[{time.monotonic() - start:7.1f} s] {line}")
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = 124
+    reader.join(timeout=10)
+    return "".join(plain), "".join(stamped), code
 
 
 def measured_side(probe: dict, times: list[float]) -> dict:
