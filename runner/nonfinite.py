@@ -8,8 +8,10 @@ device and are read when the Trainer logs or saves anyway and at the end: a run 
 training.max_nonfinite such steps stops there with the step named. Skipped updates never reach the
 weights, so reading late loses nothing.
 
-Other optimizers, and runs on several processes or sharded (FSDP, DeepSpeed), keep the plain check
-in stages.RunnerMixin (one sync per micro-step)."""
+Under DDP every rank holds the same averaged gradients, but a loss is its own rank's: the flag is
+all-reduced (max) across ranks before the step, on the device's stream, so every replica skips the
+same steps and counts the same. Other optimizers and sharded runs (FSDP, DeepSpeed: each rank sees
+only its shard's gradients) keep the plain check in stages.RunnerMixin (one sync per micro-step)."""
 
 from __future__ import annotations
 
@@ -61,6 +63,11 @@ class NonFiniteGuard:
                     groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
         for grads in groups.values():
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # A non-finite loss on one rank need not make the averaged gradients non-finite (inf loss,
+            # finite gradient): without this, that rank alone would skip and the replicas would part.
+            torch.distributed.all_reduce(self.found, op=torch.distributed.ReduceOp.MAX)
         optimizer.found_inf = self.found
 
     def _after_step(self, optimizer, args, kwargs):

@@ -49,9 +49,10 @@ class RunnerMixin:
     def _attach_guard(self):
         from runner import nonfinite
 
-        single = self.args.world_size == 1 and not self.is_fsdp_enabled and not self.is_deepspeed_enabled
+        # One process or DDP: every rank sees whole gradients (sharded backends see only their shard).
+        replicated = not self.is_fsdp_enabled and not self.is_deepspeed_enabled
         # fp16's GradScaler skips overflowing steps by design: those must not count as failures.
-        if self.runner_guard is None and single and not self.args.fp16 and nonfinite.supports(self.optimizer):
+        if self.runner_guard is None and replicated and not self.args.fp16 and nonfinite.supports(self.optimizer):
             self.runner_guard = nonfinite.NonFiniteGuard(self.optimizer, self.runner_max_nonfinite)
 
     runner_tokens = 0

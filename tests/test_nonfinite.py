@@ -67,6 +67,48 @@ def test_non_finite_loss_sets_the_flag_and_reports_zero():
     assert guard.found.item() == 1.0
 
 
+def _ddp_rank(rank: int, port: int, out_dir: str) -> None:
+    """One DDP rank of two (gloo): step 1 finite everywhere; step 2 an infinite loss on rank 1 only,
+    with finite gradients (so the averaged gradients stay finite); step 3 finite again."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    guard = NonFiniteGuard(opt, max_nonfinite=5)
+    weights = []
+    for step in (1, 2, 3):
+        opt.zero_grad(set_to_none=True)
+        loss = model(torch.full((2, 4), float(rank + step))).pow(2).mean()
+        if step == 2 and rank == 1:
+            loss = loss + torch.tensor(float("inf"))  # d(inf constant)/dw = 0: the gradient stays finite
+        loss.backward()
+        guard.after_micro_step(loss)
+        opt.step()
+        weights.append(model.module.weight.detach().clone())
+    torch.save({"weights": weights, "count": int(guard.count), "steps": [int(s["step"]) for s in opt.state.values()]},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_under_ddp_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for a, b in zip(r0["weights"], r1["weights"]):
+        assert torch.equal(a, b), "the replicas parted"
+    assert torch.equal(r0["weights"][0], r0["weights"][1]), "step 2 was skipped on rank 0 too"
+    assert not torch.equal(r0["weights"][1], r0["weights"][2]), "step 3 trained"
+    assert r0["count"] == r1["count"] == 1 and r0["steps"] == r1["steps"] == [2, 2]
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden=48)
