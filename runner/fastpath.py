@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from runner.errors import UserError
+
 IGNORE = -100
 LIGER_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
 
@@ -53,26 +55,92 @@ def chunked_causal_lm_loss(hidden, lm_head, labels, num_items_in_batch=None, chu
 
 
 def _causal_lm_parts(model):
-    """(decoder, lm_head) of a causal LM, looking through PEFT wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)  # DDP
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else getattr(base, "lm_head", None)
-    if decoder is None or head is None:
+    """(causal LM, lm_head) of a model, looking through PEFT and DDP wrappers; (None, None) when the
+    model has no swappable output embedding."""
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    if not (hasattr(base, "get_output_embeddings") and hasattr(base, "set_output_embeddings")):
         return None, None
-    return decoder, head
+    head = base.get_output_embeddings()
+    return (base, head) if head is not None else (None, None)
+
+
+# Model types whose forward hands the LM head's output to the loss unchanged: the chunked loss may
+# swap the head out and run it itself. TRANSFORMED_LOGITS change the logits first, in a way
+# `logits_transform` reproduces. Any other type keeps its own loss (a forward may scale, cap or
+# otherwise change its logits: the chunked loss would silently train on something else).
+PLAIN_LOGITS = ("llama", "mistral", "mixtral", "ministral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi",
+                "phi3", "gemma", "olmo", "olmo2", "starcoder2", "smollm3", "stablelm", "gpt_neox", "deepseek_v3",
+                "glm4", "arcee")
+TRANSFORMED_LOGITS = ("gemma2", "gemma3", "gemma3_text", "cohere", "cohere2", "granite", "granitemoe",
+                      "granitemoeshared")
+
+
+def logits_transform(config):
+    """What a TRANSFORMED_LOGITS model's forward does to its LM head's output before the loss, as a
+    function; None when nothing. Gemma 2/3 soft-cap, Cohere multiplies by logit_scale, Granite divides
+    by logits_scaling."""
+    import torch
+
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
+    if not cap and scale in (None, 1, 1.0) and divide in (None, 1, 1.0):
+        return None
+
+    def transform(logits):
+        if scale not in (None, 1, 1.0):
+            logits = logits * scale
+        if divide not in (None, 1, 1.0):
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+_IDENTITY: list = []
+
+
+def _identity():
+    """One identity module for every step: torch.compile guards on the module it finds as the head."""
+    import torch
+
+    if not _IDENTITY:
+        _IDENTITY.append(torch.nn.Identity())
+    return _IDENTITY[0]
 
 
 def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None, chunk_tokens: int = 1024):
-    """The model's training loss without materialising its logits. Returns None when the model does not
-    have the decoder + LM head shape (the caller then uses the model's own loss)."""
-    decoder, head = _causal_lm_parts(model)
-    if decoder is None or "labels" not in inputs:
+    """The model's training loss without materialising its logits. Plain-logits models: the forward
+    goes through every wrapper (DDP's gradient hooks, PEFT) with the LM head swapped for an identity,
+    so the model returns its final hidden states, and the head runs chunk by chunk. Models that
+    transform their logits (the forward would transform the hidden states too): the decoder is called
+    directly and the transform applied per chunk; one process only (`decide` keeps DDP off this path).
+    Returns None when the model has neither shape (the caller then uses the model's own loss)."""
+    import torch
+
+    base, head = _causal_lm_parts(model)
+    if base is None or "labels" not in inputs:
         return None
     kwargs = {k: v for k, v in inputs.items() if k != "labels"}
     kwargs["use_cache"] = False
-    out = decoder(**kwargs)
-    return chunked_causal_lm_loss(out[0], head, inputs["labels"], num_items_in_batch, chunk_tokens)
+    transform = logits_transform(base.config)
+    if transform is None:
+        base.set_output_embeddings(_identity())
+        try:
+            out = model(**kwargs)
+        finally:
+            base.set_output_embeddings(head)
+        hidden = out.logits if hasattr(out, "logits") else out[0]
+        return chunked_causal_lm_loss(hidden, head, inputs["labels"], num_items_in_batch, chunk_tokens)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
+    if decoder is None:
+        return None
+    hidden = decoder(**kwargs)[0]
+    return chunked_causal_lm_loss(hidden, lambda h: transform(head(h)), inputs["labels"], num_items_in_batch,
+                                  chunk_tokens)
 
 
 def _checkpointable(model) -> list:
@@ -128,16 +196,23 @@ def decide(training: dict, device: str, model_type: str, *, world_size: int = 1,
     use_liger = bool(liger is True or (liger == "auto" and device == "cuda" and liger_available()
                                        and model_type in LIGER_FAMILIES))
     chunked = training.get("chunked_loss", "auto")
-    use_chunked = bool(chunked is True or (chunked == "auto" and not use_liger))
+    known = model_type in PLAIN_LOGITS or model_type in TRANSFORMED_LOGITS
+    if chunked is True and not known:
+        raise UserError(f"training.chunked_loss is true, but runner does not know how a {model_type!r} model turns "
+                        "its hidden states into logits (a forward may scale or cap them)",
+                        where="training.chunked_loss", hint="use auto (the model's own loss for this type) or false")
+    use_chunked = bool(chunked is True or (chunked == "auto" and not use_liger and known))
     out = {"liger": use_liger, "chunked_loss": use_chunked, "torch_compile": bool(training.get("torch_compile"))}
+    if chunked == "auto" and not use_liger and not known:
+        out["chunked_loss_off_because"] = f"model type {model_type!r} is not known to hand its logits to the loss unchanged"
     if use_chunked and sharded:
-        # The chunked loss calls the decoder and the LM head one by one, outside the root module's
-        # forward: FSDP2 then sees several roots and ZeRO-3 recomputes against partitioned weights.
+        # The chunked loss runs the LM head outside the root module's forward: FSDP2 has resharded it
+        # by then and ZeRO-3 would recompute against partitioned weights.
         out.update(chunked_loss=False, chunked_loss_off_because="sharded parameters (fsdp / ZeRO-3)")
-    elif use_chunked and world_size > 1:
-        # Under DDP the chunked loss would call the decoder inside the wrapper and skip the
-        # Trainer's loss scaling across processes; until it goes through the wrapper, it stays off.
-        out.update(chunked_loss=False, chunked_loss_off_because="several processes (DDP)")
+    elif use_chunked and world_size > 1 and model_type in TRANSFORMED_LOGITS:
+        # Such models take the chunked loss by calling their decoder directly, past DDP's wrapper.
+        out.update(chunked_loss=False, chunked_loss_off_because=f"several processes (DDP) with {model_type!r}, "
+                                                                "whose forward transforms its logits")
     return out
 
 

@@ -86,6 +86,10 @@ class RunnerMixin:
 
             loss = chunked_forward_loss(model, inputs, num_items_in_batch)
             if loss is not None:
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    # As Trainer.compute_loss: num_items_in_batch counts every process's tokens, and
+                    # DDP averages the gradients over processes.
+                    loss = loss * self.accelerator.num_processes
                 return loss
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 

@@ -268,20 +268,38 @@ def test_fsdp2_sharded_checkpoint_resumes_to_the_same_result(tmp_path, model_dir
         assert value.equal(whole_adapter[key]), key
 
 
-@pytest.mark.parametrize("backend", [
-    "ddp",  # train.py turns the chunked loss off under several processes
-    "fsdp",  # train.py turns the chunked loss off under sharded parameters
+@pytest.mark.parametrize("backend, chunked", [
+    ("ddp", True),  # through DDP's wrapper with the LM head swapped out, scaled as the Trainer scales
+    ("fsdp", False),  # off under sharded parameters
 ])
-def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, backend):
+def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, backend, chunked):
     cfg = make_cfg(tmp_path, model_dir, micro=GLOBAL_BATCH // 2, backend=backend, name=backend, chunked="auto")
     proc = run_cli(["launch", cfg, "--cpu", "--num-processes", "2"], probe_dir=tmp_path / "probe",
                    wait=False)
     _, err = finish(proc)
     assert proc.returncode == 0, err[-2000:]
+    fast = json.loads((tmp_path / "run" / "plan.json").read_text())["runtime"]["fast_path"]
+    assert fast["chunked_loss"] is chunked, fast
     assert losses(tmp_path / "run") == pytest.approx(reference["losses"], rel=1e-5)
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
     for key, value in adapter.items():
         assert value.allclose(reference["adapter"][key], atol=1e-6), key
+
+
+def test_chunked_loss_under_ddp_trains_the_lm_head_as_one_process_does(tmp_path, model_dir):
+    """Full fine-tuning: the LM head runs outside DDP's forward (chunk by chunk), yet its gradient is
+    all-reduced with the rest and scaled as the Trainer scales the model's own loss."""
+    one = make_cfg(tmp_path / "one", model_dir, micro=GLOBAL_BATCH, full=True, name="one", chunked=False)
+    run_cli(["train", one])
+    two = make_cfg(tmp_path / "two", model_dir, micro=GLOBAL_BATCH // 2, full=True, name="two", chunked=True)
+    run_cli(["launch", two, "--cpu", "--num-processes", "2"])
+    assert json.loads((tmp_path / "two" / "run" / "plan.json").read_text())["runtime"]["fast_path"]["chunked_loss"]
+    assert losses(tmp_path / "two" / "run") == pytest.approx(losses(tmp_path / "one" / "run"), rel=1e-5)
+    ref = safetensors(tmp_path / "one" / "run" / "model.safetensors")
+    got = safetensors(tmp_path / "two" / "run" / "model.safetensors")
+    assert got.keys() == ref.keys()
+    for key, value in got.items():
+        assert value.allclose(ref[key], atol=1e-5), key
 
 
 def test_fused_lora_under_ddp_matches_the_plain_one_process_run(tmp_path, model_dir, reference):

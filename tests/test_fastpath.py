@@ -83,3 +83,55 @@ def test_decide_auto():
     t = {"liger": "auto", "chunked_loss": "auto", "torch_compile": False}
     assert decide(t, "cpu", "llama") == {"liger": False, "chunked_loss": True, "torch_compile": False}
     assert decide({**t, "chunked_loss": False}, "cpu", "llama")["chunked_loss"] is False
+
+
+def _tiny(model_type, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, **extra)
+    return AutoModelForCausalLM.from_config(cfg).float()
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("gemma2", {"final_logit_softcapping": 2.0}),  # small cap: the tanh really bends these logits
+    ("cohere", {"logit_scale": 0.25}),
+    ("granite", {"logits_scaling": 3.0}),
+])
+def test_models_that_transform_their_logits_get_the_same_loss_and_grads(model_type, extra):
+    from runner.fastpath import TRANSFORMED_LOGITS, logits_transform
+
+    model = _tiny(model_type, **extra)
+    with torch.no_grad():  # logits of a few units, so that capping and scaling change the loss
+        model.get_output_embeddings().weight.mul_(40)
+    assert model.config.model_type in TRANSFORMED_LOGITS and logits_transform(model.config) is not None
+    batch = _batch()
+    ref = model(**batch, use_cache=False).loss
+    ref.backward()
+    ref_grads = _grads(model)
+    model.zero_grad()
+    plain = chunked_causal_lm_loss(model.get_decoder()(input_ids=batch["input_ids"],
+                                                       attention_mask=batch["attention_mask"])[0],
+                                   model.get_output_embeddings(), batch["labels"])
+    assert not torch.allclose(plain, ref, atol=1e-3), "the transform matters for this model"
+    loss = chunked_forward_loss(model, batch, chunk_tokens=5)
+    loss.backward()
+    assert torch.allclose(loss, ref, atol=1e-5), (loss, ref)
+    for name, g in _grads(model).items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-5), name
+
+
+def test_decide_keeps_the_chunked_loss_to_models_it_knows():
+    from runner.errors import UserError
+
+    t = {"liger": "auto", "chunked_loss": "auto", "torch_compile": False}
+    unknown = decide(t, "cpu", "falcon_h1")  # multiplies its logits by lm_head_multiplier in forward
+    assert unknown["chunked_loss"] is False and "falcon_h1" in unknown["chunked_loss_off_because"]
+    with pytest.raises(UserError, match="does not know how a 'falcon_h1' model"):
+        decide({**t, "chunked_loss": True}, "cpu", "falcon_h1")
+    assert decide(t, "cpu", "llama", world_size=2)["chunked_loss"] is True
+    capped = decide(t, "cpu", "gemma2", world_size=2)
+    assert capped["chunked_loss"] is False and "DDP" in capped["chunked_loss_off_because"]
+    assert decide(t, "cpu", "gemma2")["chunked_loss"] is True
+    assert decide(t, "cpu", "llama", world_size=2, sharded=True)["chunked_loss"] is False
