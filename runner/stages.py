@@ -84,11 +84,14 @@ class RunnerMixin:
         if self.runner_chunked_loss and not return_outputs:
             from runner.fastpath import chunked_forward_loss
 
-            loss = chunked_forward_loss(model, inputs, num_items_in_batch)
+            # As Trainer.compute_loss does with the model's own loss: the token count goes to the loss
+            # only for models that take loss kwargs (else the Trainer divides by the accumulation
+            # steps itself), and since it counts every process's tokens while DDP averages the
+            # gradients over processes, the loss is scaled back up by their number.
+            takes_count = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            loss = chunked_forward_loss(model, inputs, num_items_in_batch if takes_count else None)
             if loss is not None:
-                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                    # As Trainer.compute_loss: num_items_in_batch counts every process's tokens, and
-                    # DDP averages the gradients over processes.
+                if takes_count and self.args.average_tokens_across_devices:
                     loss = loss * self.accelerator.num_processes
                 return loss
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
