@@ -314,3 +314,18 @@ def test_fused_lora_under_ddp_matches_the_plain_one_process_run(tmp_path, model_
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
     for key, value in adapter.items():
         assert value.allclose(reference["adapter"][key], atol=1e-5), key
+
+
+def test_non_finite_steps_under_ddp_stop_every_rank_with_exit_2(tmp_path, model_dir):
+    """The device-side guard under DDP (skip flag all-reduced across ranks): past
+    training.max_nonfinite every rank stops at the same logging step, none hangs, the run exits 2
+    naming the step, and no finished run is left behind."""
+    cfg = write_config(tmp_path, model_dir, name="nan", adapter={"kind": "full"},
+                       training={"max_steps": STEPS, "micro_batch_size": GLOBAL_BATCH // 2, "learning_rate": 1e30,
+                                 "optimizer": "adamw_torch_fused", "chunked_loss": CHUNKED},
+                       extra={"distributed": {"backend": "ddp"}})
+    proc = run_cli(["launch", cfg, "--cpu", "--num-processes", "2"], wait=False)
+    _, err = finish(proc)
+    assert proc.returncode == 2, err[-3000:]
+    assert "non-finite loss or gradients at step" in err and "training.max_nonfinite is 0" in err
+    assert not (tmp_path / "run" / "RUN_COMPLETE").exists()
