@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import modeldir  # noqa: E402
 from bench.catalog import SHAPES, TINY  # noqa: E402
+from bench.probe import versions  # noqa: E402
 
 BASE = """model: {{path: {model}, random_init: true, dtype: bfloat16}}
 datasets:
@@ -143,7 +144,7 @@ def main() -> int:
             row["error_tail"] = proc.stderr[-1500:]
         print(json.dumps(row), flush=True)
         results.append(row)
-    report = {"date": datetime.date.today().isoformat(), "device": _device(), "versions": _versions(), "runs": results}
+    report = {"date": datetime.date.today().isoformat(), "device": _device(), "versions": versions(), "runs": results}
     (out / "accept.json").write_text(json.dumps(report, indent=2))
     lines = [f"# GPU acceptance runs ({report['date']}, {report['device']})", "",
              "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
@@ -169,18 +170,6 @@ def _device() -> str:
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except Exception:  # noqa: BLE001 - a report line, never a failure
         return "unknown"
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "deepspeed"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 if __name__ == "__main__":

@@ -252,8 +252,7 @@ def run_one(name: str, world: int, ctx: dict) -> dict:
 
 
 def reload_on_one_gpu(run_dir: Path, ctx: dict) -> str:
-    sys.path.insert(0, str(REPO))
-    from bench.accept import reload
+    from accept import reload  # bench/ is on sys.path (main)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if not ctx["cpu"]:
@@ -299,7 +298,7 @@ def cross_check(results: list[dict]) -> dict | None:
 
 def markdown(report: dict) -> str:
     lines = [f"# Multi-GPU benchmark ({report['device']}, {report['date']})", "",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items() if v), "",
              "| run | GPUs | wrapper | tokens/s per GPU | tokens/s total | peak reserved GiB per GPU (max; CPU: RSS) "
              "| scaling eff. | saved result on one GPU | status |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -403,29 +402,18 @@ def main(argv=None) -> int:
 
 
 def write_report(out: Path, stem: str, gpus: int, smoke: bool, results: list[dict]) -> dict:
+    import probe
     import torch
 
     rows = merged(out / f"{stem}.json", results)
     scaling(rows)
     report = {"date": datetime.date.today().isoformat(), "smoke": smoke, "gpus": gpus,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "versions": versions(), "results": rows, "cross_check": cross_check(rows), "ddp_parity": ddp_parity(rows)}
+              "versions": probe.versions(), "results": rows, "cross_check": cross_check(rows), "ddp_parity": ddp_parity(rows)}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (out / f"{stem}.md").write_text(markdown(report))
     return report
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("torch", "transformers", "peft", "accelerate", "deepspeed", "liger-kernel"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 def merged(previous: Path, results: list[dict]) -> list[dict]:

@@ -23,7 +23,7 @@ import time
 import traceback
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "liger-kernel",
-            "flash-attn", "runner")
+            "flash-attn", "deepspeed", "runner")
 
 
 def versions() -> dict:

@@ -201,7 +201,8 @@ def decide(training: dict, device: str, model_type: str, *, world_size: int = 1,
         raise UserError(f"training.chunked_loss is true, but runner does not know how a {model_type!r} model turns "
                         "its hidden states into logits (a forward may scale or cap them)",
                         where="training.chunked_loss", hint="use auto (the model's own loss for this type) or false")
-    use_chunked = bool(chunked is True or (chunked == "auto" and not use_liger and known))
+    # Liger's fused linear cross-entropy already avoids the logits: it wins over the chunked loss.
+    use_chunked = not use_liger and bool(chunked is True or (chunked == "auto" and known))
     out = {"liger": use_liger, "chunked_loss": use_chunked, "torch_compile": bool(training.get("torch_compile"))}
     if chunked == "auto" and not use_liger and not known:
         out["chunked_loss_off_because"] = f"model type {model_type!r} is not known to hand its logits to the loss unchanged"

@@ -250,13 +250,10 @@ def _fast_path(plan, model, device: str) -> dict:
     model_type = getattr(model.config, "model_type", "")
     fast = fastpath.decide(plan.training, device.split(":")[0], model_type,
                            world_size=int(os.environ.get("WORLD_SIZE", "1")), sharded=_sharded(plan))
+    # decide() picks Liger under auto only where apply_liger works: a failure here is `liger: true`.
     if fast["liger"] and not fastpath.apply_liger(model, model_type):
-        if plan.training.get("liger") is True:
-            raise UserError(f"training.liger is true but Liger kernels are not available for {model_type!r} here",
-                            where="training.liger", hint="pip install 'runner[liger]' on the GPU machine, or use auto")
-        fast["liger"] = False
-    if fast["liger"]:
-        fast["chunked_loss"] = False  # Liger's fused linear cross-entropy already avoids the logits
+        raise UserError(f"training.liger is true but Liger kernels are not available for {model_type!r} here",
+                        where="training.liger", hint="pip install 'runner[liger]' on the GPU machine, or use auto")
     fast["fused_lora"] = fastpath.decide_fused_lora(plan.training, device.split(":")[0], plan.adapter,
                                                     bool((plan.quantization or {}).get("bits")), _sharded(plan))
     return fast
