@@ -78,6 +78,34 @@ def check_attn_implementation(name: str) -> None:
         raise UserError(
             "flash_attention_2 needs a CUDA GPU", where="model.attn_implementation", hint="use `sdpa` on this machine"
         )
+    if name == "varlen":
+        import torch
+
+        if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+            raise UserError(f"model.attn_implementation is varlen, which needs torch >= 2.9 (this is {torch.__version__})",
+                            where="model.attn_implementation", hint="upgrade torch or use `sdpa`")
+
+
+def attn_for_transformers(name: str, for_training: bool) -> str:
+    """The attn_implementation name transformers gets: varlen is registered under runner's own key
+    for training; a model loaded for generation or as a frozen reference uses sdpa."""
+    if name != "varlen":
+        return name
+    if not for_training:
+        return "sdpa"
+    from runner import varlen
+
+    return varlen.register()
+
+
+def check_varlen_model(model) -> None:
+    """model.attn_implementation: varlen on a model whose attention it cannot run: a clear error."""
+    from runner import varlen
+
+    reason = varlen.unsupported(model.config)
+    if reason:
+        raise UserError(f"model.attn_implementation is varlen, but {model.config.model_type!r} cannot use it: {reason}",
+                        where="model.attn_implementation", hint="use `sdpa` (or `flex_attention`) for this model")
 
 
 def bnb_config(quantization: dict | None, dtype: str):
@@ -142,7 +170,7 @@ def load_model(
         print(f"warning: trust_remote_code is on: Python code shipped with {model_cfg['path']} will run", file=sys.stderr)
     kwargs = {
         "dtype": torch_dtype(dtype),
-        "attn_implementation": attn,
+        "attn_implementation": attn_for_transformers(attn, for_training),
         "trust_remote_code": bool(model_cfg.get("trust_remote_code", False)),
     }
     if model_cfg.get("gguf_file"):
@@ -169,6 +197,8 @@ def load_model(
             raise _hub_error(model_cfg, exc) from exc
         raise UserError(f"cannot load model from {model_cfg['path']}: {exc}", where="model.path") from exc
     drop_gguf_quantizer(model)
+    if for_training and attn == "varlen":
+        check_varlen_model(model)
     if for_training:
         # The KV cache is for generation; in training it also stops transformers from reading
         # packed position_ids as sample boundaries.
