@@ -61,8 +61,15 @@ class NonFiniteGuard:
             for p in group["params"]:
                 if p.grad is not None:
                     groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-        for grads in groups.values():
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+        for (_, dtype), grads in groups.items():
+            if dtype in (torch.float32, torch.float16):
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+            else:
+                # bf16 gradients (full fine-tuning of bf16 weights): CUDA's amp check has no bf16
+                # kernel. A tensor's norm is non-finite exactly when one of its elements is.
+                norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+                bad = (~torch.isfinite(norms).all()).to(self.found.dtype)
+                torch.maximum(self.found, bad, out=self.found)
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             # A non-finite loss on one rank need not make the averaged gradients non-finite (inf loss,

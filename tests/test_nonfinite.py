@@ -19,15 +19,15 @@ from tests.tiny_model import save_tiny_model, write_config
 torch.set_num_threads(1)
 
 
-def _opt():
+def _opt(dtype=torch.float32):
     torch.manual_seed(0)
-    layer = torch.nn.Linear(4, 3)
+    layer = torch.nn.Linear(4, 3).to(dtype)
     return layer, torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
 
 
 def _step(layer, opt, x):
     opt.zero_grad(set_to_none=True)
-    layer(x).pow(2).sum().backward()
+    layer(x.to(layer.weight.dtype)).pow(2).sum().backward()
     opt.step()
 
 
@@ -38,8 +38,9 @@ def test_supports_only_fused_adam():
     assert not supports(torch.optim.SGD(layer.parameters(), lr=0.1))
 
 
-def test_nan_gradient_skips_the_update_on_device_and_check_names_the_step():
-    layer, opt = _opt()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: full fine-tuning of bf16 weights
+def test_nan_gradient_skips_the_update_on_device_and_check_names_the_step(dtype):
+    layer, opt = _opt(dtype)
     guard = NonFiniteGuard(opt, max_nonfinite=1)
     _step(layer, opt, torch.ones(2, 4))
     before = {k: v.clone() for k, v in layer.state_dict().items()}
