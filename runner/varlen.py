@@ -31,9 +31,18 @@ def register() -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
-    AttentionInterface.register(NAME, varlen_attention_forward)
+    AttentionInterface.register(NAME, _eager_only())
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
     return NAME
+
+
+def _eager_only():
+    """The attention function, kept out of torch.compile's graphs: it syncs once per batch for the
+    sample offsets, and compiled around the varlen kernel the first H100 run hit an illegal memory
+    access. The layers around it still compile."""
+    import torch
+
+    return torch.compiler.disable(varlen_attention_forward)
 
 
 def unsupported(config) -> str | None:

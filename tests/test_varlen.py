@@ -157,3 +157,13 @@ def test_load_for_generation_uses_sdpa():
         from runner.model import check_varlen_model
 
         check_varlen_model(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8))
+
+
+def test_varlen_under_torch_compile_gives_the_sdpa_loss():
+    """The attention function stays out of the compiled graphs; the layers around it compile."""
+    batch = _packed()
+    eager = _model("sdpa").train()(**batch).loss
+    compiled = torch.compile(_model("varlen").train())
+    loss = compiled(**batch).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
