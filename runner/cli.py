@@ -48,7 +48,15 @@ def _fmt(e: UserError, severity: str) -> str:
     return head + (f"\n  hint: {e.hint}" if e.hint else "")
 
 
+# PyTorch's CUDA allocator with expandable segments: batches whose shapes change step to step no
+# longer fragment the cache into blocks too small to reuse (full1b at micro batch 8 on an H100:
+# 28,593 tokens/s without, 55,902 with varlen and this). Read once, when CUDA initialises, so it is
+# set before any command can touch CUDA; a PYTORCH_CUDA_ALLOC_CONF of the user's own is kept.
+CUDA_ALLOC_CONF = "expandable_segments:True"
+
+
 def main(argv=None) -> int:
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
     code = 1
     try:
         code = _main(argv)

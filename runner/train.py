@@ -147,6 +147,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         "dtype": dtype,
         "precision": precision,
         "attn_implementation": plan.model.get("attn_implementation", "sdpa"),
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "target_modules": info.target_modules,
         "trainable_params": info.trainable_params,
         "total_params": info.total_params,

@@ -56,3 +56,18 @@ def test_accelerate_launch_reaches_the_same_training(tmp_path, model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["runtime"]["world_size"] == 1
     assert (tmp_path / "run" / "RUN_COMPLETE").is_file()
+
+
+@pytest.mark.parametrize("own", [None, "max_split_size_mb:128"])
+def test_cuda_allocator_gets_expandable_segments_unless_the_user_set_it(monkeypatch, capsys, own):
+    import os
+
+    from runner.cli import CUDA_ALLOC_CONF, main
+
+    if own is None:
+        monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    else:
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", own)
+    assert main(["schema"]) == 0
+    capsys.readouterr()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == (own or CUDA_ALLOC_CONF)
