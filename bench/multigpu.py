@@ -404,6 +404,7 @@ def main(argv=None) -> int:
 def write_report(out: Path, stem: str, gpus: int, smoke: bool, results: list[dict]) -> dict:
     import probe
     import torch
+    from report import repo_relative
 
     rows = merged(out / f"{stem}.json", results)
     scaling(rows)
@@ -411,7 +412,7 @@ def write_report(out: Path, stem: str, gpus: int, smoke: bool, results: list[dic
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "versions": probe.versions(), "results": rows, "cross_check": cross_check(rows), "ddp_parity": ddp_parity(rows)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.json").write_text(repo_relative(json.dumps(report, indent=1)))
     (out / f"{stem}.md").write_text(markdown(report))
     return report
 

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 HEADER = ("| scenario | runner tokens/s | baseline tokens/s | ratio | runner peak alloc / reserved GiB | "
           "baseline peak alloc / reserved GiB | runner TFLOP/s (MFU) | baseline TFLOP/s (MFU) | "
           "step p50 runner / baseline s | device | date |")
@@ -63,17 +65,24 @@ def markdown_row(result: dict) -> str:
     run, base = result["runner"], result["baseline"]
     p50 = f"{_num(run.get('step_time_s', {}).get('p50'), '{:.3f}')} / {_num(base.get('step_time_s', {}).get('p50'), '{:.3f}')}"
     name = result["scenario"] + (" (smoke)" if result.get("smoke") else "")
-    cells = [name, _side_cell(run, "tokens_per_s"), _side_cell(base, "tokens_per_s"),
-             _num(result.get("ratio_tokens_per_s"), "{:.2f}×"), _memory(run), _memory(base), _tflops(run),
+    rate = _num(result.get("ratio_tokens_per_s"), "{:.2f}×")
+    if result.get("same_launch") is False and result.get("ratio_tokens_per_s") is not None:
+        rate += " (sides from two launches)"  # --side runner / baseline kept the other side's result
+    cells = [name, _side_cell(run, "tokens_per_s"), _side_cell(base, "tokens_per_s"), rate, _memory(run), _memory(base), _tflops(run),
              _tflops(base), p50, result.get("device") or "–", result["date"][:10]]
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def repo_relative(text: str) -> str:
+    """Result text with the checkout's own path dropped (results are committed: no machine paths)."""
+    return text.replace(str(REPO) + "/", "")
 
 
 def write_result(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = result["scenario"] + ("-smoke" if result.get("smoke") else "")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    json_path.write_text(repo_relative(json.dumps(result, indent=1)) + "\n")
     md_path.write_text(f"{HEADER}\n{RULE}\n{markdown_row(result)}\n\n{result['flops_formula']}\n")
     return json_path, md_path
 

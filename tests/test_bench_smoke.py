@@ -60,6 +60,10 @@ def test_a_result_replaces_only_its_row_of_the_results_table(tmp_path):
     assert changed[0][0].startswith("| full1b | ")
     assert changed[0][1] == ("| full1b | 30,000 | 20,000 | 1.50× | 20.5 / 22.0 | 20.5 / 22.0 | 300.0 (38.0%) | "
                              "300.0 (38.0%) | 1.250 / 1.250 | NVIDIA H100 80GB HBM3 | 2026-12-01 |")
+    result["same_launch"] = False  # one side kept from an earlier launch: the ratio says so
+    path.write_text(json.dumps(result))
+    assert report.main([str(path), "--results", str(table)]) == 0
+    assert "| 1.50× (sides from two launches) |" in table.read_text()
     result["scenario"] = "unknown"
     path.write_text(json.dumps(result))
     assert report.main([str(path), "--results", str(table)]) == 1
