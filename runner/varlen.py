@@ -22,7 +22,7 @@ import inspect
 import math
 
 NAME = "runner_varlen"  # the key registered with transformers; the config value is `varlen`
-_BATCH: list = []  # [(position_ids, mask, segments)] of the last batch: every layer reuses it
+_BATCH: list = []  # [(key, position_ids, mask, segments)] of the last batch: every layer reuses it
 
 
 def register() -> str:
@@ -92,10 +92,13 @@ def segments(position_ids, mask, rows: int, length: int):
 
 
 def _batch_segments(position_ids, mask, rows: int, length: int):
-    if _BATCH and _BATCH[0][0] is position_ids and _BATCH[0][1] is mask:
-        return _BATCH[0][2]
+    """segments() of this batch, computed by its first layer; the tensors' identity and in-place
+    version say whether a call belongs to the same batch (every layer, checkpoint recomputation)."""
+    key = tuple((id(t), t._version) if t is not None else None for t in (position_ids, mask))
+    if _BATCH and _BATCH[0][0] == key and _BATCH[0][1] is position_ids and _BATCH[0][2] is mask:
+        return _BATCH[0][3]
     found = segments(position_ids, mask, rows, length)
-    _BATCH[:] = [(position_ids, mask, found)]
+    _BATCH[:] = [(key, position_ids, mask, found)]  # holding the tensors keeps their ids unique
     return found
 
 

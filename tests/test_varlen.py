@@ -168,3 +168,17 @@ def test_varlen_under_torch_compile_gives_the_sdpa_loss():
     loss = compiled(**batch).loss
     loss.backward()
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_changed_in_place_gets_new_segments():
+    """Every layer reuses the batch's offsets; position_ids edited in place are not the same batch."""
+    model = _model("varlen").eval()
+    batch = _packed()
+    pos = batch["position_ids"].clone()
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], position_ids=pos)
+        first = varlen._BATCH[0][3][1].tolist()
+        pos[0] = torch.arange(20)  # row 1 becomes one sample
+        model(input_ids=batch["input_ids"], position_ids=pos)
+    assert varlen._BATCH[0][3][1].tolist() != first
+    assert varlen._BATCH[0][3][1].tolist()[:2] == [0, 20]
