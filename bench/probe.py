@@ -126,6 +126,29 @@ class StepProfiler:
             self.prof = None
 
 
+class CudaGate:
+    """Holds the process's CUDA initialisation until a file exists (bench/harness.py --overlap: the
+    baseline builds its model on the CPU while runner has the GPU, and touches the GPU only after
+    runner's process has ended). torch initialises CUDA through torch.cuda._lazy_init, also when
+    a tensor is first made on a CUDA device."""
+
+    def __init__(self, path: str):
+        import torch
+
+        self.path, self.waited_s = path, 0.0
+        original = torch.cuda._lazy_init
+
+        def gated():
+            if not torch.cuda.is_initialized() and not os.path.exists(path):
+                start = time.monotonic()
+                while not os.path.exists(path):
+                    time.sleep(0.2)
+                self.waited_s += time.monotonic() - start
+            original()
+
+        torch.cuda._lazy_init = gated
+
+
 def run_target(module: str | None, target: list[str]) -> int:
     """Run the target as __main__ with its own argv; returns its exit code."""
     try:
@@ -169,6 +192,7 @@ def main(argv=None) -> int:
     if os.environ.get("BENCH_PROFILE"):
         clock.profiler = StepProfiler(os.environ["BENCH_PROFILE"])
     handle = register_optimizer_step_post_hook(clock.hook)
+    gate = CudaGate(os.environ["BENCH_CUDA_GATE"]) if os.environ.get("BENCH_CUDA_GATE") else None
     started = time.time()
     error = None
     try:
@@ -182,6 +206,8 @@ def main(argv=None) -> int:
               "warmup": args.warmup, "optimizer_steps": len(clock.stamps), "step_times_s": clock.step_times(),
               "wall_s": round(time.time() - started, 3), "device": clock.device(), "versions": versions(),
               **clock.memory()}
+    if gate is not None:
+        result["cuda_gate_waited_s"] = round(gate.waited_s, 1)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
     if isinstance(error, KeyboardInterrupt):

@@ -153,3 +153,39 @@ def test_run_stamped_keeps_the_output_and_times_each_line_even_when_cut_off():
     code = "import time; print('loading', flush=True); time.sleep(30)"
     out, stamped, rc = harness.run_stamped([sys.executable, "-c", code], env=dict(os.environ), timeout=1.5)
     assert rc == 124 and out == "loading\n" and "] loading" in stamped
+
+
+def test_probe_cuda_gate_holds_the_first_cuda_use_until_the_gate_opens(tmp_path):
+    """--overlap: a baseline's CUDA initialisation waits for runner's end (here a file made 1.5 s in).
+    On this CPU machine the CUDA call then fails, after the gate, as it would have anyway."""
+    import time
+
+    script = tmp_path / "uses_cuda.py"
+    script.write_text("import time, torch\nprint('cpu work done', time.time(), flush=True)\n"
+                      "try:\n    torch.zeros(1, device='cuda')\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+                      "print('cuda reached', time.time(), flush=True)\n")
+    gate = tmp_path / "gate"
+    env = {**os.environ, "BENCH_CUDA_GATE": str(gate), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "probe.py"), "--out", str(tmp_path / "p.json"),
+                             str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("cpu work done"), first  # the CPU part runs while the gate is shut
+    time.sleep(1.5)
+    opened = time.time()
+    gate.touch()
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0
+    reached = float(out.strip().splitlines()[-1].split()[-1])
+    assert reached >= opened
+    assert json.loads((tmp_path / "p.json").read_text())["cuda_gate_waited_s"] >= 1.0
+
+
+@pytest.mark.slow
+def test_overlap_runs_both_sides_in_one_launch(tmp_path):
+    proc = _harness(tmp_path, "full1b", "--overlap")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "out" / "full1b-smoke.json").read_text())
+    run, base = result["runner"], result["baseline"]
+    assert run["status"] == "ok" and base["status"] == "ok", (run, base)
+    assert result["same_launch"] is True
+    assert base["overlap"] == {"cuda_gate_waited_s": 0.0}  # CPU baseline: it never asks for CUDA
