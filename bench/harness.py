@@ -12,7 +12,8 @@ Each side runs in its own process under bench/probe.py (same step clock, fresh m
   folder as working directory; bench/baselines/*.py for full1b and dpo8b. Their printed tokens/s is
   taken as is; the probe adds peak reserved memory and step times.
 --overlap starts the baseline first: its CPU setup runs while runner trains, and its first CUDA use
-waits until runner's process has ended (qlora8b's baseline builds the 8B model on the CPU for ~7 min).
+waits until runner's process has ended (qlora8b's baseline builds the 8B model on the CPU for ~7 min);
+a baseline seen holding GPU memory before runner ended is reported `overlapped`, not measured.
 --smoke shrinks every scenario to a tiny model of the same family (seconds on a CPU). The shared
 baselines hard-code CUDA and the 8B shape: on a machine without CUDA they are reported as skipped.
 """
@@ -247,7 +248,7 @@ def run_baseline(scenario, ctx: dict, cuda_gate: Path | None = None) -> dict:
                                warmup=b.warmup, log=ctx["work"] / f"{scenario.name}-baseline.log",
                                env=probe_env, cwd=script.parent, timeout=ctx["timeout"])
     if cuda_gate:
-        side["_gate_waited_s"] = probe.get("cuda_gate_waited_s")
+        side["_gate"] = {k: probe.get(k) for k in ("cuda_gate_waited_s", "cuda_first_alloc_at")}
     reported = _last_json_line(output)
     if probe.get("exit_code") or reported is None:
         return {**side, **failed("failed", output, probe)}
@@ -290,11 +291,24 @@ def overlapped(scenario, ctx: dict) -> tuple[dict, dict]:
     try:
         run = run_runner(scenario, ctx)
     finally:
+        runner_ended = time.time()
         gate.touch()
     thread.join()
     base = found.get("base") or {"status": "failed", "error": "the baseline thread returned nothing"}
-    base["overlap"] = {"cuda_gate_waited_s": base.pop("_gate_waited_s", None)}
-    return run, base
+    return run, overlap_verdict(base, runner_ended)
+
+
+def overlap_verdict(base: dict, runner_ended: float) -> dict:
+    """The baseline side of an --overlap launch, marked `overlapped` (not a measurement) when its
+    process held GPU memory before runner's process had ended."""
+    gate = base.pop("_gate", None) or {}
+    first = gate.get("cuda_first_alloc_at")
+    base["overlap"] = {"cuda_gate_waited_s": gate.get("cuda_gate_waited_s"),
+                       "gpu_first_used_after_runner_s": None if first is None else round(first - runner_ended, 1)}
+    if first is not None and first < runner_ended and base.get("status") == "ok":
+        base.update(status="overlapped", reason=f"the baseline held GPU memory {runner_ended - first:.1f} s before "
+                    "runner's process ended: the two shared the GPU; run the pair without --overlap")
+    return base
 
 
 def run_scenario(scenario, args) -> dict:

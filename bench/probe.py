@@ -127,26 +127,49 @@ class StepProfiler:
 
 
 class CudaGate:
-    """Holds the process's CUDA initialisation until a file exists (bench/harness.py --overlap: the
-    baseline builds its model on the CPU while runner has the GPU, and touches the GPU only after
-    runner's process has ended). torch initialises CUDA through torch.cuda._lazy_init, also when
-    a tensor is first made on a CUDA device."""
+    """bench/harness.py --overlap: the baseline sets up on the CPU while runner has the GPU.
+
+    - Holds the process's CUDA initialisation until a file exists (runner's process has ended).
+      torch initialises CUDA through torch.cuda._lazy_init, also when a tensor is first made on a
+      CUDA device. A library that queries the device while it is being imported (bitsandbytes asks
+      for the compute capability) is let through: holding it would hold the whole setup.
+    - Records when this process first holds CUDA memory (`first_alloc_at`, epoch seconds), polled
+      every 0.2 s, so the harness can tell whether the baseline used the GPU before runner ended."""
 
     def __init__(self, path: str):
+        import threading
+
         import torch
 
-        self.path, self.waited_s = path, 0.0
+        self.path, self.waited_s, self.first_alloc_at = path, 0.0, None
         original = torch.cuda._lazy_init
 
         def gated():
-            if not torch.cuda.is_initialized() and not os.path.exists(path):
+            if not torch.cuda.is_initialized() and not os.path.exists(path) and not _importing():
                 start = time.monotonic()
                 while not os.path.exists(path):
                     time.sleep(0.2)
                 self.waited_s += time.monotonic() - start
             original()
 
+        def watch():
+            while self.first_alloc_at is None:
+                if torch.cuda.is_initialized() and torch.cuda.memory_allocated() > 0:
+                    self.first_alloc_at = time.time()
+                time.sleep(0.2)
+
         torch.cuda._lazy_init = gated
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _importing() -> bool:
+    """Whether the current call comes from a module being imported."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def run_target(module: str | None, target: list[str]) -> int:
@@ -208,6 +231,7 @@ def main(argv=None) -> int:
               **clock.memory()}
     if gate is not None:
         result["cuda_gate_waited_s"] = round(gate.waited_s, 1)
+        result["cuda_first_alloc_at"] = gate.first_alloc_at
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
     if isinstance(error, KeyboardInterrupt):

@@ -188,4 +188,31 @@ def test_overlap_runs_both_sides_in_one_launch(tmp_path):
     run, base = result["runner"], result["baseline"]
     assert run["status"] == "ok" and base["status"] == "ok", (run, base)
     assert result["same_launch"] is True
-    assert base["overlap"] == {"cuda_gate_waited_s": 0.0}  # CPU baseline: it never asks for CUDA
+    # CPU baseline: it never asks for CUDA nor holds CUDA memory
+    assert base["overlap"] == {"cuda_gate_waited_s": 0.0, "gpu_first_used_after_runner_s": None}
+
+
+def test_probe_cuda_gate_lets_an_import_time_device_query_through(tmp_path):
+    """bitsandbytes asks for the compute capability while it is imported: holding that would hold the
+    baseline's whole CPU setup. The gate never opens here, and the script still finishes."""
+    (tmp_path / "queries_at_import.py").write_text(
+        "import torch\ntry:\n    torch.cuda.init()\nexcept Exception:\n    pass\n")
+    script = tmp_path / "main.py"
+    script.write_text("import queries_at_import\nprint('imported', flush=True)\n")
+    env = {**os.environ, "BENCH_CUDA_GATE": str(tmp_path / "never"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "probe.py"), "--out", str(tmp_path / "p.json"),
+                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_overlap_verdict_rejects_a_baseline_that_used_the_gpu_before_runner_ended():
+    import harness
+
+    early = harness.overlap_verdict({"status": "ok", "_gate": {"cuda_gate_waited_s": 0.0,
+                                                               "cuda_first_alloc_at": 100.0}}, runner_ended=150.0)
+    assert early["status"] == "overlapped" and "50.0 s before" in early["reason"]
+    assert early["overlap"]["gpu_first_used_after_runner_s"] == -50.0
+    late = harness.overlap_verdict({"status": "ok", "_gate": {"cuda_gate_waited_s": 3.2,
+                                                              "cuda_first_alloc_at": 200.0}}, runner_ended=150.0)
+    assert late["status"] == "ok" and late["overlap"] == {"cuda_gate_waited_s": 3.2,
+                                                          "gpu_first_used_after_runner_s": 50.0}
