@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def packed_batch(rows: int, length: int, vocab: int, seed: int = 0):
@@ -45,9 +46,9 @@ def build(attn: str, layers: int):
 
     from runner import varlen
 
-    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-                      num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=8192,
-                      rope_theta=500000.0, tie_word_embeddings=True, use_cache=False)
+    import catalog
+
+    cfg = LlamaConfig(**{**catalog.SHAPES["llama32_1b"], "num_hidden_layers": layers}, use_cache=False)
     torch.manual_seed(0)
     name = varlen.register() if attn == "varlen" else attn
     with torch.device("cuda"):
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    batch = packed_batch(4, 2048, 128256)
+    import catalog
+
+    batch = packed_batch(4, 2048, catalog.SHAPES["llama32_1b"]["vocab_size"])
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
               "samples_per_row": [int((r == 0).sum()) for r in batch["position_ids"]]}
     grads = {}

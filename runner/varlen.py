@@ -18,6 +18,7 @@ are refused (runner.model.check_varlen_model at load, and again in the forward).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -142,10 +143,18 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     return out.reshape(rows, length, q_heads, dim), None
 
 
+@functools.cache
+def _kernel_params() -> frozenset:
+    """The keywords this torch's varlen_attn takes (2.11: window_size, scale; newer: enable_gqa)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _flash(q, k, v, cu, longest: int, scale: float):
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _kernel_params()
     kwargs = {}
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in params:
