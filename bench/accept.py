@@ -72,7 +72,14 @@ def _metrics(run_dir: Path) -> dict:
     return {"steps": len(steps), "first_loss": steps[0]["loss"] if steps else None,
             "last_loss": steps[-1]["loss"] if steps else None,
             "tokens_per_s_median": sorted(tps)[len(tps) // 2] if tps else None,
-            "peak_memory_gib": max(mem, default=None)}
+            "peak_memory_gib": max(mem, default=None), "attention": _attention(run_dir)}
+
+
+def _attention(run_dir: Path) -> str | None:
+    """The attention the run trained with (plan.runtime), and why when auto did not pick varlen."""
+    runtime = json.loads((run_dir / "plan.json").read_text()).get("runtime", {})
+    why = runtime.get("attn_implementation_auto")
+    return runtime.get("attn_implementation") if not why else f"{runtime.get('attn_implementation')} ({why})"
 
 
 def reload(run_dir: Path, env: dict | None = None) -> str:
@@ -148,12 +155,12 @@ def main() -> int:
     (out / "accept.json").write_text(json.dumps(report, indent=2))
     lines = [f"# GPU acceptance runs ({report['date']}, {report['device']})", "",
              "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
-             "| run | exit | steps | first loss | last loss | tokens/s (median) | peak GiB | reload | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | exit | steps | first loss | last loss | tokens/s (median) | peak GiB | attention | reload | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['run']} | {r['exit']} | {r.get('steps', '')} | {_f(r.get('first_loss'))} | "
                      f"{_f(r.get('last_loss'))} | {_f(r.get('tokens_per_s_median'), 0)} | {_f(r.get('peak_memory_gib'), 1)} | "
-                     f"{(r.get('reload') or '')[:40]} | {r['seconds']} |")
+                     f"{r.get('attention') or ''} | {(r.get('reload') or '')[:40]} | {r['seconds']} |")
     (out / "accept.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["exit"] == 0 and r.get("reload") == "ok" for r in results) else 1

@@ -98,6 +98,27 @@ def attn_for_transformers(name: str, for_training: bool) -> str:
     return varlen.register()
 
 
+def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]:
+    """What `model.attn_implementation: auto` trains with: ("varlen", None), or ("sdpa", why not).
+    varlen measured faster on every H100 benchmark (bench/RESULTS.md); sdpa is the safe fallback."""
+    from runner import varlen
+
+    if device != "cuda":
+        return "sdpa", f"the device is {device} (varlen's kernel is CUDA-only)"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        import torch
+
+        return "sdpa", f"torch {torch.__version__} has no varlen_attn (needs >= 2.9)"
+    if training.get("torch_compile"):
+        return "sdpa", "training.torch_compile is on (varlen under torch.compile is not measured on a GPU yet)"
+    if not getattr(model, "_supports_attention_backend", False):
+        return "sdpa", f"{type(model).__name__} does not use transformers' attention interface"
+    reason = varlen.unsupported(model.config)
+    if reason:
+        return "sdpa", reason
+    return "varlen", None
+
+
 def check_varlen_model(model) -> None:
     """model.attn_implementation: varlen on a model whose attention it cannot run: a clear error."""
     from runner import varlen
@@ -164,7 +185,8 @@ def load_model(
 
     model_cfg = plan.model
     dtype = dtype or resolve_dtype(model_cfg.get("dtype", "auto"))
-    attn = model_cfg.get("attn_implementation") or "sdpa"
+    requested = model_cfg.get("attn_implementation") or "auto"
+    attn = "sdpa" if requested == "auto" else requested  # auto: decided once the model's config is known
     check_attn_implementation(attn)
     if model_cfg.get("trust_remote_code"):
         print(f"warning: trust_remote_code is on: Python code shipped with {model_cfg['path']} will run", file=sys.stderr)
@@ -197,8 +219,16 @@ def load_model(
             raise _hub_error(model_cfg, exc) from exc
         raise UserError(f"cannot load model from {model_cfg['path']}: {exc}", where="model.path") from exc
     drop_gguf_quantizer(model)
+    why = None
+    if requested == "auto" and for_training:
+        attn, why = auto_attention(model, device_type(), plan.training)
+        if attn == "varlen":
+            model.set_attn_implementation(attn_for_transformers(attn, for_training))
+    elif requested == "auto":
+        why = "loaded for generation or as a frozen reference"
     if for_training and attn == "varlen":
         check_varlen_model(model)
+    model.runner_attention = {"attn_implementation": attn, "requested": requested, "auto_reason": why}
     if for_training:
         # The KV cache is for generation; in training it also stops transformers from reading
         # packed position_ids as sample boundaries.

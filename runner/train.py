@@ -110,6 +110,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
 
     set_seed(plan.training["seed"])  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=dtype)
+    attention = model.runner_attention
     _match_tokenizer(model, tokenizer)
     fast = _fast_path(plan, model, device)
     checkpointing = plan.training.get("gradient_checkpointing")
@@ -146,7 +147,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         "device": device,
         "dtype": dtype,
         "precision": precision,
-        "attn_implementation": plan.model.get("attn_implementation", "sdpa"),
+        "attn_implementation": attention["attn_implementation"],
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "target_modules": info.target_modules,
         "trainable_params": info.trainable_params,
@@ -157,6 +158,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         "versions": _versions(),
         "fast_path": fast,
     }
+    if attention["auto_reason"]:
+        runtime["attn_implementation_auto"] = attention["auto_reason"]  # why auto did not pick varlen
     if wrap_class:
         runtime["fsdp_wrap_class"] = wrap_class
     if stored and (stored.get("runtime") or {}).get("wandb_run_id"):

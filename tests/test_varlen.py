@@ -5,6 +5,7 @@ whole training run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -182,3 +183,48 @@ def test_a_batch_changed_in_place_gets_new_segments():
         model(input_ids=batch["input_ids"], position_ids=pos)
     assert varlen._BATCH[0][3][1].tolist() != first
     assert varlen._BATCH[0][3][1].tolist()[:2] == [0, 20]
+
+
+def test_auto_picks_varlen_only_where_it_is_known_to_run():
+    from runner.model import auto_attention
+
+    model = _model("sdpa")
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        assert auto_attention(model, "cuda", {}) == ("varlen", None)
+    name, why = auto_attention(model, "cpu", {})
+    assert name == "sdpa" and "cpu" in why
+    name, why = auto_attention(model, "cuda", {"torch_compile": True})
+    assert name == "sdpa" and "torch_compile" in why
+    name, why = auto_attention(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8), "cuda", {})
+    assert name == "sdpa" and "sliding-window" in why
+
+
+def test_a_model_switched_to_varlen_after_loading_gives_the_sdpa_loss():
+    """auto loads with sdpa and switches the loaded model (set_attn_implementation) on a GPU."""
+    batch = _packed()
+    reference = _model("sdpa").train()(**batch).loss
+    model = _model("sdpa").train()
+    model.set_attn_implementation(varlen.register())
+    assert model.config._attn_implementation == varlen.NAME
+    seen = []
+    original = varlen.segments
+
+    def counting(*args):
+        seen.append(1)
+        return original(*args)
+
+    varlen.segments, varlen._BATCH[:] = counting, []
+    try:
+        loss = model(**batch).loss
+    finally:
+        varlen.segments = original
+    assert seen  # the varlen function ran, not sdpa
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_trains_with_sdpa_on_the_cpu_and_says_why(tmp_path):
+    code, run_dir = _train(tmp_path, "auto")
+    assert code == 0
+    runtime = json.loads((run_dir / "plan.json").read_text())["runtime"]
+    assert runtime["attn_implementation"] == "sdpa"
+    assert "cpu" in runtime["attn_implementation_auto"]
