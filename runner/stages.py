@@ -242,6 +242,7 @@ def training_arguments(plan, *, output_dir: str, precision: str, has_eval: bool,
         remove_unused_columns=False,
         logging_nan_inf_filter=False,  # RunnerMixin handles non-finite losses; the filter syncs every step
         dataloader_num_workers=0,
+        dataloader_pin_memory=True,  # Trainer turns it off itself on a CPU
         label_names=["labels"] if stage in ("sft", "pt") else None,
         **(extra or {}),
     )

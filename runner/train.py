@@ -113,6 +113,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     attention = model.runner_attention
     _match_tokenizer(model, tokenizer)
     fast = _fast_path(plan, model, device)
+    # Batches come from pinned host memory and reach the GPU without blocking the host.
+    fast["non_blocking_copies"] = device.startswith("cuda")
     checkpointing = plan.training.get("gradient_checkpointing")
     fast["checkpointed_layers"] = fastpath.checkpoint_split(model, checkpointing)
     if checkpointing and checkpointing is not True and fast["checkpointed_layers"] is None:
@@ -187,6 +189,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         extra.pop("ddp_backend", None)  # a backend makes accelerate look for a process group
     if device == "cpu":
         extra["use_cpu"] = True
+    if fast["non_blocking_copies"]:
+        extra["accelerator_config"] = {"non_blocking": True}
     if fast["torch_compile"]:
         extra["torch_compile"] = True
     args = training_arguments(plan, output_dir=str(rundir.checkpoints_dir(run_dir)), precision=precision,

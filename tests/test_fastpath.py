@@ -135,3 +135,22 @@ def test_decide_keeps_the_chunked_loss_to_models_it_knows():
     assert capped["chunked_loss"] is False and "DDP" in capped["chunked_loss_off_because"]
     assert decide(t, "cpu", "gemma2")["chunked_loss"] is True
     assert decide(t, "cpu", "llama", world_size=2, sharded=True)["chunked_loss"] is False
+
+
+def test_gpu_runs_ask_trainer_for_pinned_non_blocking_batch_copies(tmp_path):
+    """train.py passes accelerator_config={"non_blocking": True} on a GPU; the Trainer of this
+    transformers must hand it to accelerate's dataloader settings (checked here on the CPU)."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from tests.tiny_model import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, dataloader_pin_memory=True,
+                             accelerator_config={"non_blocking": True})
+    try:
+        trainer = Trainer(model=model, args=args)
+        assert trainer.accelerator.dataloader_config.non_blocking is True
+    finally:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
