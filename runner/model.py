@@ -110,7 +110,7 @@ def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]
 
         return "sdpa", f"torch {torch.__version__} has no varlen_attn (needs >= 2.9)"
     if training.get("torch_compile"):
-        return "sdpa", "training.torch_compile is on (varlen under torch.compile is not measured on a GPU yet)"
+        return "sdpa", "training.torch_compile is on (varlen stays outside the compiled graphs, breaking each layer's)"
     if not getattr(model, "_supports_attention_backend", False):
         return "sdpa", f"{type(model).__name__} does not use transformers' attention interface"
     reason = varlen.unsupported(model.config)
