@@ -100,7 +100,8 @@ def attn_for_transformers(name: str, for_training: bool) -> str:
 
 def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]:
     """What `model.attn_implementation: auto` trains with: ("varlen", None), or ("sdpa", why not).
-    varlen measured faster on every H100 benchmark (bench/RESULTS.md); sdpa is the safe fallback."""
+    On the H100 varlen won wherever rows hold many samples or padding (bench/RESULTS.md); on rows of
+    one long document it is no faster (qlora8b). sdpa is the fallback wherever varlen cannot run."""
     from runner import varlen
 
     if device != "cuda":
@@ -228,7 +229,7 @@ def load_model(
         why = "loaded for generation or as a frozen reference"
     if for_training and attn == "varlen":
         check_varlen_model(model)
-    model.runner_attention = {"attn_implementation": attn, "requested": requested, "auto_reason": why}
+    model.runner_attention = {"attn_implementation": attn, "auto_reason": why}
     if for_training:
         # The KV cache is for generation; in training it also stops transformers from reading
         # packed position_ids as sample boundaries.
