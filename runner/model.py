@@ -79,10 +79,10 @@ def check_attn_implementation(name: str) -> None:
             "flash_attention_2 needs a CUDA GPU", where="model.attn_implementation", hint="use `sdpa` on this machine"
         )
     if name == "varlen":
-        import torch
+        from runner import varlen
 
-        if importlib.util.find_spec("torch.nn.attention.varlen") is None:
-            raise UserError(f"model.attn_implementation is varlen, which needs torch >= 2.9 (this is {torch.__version__})",
+        if varlen.missing():
+            raise UserError(f"model.attn_implementation is varlen, but {varlen.missing()}",
                             where="model.attn_implementation", hint="upgrade torch or use `sdpa`")
 
 
@@ -106,10 +106,8 @@ def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]
 
     if device != "cuda":
         return "sdpa", f"the device is {device} (varlen's kernel is CUDA-only)"
-    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
-        import torch
-
-        return "sdpa", f"torch {torch.__version__} has no varlen_attn (needs >= 2.9)"
+    if varlen.missing():
+        return "sdpa", varlen.missing()
     if training.get("torch_compile"):
         return "sdpa", "training.torch_compile is on (varlen stays outside the compiled graphs, breaking each layer's)"
     if not getattr(model, "_supports_attention_backend", False):
@@ -118,6 +116,19 @@ def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]
     if reason:
         return "sdpa", reason
     return "varlen", None
+
+
+def training_attention(plan, model) -> tuple[str, str | None]:
+    """The attention a model from load_model(for_training=True) trains with, and under auto why it
+    is not varlen. auto loads the model with sdpa; here it is decided on the loaded model's config
+    and the model switched to varlen where that can run."""
+    requested = plan.model.get("attn_implementation") or "auto"
+    if requested != "auto":
+        return requested, None
+    name, why = auto_attention(model, device_type(), plan.training)
+    if name == "varlen":
+        model.set_attn_implementation(attn_for_transformers(name, for_training=True))
+    return name, why
 
 
 def check_varlen_model(model) -> None:
@@ -186,8 +197,8 @@ def load_model(
 
     model_cfg = plan.model
     dtype = dtype or resolve_dtype(model_cfg.get("dtype", "auto"))
-    requested = model_cfg.get("attn_implementation") or "auto"
-    attn = "sdpa" if requested == "auto" else requested  # auto: decided once the model's config is known
+    attn = model_cfg.get("attn_implementation") or "auto"
+    attn = "sdpa" if attn == "auto" else attn  # auto: training_attention decides on the loaded model
     check_attn_implementation(attn)
     if model_cfg.get("trust_remote_code"):
         print(f"warning: trust_remote_code is on: Python code shipped with {model_cfg['path']} will run", file=sys.stderr)
@@ -220,16 +231,8 @@ def load_model(
             raise _hub_error(model_cfg, exc) from exc
         raise UserError(f"cannot load model from {model_cfg['path']}: {exc}", where="model.path") from exc
     drop_gguf_quantizer(model)
-    why = None
-    if requested == "auto" and for_training:
-        attn, why = auto_attention(model, device_type(), plan.training)
-        if attn == "varlen":
-            model.set_attn_implementation(attn_for_transformers(attn, for_training))
-    elif requested == "auto":
-        why = "loaded for generation or as a frozen reference"
     if for_training and attn == "varlen":
         check_varlen_model(model)
-    model.runner_attention = {"attn_implementation": attn, "auto_reason": why}
     if for_training:
         # The KV cache is for generation; in training it also stops transformers from reading
         # packed position_ids as sample boundaries.

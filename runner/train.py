@@ -99,7 +99,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     from runner import data as pipeline
     from runner import fastpath
     from runner.adapters import PISSA_INIT_DIR, apply_adapter, is_pissa, print_parameters, save_pissa_initial
-    from runner.model import load_model, local_device, resolve_dtype, resolve_precision
+    from runner.model import load_model, local_device, resolve_dtype, resolve_precision, training_attention
 
     stage = plan.training["stage"]
     tokenizer = pipeline.load_tokenizer(plan)
@@ -110,7 +110,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
 
     set_seed(plan.training["seed"])  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=dtype)
-    attention = model.runner_attention
+    attention, attention_auto_reason = training_attention(plan, model)
     _match_tokenizer(model, tokenizer)
     fast = _fast_path(plan, model, device)
     # Batches come from pinned host memory and reach the GPU without blocking the host.
@@ -149,7 +149,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         "device": device,
         "dtype": dtype,
         "precision": precision,
-        "attn_implementation": attention["attn_implementation"],
+        "attn_implementation": attention,
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "target_modules": info.target_modules,
         "trainable_params": info.trainable_params,
@@ -160,8 +160,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         "versions": _versions(),
         "fast_path": fast,
     }
-    if attention["auto_reason"]:
-        runtime["attn_implementation_auto"] = attention["auto_reason"]  # why auto did not pick varlen
+    if attention_auto_reason:
+        runtime["attn_implementation_auto"] = attention_auto_reason  # why auto did not pick varlen
     if wrap_class:
         runtime["fsdp_wrap_class"] = wrap_class
     if stored and (stored.get("runtime") or {}).get("wandb_run_id"):

@@ -26,6 +26,17 @@ NAME = "runner_varlen"  # the key registered with transformers; the config value
 _BATCH: list = []  # [(key, position_ids, mask, segments)] of the last batch: every layer reuses it
 
 
+def missing() -> str | None:
+    """Why this torch cannot run varlen attention (it has no varlen_attn); None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        import torch
+
+        return f"torch {torch.__version__} has no varlen_attn (needs >= 2.9)"
+    return None
+
+
 def register() -> str:
     """Register the attention function (and the mask builder that keeps a padding mask 2D) with
     transformers; returns the name to pass as attn_implementation."""
