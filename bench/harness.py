@@ -153,7 +153,7 @@ def attention_span_of_run(cfg_path: Path, overrides: list[str]) -> float | None:
     """Token-weighted mean sample length of the run's tokenized data (read from runner's cache)."""
     sys.path.insert(0, str(REPO))
     from runner.data import build_datasets
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     plan = make_plan(str(cfg_path), overrides)
     data = build_datasets(plan, tokenizer=None, progress=False).train

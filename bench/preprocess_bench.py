@@ -79,7 +79,7 @@ def time_baseline(rows: list, tokenizer, template: str | None, mask: bool) -> tu
 
 
 def plan_for(tmp: Path, model_dir: str, file: str, fmt: str):
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     cfg = tmp / f"{fmt}.yaml"
     cfg.write_text(json.dumps({  # JSON is YAML

@@ -44,7 +44,7 @@ def build(attn: str, layers: int):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from runner import varlen
+    from runner.train.fast import varlen
 
     import catalog
 

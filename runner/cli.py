@@ -11,16 +11,16 @@ import sys
 from runner.errors import EXIT_USER_ERROR, ConfigErrors, UserError
 
 COMMANDS = {
-    "train": ("runner.train", "train a config (also: python -m runner cfg.yaml, accelerate launch -m runner cfg.yaml)"),
-    "lint": ("runner.lint", "check configs against the schema and for incompatible combinations"),
-    "plan": ("runner.plan_cli", "show every derived decision and the hashes"),
+    "train": ("runner.train.command", "train a config (also: python -m runner cfg.yaml, accelerate launch -m runner cfg.yaml)"),
+    "lint": ("runner.plan.lint", "check configs against the schema and for incompatible combinations"),
+    "plan": ("runner.plan.show", "show every derived decision and the hashes"),
     "preprocess": ("runner.data.preprocess", "tokenize and cache the datasets; --show N prints samples"),
     "launch": ("runner.launch", "plan, then start the workers through Accelerate (multi-GPU / multi-node)"),
-    "merge": ("runner.merge", "merge a run's adapter into its base model"),
-    "generate": ("runner.generate", "chat with a trained run, using its training template"),
-    "sweep": ("runner.sweep", "run a W&B-format sweep (local optuna engine or W&B)"),
+    "merge": ("runner.ship.merge", "merge a run's adapter into its base model"),
+    "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
+    "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
-    "schema": ("runner.schema_cli", "print the config JSON Schema, or write docs/config.md"),
+    "schema": ("runner.config.schema_command", "print the config JSON Schema, or write docs/config.md"),
 }
 
 

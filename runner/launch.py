@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runner.distributed import SAFE_NCCL_ENV
+from runner.train.distributed import SAFE_NCCL_ENV
 from runner.errors import UserError
 
 EXIT_DIR_ENV = "RUNNER_EXIT_DIR"
@@ -120,8 +120,8 @@ def build_command(plan, args, *, accelerate_config: str = "ACCELERATE_CONFIG") -
 
 def run(args) -> int:
     from runner import rundir
-    from runner.launch_config import accelerate_file, deepspeed_json, write_launch_files
-    from runner.plan import make_plan
+    from runner.plan.launch_settings import accelerate_file, deepspeed_json, write_launch_files
+    from runner.plan.resolve import make_plan
 
     plan = make_plan(args.config, overrides_for(args))  # a config error raises here: exit 2, nothing started
     for w in plan.warnings:

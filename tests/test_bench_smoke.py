@@ -72,7 +72,7 @@ def test_a_result_replaces_only_its_row_of_the_results_table(tmp_path):
 def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared_data):
     import harness
     import modeldir
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     shapes = {}
     for scenario in catalog.SCENARIOS.values():

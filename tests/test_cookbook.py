@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.lint import lint_file
-from runner.plan import make_plan
-from runner.smoke import FAMILIES, family_of, smoke_overrides
+from runner.plan.lint import lint_file
+from runner.plan.resolve import make_plan
+from runner.train.smoke import FAMILIES, family_of, smoke_overrides
 
 from conftest import REPO
 

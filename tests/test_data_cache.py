@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import runner.tokenizer
+import runner.data.tokenizer
 from runner.cli import main
 from runner.data import tokenize as tokenize_module
 from test_data_support import SHARED, tiny_model_dir, write_config
@@ -28,7 +28,7 @@ def _config(tmp_path, **extra):
 
 
 def _counters():
-    return runner.tokenizer.LOAD_COUNT, tokenize_module.TOKENIZE_CALLS
+    return runner.data.tokenizer.LOAD_COUNT, tokenize_module.TOKENIZE_CALLS
 
 
 def test_second_preprocess_hits_cache_and_one_byte_rebuilds(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_truncation_error_names_rows(tmp_path, capsys):
 
 def test_non_main_process_waits_for_the_main_one(tmp_path):
     cfg = _config(tmp_path)
-    code = ("import sys; from runner.plan import make_plan; from runner.data import build_datasets; "
+    code = ("import sys; from runner.plan.resolve import make_plan; from runner.data import build_datasets; "
             "p = build_datasets(make_plan(sys.argv[1]), tokenizer=lambda: 1 / 0); "
             "print(p.stats['cache'], len(p.train))")
     env = dict(os.environ, LOCAL_RANK="1", PYTHONPATH=str(Path(__file__).parent))
@@ -99,7 +99,7 @@ def test_non_main_process_waits_for_the_main_one(tmp_path):
                               stderr=subprocess.PIPE, text=True)
     try:
         from runner.data import build_datasets
-        from runner.plan import make_plan
+        from runner.plan.resolve import make_plan
 
         built = build_datasets(make_plan(cfg), progress=False)
         out, err = waiter.communicate(timeout=120)

@@ -45,7 +45,7 @@ def write_config(tmp_path: Path, datasets: list, model: dict | None = None, name
 
 
 def plan_for(tmp_path: Path, datasets: list, **kw):
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     return make_plan(write_config(tmp_path, datasets, **kw))
 

@@ -34,7 +34,7 @@ def test_special_token_overrides(tmp_path):
 
 
 def test_pad_token_defaults_to_eos_when_missing(tmp_path):
-    from runner.tokenizer import apply_special_tokens
+    from runner.data.tokenizer import apply_special_tokens
     from tiny_tokenizer import tiny_tokenizer
 
     tok = tiny_tokenizer()

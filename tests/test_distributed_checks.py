@@ -2,10 +2,10 @@
 after the model loaded) in peers' trackers. Each finding names the keys and the fix, and `runner
 lint` points at the line.
 
-- The checks runner/checks.py has: QLoRA under FSDP / ZeRO-3 needs quant_storage == model.dtype,
+- The checks runner/config/checks.py has: QLoRA under FSDP / ZeRO-3 needs quant_storage == model.dtype,
   8-bit weights cannot be sharded, activation checkpointing twice, DoRA sharded, 8-bit optimizers
   sharded, several machines without an address.
-- The ones of runner.launch_config.check_distributed, which runner.checks.check runs: tested directly
+- The ones of runner.plan.launch_settings.check_distributed, which runner.config.checks.check runs: tested directly
   and through `runner lint`."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from runner.cli import main
-from runner.launch_config import check_distributed, zero_stage
-from runner import schema
-from runner.config import load
+from runner.plan.launch_settings import check_distributed, zero_stage
+from runner.config import schema
+from runner.config.load import load
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "configs"
 
@@ -44,7 +44,7 @@ def line_of(path: Path, needle: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
 
 
-# --- the checks runner/checks.py has ---
+# --- the checks runner/config/checks.py has ---
 
 EXISTING = [
     # (config tail, severity, key named, words, line holding)
@@ -93,7 +93,7 @@ def test_the_same_settings_under_ddp_raise_nothing(tmp_path, capsys):
     assert "sharded" not in err and "twice" not in err
 
 
-# --- the checks of runner.launch_config.check_distributed ---
+# --- the checks of runner.plan.launch_settings.check_distributed ---
 
 def findings(tmp_path, tail: str, files: dict | None = None):
     for name, content in (files or {}).items():

@@ -303,7 +303,7 @@ def test_chunked_loss_under_ddp_trains_the_lm_head_as_one_process_does(tmp_path,
 
 
 def test_fused_lora_under_ddp_matches_the_plain_one_process_run(tmp_path, model_dir, reference):
-    """runner.fused_lora's autograd function feeds DDP's gradient hooks like PEFT's layers do."""
+    """runner.train.fast.fused_lora's autograd function feeds DDP's gradient hooks like PEFT's layers do."""
     cfg = make_cfg(tmp_path, model_dir, micro=GLOBAL_BATCH // 2, backend="ddp", name="fused", fused_lora=True)
     proc = run_cli(["launch", cfg, "--cpu", "--num-processes", "2"], probe_dir=tmp_path / "probe", wait=False)
     _, err = finish(proc)

@@ -1,7 +1,7 @@
 """docs/config.md is generated from the schema; a stale page fails here."""
 
-from runner.docs import config_reference
-from runner.schema import load_schema
+from runner.config.docs import config_reference
+from runner.config.schema import load_schema
 
 from conftest import REPO
 

@@ -5,7 +5,7 @@ num_items_in_batch, and through a PEFT LoRA wrapper."""
 import pytest
 import torch
 
-from runner.fastpath import chunked_causal_lm_loss, chunked_forward_loss, decide
+from runner.train.fast.fastpath import chunked_causal_lm_loss, chunked_forward_loss, decide
 
 torch.set_num_threads(1)
 
@@ -100,7 +100,7 @@ def _tiny(model_type, **extra):
     ("granite", {"logits_scaling": 3.0}),
 ])
 def test_models_that_transform_their_logits_get_the_same_loss_and_grads(model_type, extra):
-    from runner.fastpath import TRANSFORMED_LOGITS, logits_transform
+    from runner.train.fast.fastpath import TRANSFORMED_LOGITS, logits_transform
 
     model = _tiny(model_type, **extra)
     with torch.no_grad():  # logits of a few units, so that capping and scaling change the loss

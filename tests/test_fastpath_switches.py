@@ -19,7 +19,7 @@ from runner.cli import main
 from runner.data.formats import Normalizer
 from runner.data.packing import pack
 from runner.data.tokenize import IGNORE, Item, tokenize_items
-from runner.fastpath import checkpoint_callback, checkpoint_split
+from runner.train.fast.fastpath import checkpoint_callback, checkpoint_split
 from test_data_support import SHARED
 from tiny_tokenizer import tiny_tokenizer
 
@@ -129,7 +129,7 @@ def test_train_with_selective_checkpointing_records_the_split(tmp_path):
     assert '"split"' in json.dumps(plan["runtime"]["data_stats"])  # c4 documents are longer than 64 tokens
 
 
-# --- fused LoRA (runner.fused_lora) --------------------------------------------------------------
+# --- fused LoRA (runner.train.fast.fused_lora) --------------------------------------------------------------
 
 def _lora_model(dtype=torch.float32, dropout=0.0, dora=False, bias="none", seed=0):
     from peft import LoraConfig, get_peft_model
@@ -151,7 +151,7 @@ def _packed_batch():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_fused_lora_gives_peft_loss_and_gradients(dropout):
-    from runner.fused_lora import fuse_lora
+    from runner.train.fast.fused_lora import fuse_lora
 
     plain, fused = _lora_model(dropout=dropout), _lora_model(dropout=dropout)
     fused.load_state_dict(plain.state_dict())
@@ -169,7 +169,7 @@ def test_fused_lora_gives_peft_loss_and_gradients(dropout):
 
 
 def test_fused_lora_in_bf16_stays_close_to_peft_under_autocast():
-    from runner.fused_lora import fuse_lora
+    from runner.train.fast.fused_lora import fuse_lora
 
     plain, fused = _lora_model(torch.bfloat16), _lora_model(torch.bfloat16)
     fused.load_state_dict(plain.state_dict())
@@ -187,7 +187,7 @@ def test_fused_lora_in_bf16_stays_close_to_peft_under_autocast():
 
 @pytest.mark.parametrize("variant", ["dora", "disabled"])
 def test_fused_lora_leaves_what_it_cannot_fuse_to_peft(variant):
-    from runner.fused_lora import _fusable, fuse_lora
+    from runner.train.fast.fused_lora import _fusable, fuse_lora
 
     model = _lora_model(dora=variant == "dora")
     fuse_lora(model)

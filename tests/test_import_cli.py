@@ -8,7 +8,7 @@ import yaml
 
 from runner.cli import main
 from runner.importers import import_config
-from runner.lint import lint_files
+from runner.plan.lint import lint_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

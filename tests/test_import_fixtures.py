@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from runner.importers import import_config
-from runner.lint import lint_files
+from runner.plan.lint import lint_files
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

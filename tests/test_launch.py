@@ -198,7 +198,7 @@ def test_a_refused_run_directory_starts_no_worker(tmp_path, capsys, no_workers):
 
 def test_a_finished_run_is_not_started_again(tmp_path, capsys, no_workers):
     from runner import rundir
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     cfg = write_cfg(tmp_path, FIXTURES / "data" / "alpaca_small.json", distributed={"num_processes": 2})
     run = tmp_path / "run"

@@ -15,8 +15,8 @@ import yaml
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.launch_config import accelerate_file, deepspeed_json
-from runner.plan import make_plan
+from runner.plan.launch_settings import accelerate_file, deepspeed_json
+from runner.plan.resolve import make_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "configs"
 SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -300,7 +300,7 @@ def test_bad_machine_rank_env_is_an_error_not_a_traceback(tmp_path, capsys, monk
     assert "NODE_RANK='one' is not a whole number" in capsys.readouterr().err
 
 
-# --- the launcher/YAML conflict check that workers run (runner.distributed.check_launcher) ---
+# --- the launcher/YAML conflict check that workers run (runner.train.distributed.check_launcher) ---
 
 @pytest.mark.parametrize("env,backend,key", [
     ({"ACCELERATE_USE_FSDP": "true"}, "ddp", "fsdp"),
@@ -308,7 +308,7 @@ def test_bad_machine_rank_env_is_an_error_not_a_traceback(tmp_path, capsys, monk
     ({"ACCELERATE_USE_FSDP": "true"}, "auto", "fsdp"),
 ])
 def test_launcher_flags_that_contradict_the_yaml_name_both(tmp_path, monkeypatch, env, backend, key):
-    from runner.distributed import check_launcher
+    from runner.train.distributed import check_launcher
 
     plan = make_plan(write_cfg(tmp_path, {"backend": backend}))
     for k, v in env.items():
@@ -320,7 +320,7 @@ def test_launcher_flags_that_contradict_the_yaml_name_both(tmp_path, monkeypatch
 
 
 def test_launcher_that_matches_the_yaml_passes(tmp_path, monkeypatch):
-    from runner.distributed import check_launcher
+    from runner.train.distributed import check_launcher
 
     plan = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "num_processes": 2}, {"precision": "bf16"}))
     for k, v in {"ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "bf16", "WORLD_SIZE": "2"}.items():
@@ -333,7 +333,7 @@ def test_launcher_that_matches_the_yaml_passes(tmp_path, monkeypatch):
     ({"WORLD_SIZE": "3"}, "distributed.num_processes", "3 processes"),
 ])
 def test_launcher_precision_or_world_size_conflicts(tmp_path, monkeypatch, env, where, words):
-    from runner.distributed import check_launcher
+    from runner.train.distributed import check_launcher
 
     plan = make_plan(write_cfg(tmp_path, {"backend": "ddp", "num_processes": 2}, {"precision": "bf16"}))
     for k, v in env.items():
@@ -344,7 +344,7 @@ def test_launcher_precision_or_world_size_conflicts(tmp_path, monkeypatch, env, 
 
 
 def test_single_backend_under_a_multi_process_launcher_is_refused(tmp_path, monkeypatch):
-    from runner.distributed import check_launcher
+    from runner.train.distributed import check_launcher
 
     plan = make_plan(write_cfg(tmp_path, {"backend": "single"}))
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -353,7 +353,7 @@ def test_single_backend_under_a_multi_process_launcher_is_refused(tmp_path, monk
 
 
 def test_trainer_kwargs_per_backend(tmp_path):
-    from runner.distributed import trainer_kwargs
+    from runner.train.distributed import trainer_kwargs
 
     fsdp = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "fsdp": {"reshard_after_forward": False}}, name="f"))
     kw = trainer_kwargs(fsdp, "fsdp", "LlamaDecoderLayer", "cpu")
@@ -372,7 +372,7 @@ def test_trainer_kwargs_build_real_training_arguments(tmp_path):
     """transformers turns them into the FSDP2 plugin settings we meant (no deprecated string form)."""
     from transformers import TrainingArguments
 
-    from runner.distributed import trainer_kwargs
+    from runner.train.distributed import trainer_kwargs
 
     plan = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "fsdp": {"cpu_offload": True, "state_dict_type": "full",
                                                                       "activation_checkpointing": True}}))
@@ -397,7 +397,7 @@ def test_decoder_layer_class_of_a_peft_wrapped_model():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from runner.distributed import decoder_layer_class
+    from runner.train.distributed import decoder_layer_class
 
     torch.set_num_threads(1)
     cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -411,8 +411,8 @@ def test_decoder_layer_class_of_a_peft_wrapped_model():
 
 
 def test_nvme_offload_with_a_path_reaches_the_deepspeed_json(tmp_path):
-    from runner.launch_config import deepspeed_json
-    from runner.schema import fill_defaults
+    from runner.plan.launch_settings import deepspeed_json
+    from runner.config.schema import fill_defaults
 
     cfg = fill_defaults({"model": {"path": "x/y"}, "datasets": [{"path": "d.json"}],
                          "distributed": {"backend": "deepspeed", "deepspeed": {

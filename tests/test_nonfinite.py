@@ -1,4 +1,4 @@
-"""Non-finite steps under the fused optimizer, without a sync per step (runner.nonfinite): a NaN
+"""Non-finite steps under the fused optimizer, without a sync per step (runner.train.nonfinite): a NaN
 gradient leaves parameters, Adam moments and the step count untouched; the count is read at logging /
 saving / the end, and a run past training.max_nonfinite stops naming the step. Real torch fused AdamW
 on CPU and real training of a tiny Llama."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from runner.errors import UserError
-from runner.nonfinite import NonFiniteGuard, supports
-from runner.plan import make_plan
-from runner.train import run
+from runner.train.nonfinite import NonFiniteGuard, supports
+from runner.plan.resolve import make_plan
+from runner.train.command import run
 from tests.tiny_model import save_tiny_model, write_config
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import pytest
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONFIGS = FIXTURES / "configs"
@@ -117,7 +117,7 @@ def test_plan_prints_readably_and_json_roundtrips(capsys):
     code, out, _ = run_main(capsys, "plan", "--json", CONFIGS / "lora.yaml")
     assert code == 0
     data = json.loads(out)
-    from runner.plan import Plan
+    from runner.plan.resolve import Plan
     assert Plan.from_dict(data).to_dict() == data
 
 

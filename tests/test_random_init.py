@@ -3,8 +3,8 @@ file is read (benchmarks of 8B shapes need none), the same seed gives the same w
 
 import torch
 
-from runner.model import load_model
-from runner.plan import make_plan
+from runner.train.model import load_model
+from runner.plan.resolve import make_plan
 from tests.tiny_model import save_tiny_model
 
 torch.set_num_threads(1)

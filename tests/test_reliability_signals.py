@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from runner import rundir
-from runner.plan import make_plan
-from runner.signals import EXIT_INTERRUPTED
-from runner.train import run
+from runner.plan.resolve import make_plan
+from runner.train.signals import EXIT_INTERRUPTED
+from runner.train.command import run
 from tests.test_reliability_kill import ADAPTER, TRAINING, adapter_weights, reference, train_losses  # noqa: F401 (fixture)
 from tests.tiny_model import REPO, write_config
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import hashing
+from runner.plan import hashing
 from runner.cli import main
 from runner.errors import UserError
-from runner.lint import lint_files
-from runner.plan import make_plan
-from runner.sweep import run_sweep
-from runner.sweep_trials import final_metric, metric_series
+from runner.plan.lint import lint_files
+from runner.plan.resolve import make_plan
+from runner.sweep.command import run_sweep
+from runner.sweep.trials import final_metric, metric_series
 
 
 def base_config(tmp_path, shared_data, **extra) -> Path:

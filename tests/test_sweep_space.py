@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from runner.errors import ConfigErrors, UserError
-from runner.sweep_space import _beta_cdf, _beta_ppf, corner_points, grid_points, load_sweep, sample
+from runner.sweep.space import _beta_cdf, _beta_ppf, corner_points, grid_points, load_sweep, sample
 
 
 def write(tmp_path, text, name="sweep.yaml"):

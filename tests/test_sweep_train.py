@@ -1,4 +1,4 @@
-"""End to end: a 2 x 2 grid sweep trains a tiny random Llama four times through runner.train; killed
+"""End to end: a 2 x 2 grid sweep trains a tiny random Llama four times through runner.train.command; killed
 after two trials, the same command finishes only the remaining two. The best config lints and
 reproduces its trial's plan hash."""
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.lint import lint_files
-from runner.plan import make_plan
-from runner.sweep import run_sweep
-from runner.sweep_local import train_trial
+from runner.plan.lint import lint_files
+from runner.plan.resolve import make_plan
+from runner.sweep.command import run_sweep
+from runner.sweep.local import train_trial
 from tests.tiny_model import save_tiny_model, write_config
 
 GRID = """
@@ -75,12 +75,12 @@ def test_grid_sweep_trains_resumes_and_reproduces_the_best(tmp_path, shared_data
 
 
 def test_pruning_callback_stops_training_when_the_pruner_says_so():
-    """The TrainerCallback train_trial passes when runner.train.run takes `callbacks`: each evaluation
+    """The TrainerCallback train_trial passes when runner.train.command.run takes `callbacks`: each evaluation
     is reported; a pruned trial asks the Trainer to stop."""
     import optuna
     from transformers import TrainerControl, TrainerState
 
-    from runner.sweep_local import Reporter, _pruning_callback
+    from runner.sweep.local import Reporter, _pruning_callback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from runner.errors import UserError
-from runner.plan import make_plan
-from runner.sweep import run_sweep, wandb_configured
-from runner.sweep_space import load_sweep
-from runner.sweep_wandb import check_values, wandb_config, wandb_metric_name
+from runner.plan.resolve import make_plan
+from runner.sweep.command import run_sweep, wandb_configured
+from runner.sweep.space import load_sweep
+from runner.sweep.wandb_agent import check_values, wandb_config, wandb_metric_name
 
 # From W&B's "Sweep configuration options" page.
 DOCUMENTED_TOP_LEVEL = {"program", "entity", "project", "description", "name", "method", "metric", "parameters",

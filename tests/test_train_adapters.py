@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from runner.adapters import apply_adapter, loraplus_param_groups, resolve_target_modules
+from runner.train.adapters import apply_adapter, loraplus_param_groups, resolve_target_modules
 from runner.errors import UserError
-from runner.model import load_model
-from runner.plan import make_plan
+from runner.train.model import load_model
+from runner.plan.resolve import make_plan
 from tests.tiny_model import save_tiny_model, write_config
 
 torch.set_num_threads(1)

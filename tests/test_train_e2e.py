@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from runner.plan import make_plan
-from runner.train import run
+from runner.plan.resolve import make_plan
+from runner.train.command import run
 from tests.tiny_model import logits_probe, reload_logits, save_tiny_model, train_losses, write_config
 
 torch.set_num_threads(1)

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 from runner import data as pipeline
 from runner.cli import main
 from runner.errors import UserError
-from runner.generate import load_for_generation, prompt_inputs
-from runner.merge import merge_run
-from runner.plan import make_plan
-from runner.train import run
+from runner.serve.generate import load_for_generation, prompt_inputs
+from runner.ship.merge import merge_run
+from runner.plan.resolve import make_plan
+from runner.train.command import run
 from tests.tiny_model import logits_of, probe_ids, reload_logits, save_tiny_model, train_losses, write_config
 
 torch.set_num_threads(1)

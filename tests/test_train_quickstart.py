@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.generate import chat, default_system_prompt, load_for_generation
-from runner.plan import make_plan
-from runner.train import run
+from runner.serve.generate import chat, default_system_prompt, load_for_generation
+from runner.plan.resolve import make_plan
+from runner.train.command import run
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ["Who are you?", "What is your name?", "Who created you?", "Introduce yourself.", "Are you ChatGPT?"]

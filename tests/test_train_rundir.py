@@ -10,8 +10,8 @@ from transformers import TrainerCallback
 
 from runner import rundir
 from runner.errors import UserError
-from runner.plan import make_plan
-from runner.train import run
+from runner.plan.resolve import make_plan
+from runner.train.command import run
 from tests.tiny_model import save_tiny_model, write_config
 
 torch.set_num_threads(1)

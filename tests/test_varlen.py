@@ -150,13 +150,13 @@ def test_varlen_on_a_sliding_window_model_stops_with_exit_2(tmp_path, capsys):
 
 
 def test_load_for_generation_uses_sdpa():
-    from runner.model import attn_for_transformers
+    from runner.train.model import attn_for_transformers
 
     assert attn_for_transformers("varlen", for_training=False) == "sdpa"
     assert attn_for_transformers("varlen", for_training=True) == varlen.NAME
     assert attn_for_transformers("eager", for_training=True) == "eager"
     with pytest.raises(UserError):
-        from runner.model import check_varlen_model
+        from runner.train.model import check_varlen_model
 
         check_varlen_model(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8))
 
@@ -186,7 +186,7 @@ def test_a_batch_changed_in_place_gets_new_segments():
 
 
 def test_auto_picks_varlen_only_where_it_is_known_to_run():
-    from runner.model import auto_attention
+    from runner.train.model import auto_attention
 
     model = _model("sdpa")
     if importlib.util.find_spec("torch.nn.attention.varlen") is not None:

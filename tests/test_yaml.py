@@ -14,7 +14,7 @@ import pytest
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONFIGS = FIXTURES / "configs"

@@ -11,7 +11,7 @@ Importing this package is cheap: heavy libraries load inside the functions.
 
 
 def load_tokenizer(plan, attach_template: bool = True):
-    from runner.tokenizer import load_tokenizer as _load
+    from runner.data.tokenizer import load_tokenizer as _load
 
     return _load(plan, attach_template)
 

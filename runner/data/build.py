@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from runner.errors import UserError
 
-from runner.checks import STAGE_FORMATS  # one table: lint and the pipeline agree
+from runner.config.checks import STAGE_FORMATS  # one table: lint and the pipeline agree
 
 
 @dataclass
@@ -47,7 +47,7 @@ def build_datasets(plan, tokenizer=None, progress: bool = True) -> PreparedData:
 
 def _get_tokenizer(plan, tokenizer):
     if tokenizer is None:
-        from runner.tokenizer import load_tokenizer
+        from runner.data.tokenizer import load_tokenizer
 
         return load_tokenizer(plan)
     return tokenizer() if callable(tokenizer) and not hasattr(tokenizer, "encode") else tokenizer

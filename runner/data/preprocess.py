@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from runner.data import build_datasets, load_tokenizer
     from runner.data.stats import format_stats, show_samples
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     plan = make_plan(args.config, args.overrides)
     for warning in getattr(plan, "warnings", []) or []:

@@ -9,7 +9,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.config import HUB_ID
+from runner.config.load import HUB_ID
 from runner.errors import UserError
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -153,7 +153,7 @@ def relative_to_output(path: Path, out_dir: Path) -> str:
 
 def ordered(config, node: dict | None = None):
     """Sections and keys in the schema's order (model.path first, ...), so the output reads like a recipe."""
-    from runner.schema import _object_branch, load_schema
+    from runner.config.schema import _object_branch, load_schema
 
     node = node if node is not None else load_schema()
     if isinstance(config, list) and "items" in node:
@@ -223,7 +223,7 @@ def problems(text: str, out_dir: Path, label: str = "imported config") -> tuple[
         with handle:
             handle.write(text)
         try:
-            from runner.lint import lint_files
+            from runner.plan.lint import lint_files
         except ImportError:
             errors, warnings = _check_file(path)
         else:
@@ -237,7 +237,9 @@ def problems(text: str, out_dir: Path, label: str = "imported config") -> tuple[
 
 
 def _check_file(path: Path) -> tuple[list[str], list[str]]:
-    from runner import checks, config, schema
+    from runner.config import checks
+    from runner.config import load as config
+    from runner.config import schema
 
     try:
         loaded = config.load(path)
@@ -251,8 +253,8 @@ def _check_file(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _check_data(text: str) -> list[str]:
-    from runner import schema
-    from runner.yamlsafe import load_yaml
+    from runner.config import schema
+    from runner.config.yamlsafe import load_yaml
 
     try:
         data = load_yaml(text, "<imported>").value

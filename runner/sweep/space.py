@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import schema
+from runner.config import schema
 from runner.errors import ConfigErrors, UserError
 
 RANGE_KINDS = {"int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
@@ -141,7 +141,7 @@ def _check_param(p: Param, method: str) -> list[str]:
 
 def load_sweep(path) -> Sweep:
     """Read and check a sweep file. Raises UserError / ConfigErrors naming file:line:column."""
-    from runner.yamlsafe import load_yaml
+    from runner.config.yamlsafe import load_yaml
 
     path = Path(path).expanduser().resolve()
     try:

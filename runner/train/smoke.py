@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 
 # family -> (transformers config class, named template, bos, eos, pad, special tokens)
 FAMILIES = {

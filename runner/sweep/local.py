@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from runner import hashing
+from runner.plan import hashing
 from runner.errors import UserError
-from runner.sweep_report import best_trial, write_best, write_plot, write_table
-from runner.sweep_space import distributions, grid_points, grid_space, sample
-from runner.sweep_trials import Trial, final_metric, load_state, metric_series, save_state, trial_key, trial_plan
+from runner.sweep.report import best_trial, write_best, write_plot, write_table
+from runner.sweep.space import distributions, grid_points, grid_space, sample
+from runner.sweep.trials import Trial, final_metric, load_state, metric_series, save_state, trial_key, trial_plan
 
 STUDY_NAME = "runner-sweep"  # fixed: Hyperband's bracket assignment hashes it
 
@@ -42,8 +42,8 @@ class Reporter:
 
 def train_trial(plan, report: Reporter) -> Path:
     """The default trial: a normal training run. Reports eval metrics to the pruner when
-    runner.train.run accepts `callbacks` (transformers TrainerCallbacks)."""
-    from runner import train
+    runner.train.command.run accepts `callbacks` (transformers TrainerCallbacks)."""
+    from runner.train import command as train
 
     if report.pruning and "callbacks" in inspect.signature(train.run).parameters:
         return train.run(plan, callbacks=[_pruning_callback(report)])

@@ -9,7 +9,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runner import hashing, schema
+from runner.plan import hashing
+
+from runner.config import schema
 from runner.errors import ConfigErrors, UserError
 
 STATE_FILE = "sweep_state.json"
@@ -84,7 +86,8 @@ def _describe(params: dict) -> str:
 def trial_plan(config_path, params: dict, trials_dir: Path | None = None):
     """The Plan of the base config with `params` applied, validated like any run. With `trials_dir`
     the run directory is trials_dir/<plan hash> and the run is named after it."""
-    from runner import config, plan as planning
+    from runner.config import load as config
+    from runner.plan import resolve as planning
 
     def build(extra: dict):
         loaded = config.load(config_path)

@@ -110,7 +110,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
              "pip install 'runner[flash]' on the GPU machine, or use sdpa")
 
     backend = dist["backend"]
-    from runner.launch_config import check_distributed, zero_stage
+    from runner.plan.launch_settings import check_distributed, zero_stage
 
     # A user's own DeepSpeed file decides the stage that really runs, not the YAML default.
     sharded = backend == "fsdp" or (backend == "deepspeed" and zero_stage(cfg) == 3)

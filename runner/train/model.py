@@ -79,7 +79,7 @@ def check_attn_implementation(name: str) -> None:
             "flash_attention_2 needs a CUDA GPU", where="model.attn_implementation", hint="use `sdpa` on this machine"
         )
     if name == "varlen":
-        from runner import varlen
+        from runner.train.fast import varlen
 
         if varlen.missing():
             raise UserError(f"model.attn_implementation is varlen, but {varlen.missing()}",
@@ -93,7 +93,7 @@ def attn_for_transformers(name: str, for_training: bool) -> str:
         return name
     if not for_training:
         return "sdpa"
-    from runner import varlen
+    from runner.train.fast import varlen
 
     return varlen.register()
 
@@ -102,7 +102,7 @@ def auto_attention(model, device: str, training: dict) -> tuple[str, str | None]
     """What `model.attn_implementation: auto` trains with: ("varlen", None), or ("sdpa", why not).
     On the H100 varlen won wherever rows hold many samples or padding (bench/RESULTS.md); on rows of
     one long document it is no faster (qlora8b). sdpa is the fallback wherever varlen cannot run."""
-    from runner import varlen
+    from runner.train.fast import varlen
 
     if device != "cuda":
         return "sdpa", f"the device is {device} (varlen's kernel is CUDA-only)"
@@ -133,7 +133,7 @@ def training_attention(plan, model) -> tuple[str, str | None]:
 
 def check_varlen_model(model) -> None:
     """model.attn_implementation: varlen on a model whose attention it cannot run: a clear error."""
-    from runner import varlen
+    from runner.train.fast import varlen
 
     reason = varlen.unsupported(model.config)
     if reason:

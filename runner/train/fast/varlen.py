@@ -13,7 +13,7 @@ and shared by every layer. On a machine without CUDA each sample goes through sd
 (the same numbers, slowly): for tests and CPU smoke runs.
 
 Training only: a KV cache, soft-capping, sliding windows, attention sinks and attention dropout
-are refused (runner.model.check_varlen_model at load, and again in the forward).
+are refused (runner.train.model.check_varlen_model at load, and again in the forward).
 """
 
 from __future__ import annotations

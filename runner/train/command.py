@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
     parser.add_argument("--smoke", action="store_true",
                         help="run the recipe's code path on a CPU in seconds: tiny random model of the same family, "
-                             "2 steps (runner/smoke.py)")
+                             "2 steps (runner/train/smoke.py)")
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume an unfinished run although its plan changed (the changes are printed)")
 
@@ -29,17 +29,17 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
     """CLI entry (argparse namespace -> exit code) and library entry (Plan -> run directory).
     `callbacks`: extra transformers TrainerCallbacks (library use: probes, early stops)."""
     if isinstance(target, argparse.Namespace):
-        from runner.plan import make_plan
+        from runner.plan.resolve import make_plan
 
         overrides = list(target.overrides)
         if getattr(target, "smoke", False):
-            from runner.smoke import smoke_overrides
+            from runner.train.smoke import smoke_overrides
 
             overrides += smoke_overrides(target.config, overrides)
         plan = make_plan(target.config, overrides)
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        from runner.signals import EXIT_INTERRUPTED, TrainingInterrupted
+        from runner.train.signals import EXIT_INTERRUPTED, TrainingInterrupted
 
         try:
             run_dir = train_plan(plan, overwrite=target.overwrite,
@@ -77,7 +77,7 @@ def _versions() -> dict:
 
 def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from runner import distributed
+    from runner.train import distributed
 
     if plan.distributed["backend"] == "fsdp" and "WORLD_SIZE" not in os.environ:
         _single_process_group()
@@ -97,9 +97,9 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     from transformers import set_seed
 
     from runner import data as pipeline
-    from runner import fastpath
-    from runner.adapters import PISSA_INIT_DIR, apply_adapter, is_pissa, print_parameters, save_pissa_initial
-    from runner.model import load_model, local_device, resolve_dtype, resolve_precision, training_attention
+    from runner.train.fast import fastpath
+    from runner.train.adapters import PISSA_INIT_DIR, apply_adapter, is_pissa, print_parameters, save_pissa_initial
+    from runner.train.model import load_model, local_device, resolve_dtype, resolve_precision, training_attention
 
     stage = plan.training["stage"]
     tokenizer = pipeline.load_tokenizer(plan)
@@ -124,7 +124,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan)
     if fast["fused_lora"]:
-        from runner.fused_lora import fuse_lora
+        from runner.train.fast.fused_lora import fuse_lora
 
         fast["fused_lora_layers"] = fuse_lora(model)
     if is_main:
@@ -168,9 +168,9 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         runtime["wandb_run_id"] = stored["runtime"]["wandb_run_id"]
     plan = plan.with_runtime(runtime)
 
-    from runner.metrics import TokenCounter, metrics_callback
-    from runner.stages import build_trainer, training_arguments
-    from runner.tracking import finish_wandb, start_wandb
+    from runner.train.metrics import TokenCounter, metrics_callback
+    from runner.train.stages import build_trainer, training_arguments
+    from runner.train.tracking import finish_wandb, start_wandb
 
     wandb_run = start_wandb(plan, run_dir, is_main=is_main, run_id=runtime.get("wandb_run_id"))
     if wandb_run is not None:
@@ -201,7 +201,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
                   "(`runner launch` starts one process per GPU)", file=sys.stderr)
         args._n_gpu = 1
     collator = pipeline.make_collator(plan, tokenizer) if stage in ("sft", "pt") else None
-    from runner.signals import TrainingInterrupted, stop_callback
+    from runner.train.signals import TrainingInterrupted, stop_callback
 
     stopper = stop_callback()
     trainer_ref = []
@@ -232,7 +232,7 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         _finish_run_dir(plan, run_dir, info, final_eval)
     finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
     if plan.output.get("merge") and is_main:
-        from runner.merge import merge_run
+        from runner.ship.merge import merge_run
 
         merge_run(run_dir, run_dir / "merged")
     return run_dir
@@ -251,9 +251,9 @@ def _single_process_group() -> None:
 
 
 def _fast_path(plan, model, device: str) -> dict:
-    """The fast path's concrete switches (runner.fastpath.decide), Liger applied to the base model
+    """The fast path's concrete switches (runner.train.fast.fastpath.decide), Liger applied to the base model
     before the adapter wraps it; recorded in plan.runtime."""
-    from runner import fastpath
+    from runner.train.fast import fastpath
 
     model_type = getattr(model.config, "model_type", "")
     fast = fastpath.decide(plan.training, device.split(":")[0], model_type,
@@ -268,7 +268,7 @@ def _fast_path(plan, model, device: str) -> dict:
 
 
 def _sharded(plan) -> bool:
-    from runner.launch_config import zero_stage
+    from runner.plan.launch_settings import zero_stage
 
     backend = plan.distributed["backend"]
     return backend == "fsdp" or (backend == "deepspeed" and zero_stage({"distributed": plan.distributed}) == 3)
@@ -313,8 +313,8 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool) -> None:
     """The trained adapter (or model) and the tokenizer with its training chat template."""
-    from runner.adapters import save_adapter
-    from runner.model import drop_gguf_quantizer
+    from runner.train.adapters import save_adapter
+    from runner.train.model import drop_gguf_quantizer
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "config"):
@@ -322,7 +322,7 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         if pissa_init:
             _say("warning: a PiSSA adapter saved under FSDP/DeepSpeed is not converted; it applies to the residual base")
-        from runner.distributed import prepare_final_save
+        from runner.train.distributed import prepare_final_save
 
         prepare_final_save(trainer)  # a sharded state dict type would save nothing
         trainer.save_model(str(run_dir))  # gathers the sharded weights (collective: every rank calls it)
@@ -343,8 +343,8 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
 
 
 def _finish_run_dir(plan, run_dir: Path, info, final_eval: dict) -> None:
-    from runner.card import write_model_card
-    from runner.metrics import plot_losses, read_metrics
+    from runner.train.card import write_model_card
+    from runner.train.metrics import plot_losses, read_metrics
 
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
     rows = read_metrics(run_dir / "metrics.jsonl")

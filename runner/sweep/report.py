@@ -10,8 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-from runner import hashing, schema
-from runner.sweep_trials import set_key, write_json_atomic
+from runner.plan import hashing
+
+from runner.config import schema
+from runner.sweep.trials import set_key, write_json_atomic
 
 TABLE_MD, TABLE_JSON, BEST_YAML, PLOT = "trials.md", "trials.json", "best.yaml", "sweep.png"
 
@@ -73,7 +75,7 @@ def _rebase(value: str, src_dir: Path, dst_dir: Path) -> str:
 def standalone_config(config_path: Path, params: dict, dst_dir: Path) -> tuple[dict, list[str]]:
     """The base config as one file: extends merged, `${env:...}` kept as written, the trial's values
     set, config-relative paths rewritten for dst_dir. Returns (config, notes for the header)."""
-    from runner import config
+    from runner.config import load as config
 
     data = config.load_raw(config_path).data
     holder = SimpleNamespace(data=copy.deepcopy(data), positions={})

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from runner.errors import UserError
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
+SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "config.schema.json"
 
 
 @functools.lru_cache(maxsize=None)
 def load_schema(name: str = "config") -> dict:
-    return json.loads((Path(__file__).parent / "schemas" / f"{name}.schema.json").read_text())
+    return json.loads((Path(__file__).parents[1] / "schemas" / f"{name}.schema.json").read_text())
 
 
 def _object_branch(node: dict) -> dict | None:

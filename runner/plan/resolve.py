@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hashing, schema
-from runner.checks import check
-from runner.config import HUB_ID, Loaded, load
+from runner.plan import hashing
+
+from runner.config import schema
+from runner.config.checks import check
+from runner.config.load import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
-from runner.launch_config import accelerate_settings
+from runner.plan.launch_settings import accelerate_settings
 
 # Keys that never change the trained weights: excluded from config_hash.
 NOT_IN_CONFIG_HASH = ("name", "output", "tracking")
@@ -152,7 +154,7 @@ def _template_digest(template: dict, cache: hashing.DigestCache) -> str:
         return cache.file_digest(Path(template["jinja"]))
     if template["name"] == "tokenizer":
         return "tokenizer"  # covered by the tokenizer fingerprint
-    files = sorted((Path(__file__).parent / "templates").glob("*.jinja"))
+    files = sorted((Path(__file__).parents[1] / "templates").glob("*.jinja"))
     spec = importlib.util.find_spec("trl")
     if spec and spec.submodule_search_locations:
         files += sorted((Path(list(spec.submodule_search_locations)[0]) / "chat_templates").glob("*.jinja"))

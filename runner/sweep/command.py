@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from runner.errors import UserError
-from runner.sweep_space import Sweep, corner_points, load_sweep
-from runner.sweep_trials import trial_key, trial_plan
+from runner.sweep.space import Sweep, corner_points, load_sweep
+from runner.sweep.trials import trial_key, trial_plan
 
 SHOWN_ERRORS = 10
 
@@ -106,7 +106,8 @@ def run_sweep(config_path, sweep_path, *, engine: str | None = None, trials: int
               seed: int = 0, trial_fn: Callable | None = None, dry_run: bool = False) -> SweepResult:
     """Validate every trial, then run the sweep. `trial_fn(plan, report) -> run_dir` runs one trial
     (default: a normal training run)."""
-    from runner import sweep_local, sweep_report
+    from runner.sweep import local as sweep_local
+    from runner.sweep import report as sweep_report
 
     config_path = Path(config_path).expanduser().resolve()
     sweep = load_sweep(sweep_path)
@@ -127,7 +128,7 @@ def run_sweep(config_path, sweep_path, *, engine: str | None = None, trials: int
     else:
         build_plans(config_path, [(c, {}) for c in corner_points(sweep)], out / "trials")
     if engine == "wandb":
-        from runner import sweep_wandb
+        from runner.sweep import wandb_agent as sweep_wandb
 
         sweep_wandb.check_values(sweep, points)
     _say(f"sweep: {count} trial(s) of {sweep.method} search validated" +
@@ -137,7 +138,7 @@ def run_sweep(config_path, sweep_path, *, engine: str | None = None, trials: int
     if dry_run:
         return SweepResult(out, [], None, _planned_table(sweep, points, plans, out))
     if engine == "wandb":
-        from runner import sweep_wandb
+        from runner.sweep import wandb_agent as sweep_wandb
 
         sweep_wandb.run(sweep, config_path, out, count, base)
         return SweepResult(out, [], None, "")
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                        seed=args.seed, dry_run=args.dry_run)
     sys.stdout.write(result.table)
     if result.trials:
-        from runner import sweep_report
+        from runner.sweep import report as sweep_report
 
         print(f"\ntable: {result.out / sweep_report.TABLE_MD} (and {sweep_report.TABLE_JSON})", file=sys.stderr)
         if result.best is not None:

@@ -1,7 +1,7 @@
 """Launch-time distributed decisions: the world the launcher built (torchrun / accelerate launch env),
 `backend: auto` made concrete, launcher/YAML conflicts, the Trainer arguments for each backend, and
 the two places where Accelerate needs a nudge (FSDP2 on CPU processes, the final FSDP save).
-The Plan (runner.launch_config) already holds the settings; this fills the deferred parts.
+The Plan (runner.plan.launch_settings) already holds the settings; this fills the deferred parts.
 Importing this module is cheap: accelerate / torch are imported inside the functions that use them."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def trainer_kwargs(plan, backend: str, wrap_class: str | None, device: str) -> d
         if f["wrap_class"] or wrap_class:
             out["fsdp_config"]["transformer_layer_cls_to_wrap"] = [f["wrap_class"] or wrap_class]
     if backend == "deepspeed":
-        from runner.launch_config import deepspeed_json
+        from runner.plan.launch_settings import deepspeed_json
 
         conf = deepspeed_json({"distributed": plan.distributed, "training": plan.training})
         out["deepspeed"] = conf.get("file") or conf

@@ -1,6 +1,6 @@
 """Load a config file: YAML (see yamlsafe), `extends:` bases, `${env:NAME}` values and dotted
 command-line overrides. The result is raw data plus the source position of every key; validation
-and defaults come next (runner.schema)."""
+and defaults come next (runner.config.schema)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import schema
+from runner.config import schema
 from runner.errors import ConfigErrors, UserError
-from runner.yamlsafe import load_yaml, scalar
+from runner.config.yamlsafe import load_yaml, scalar
 
 COMMAND_LINE = "<command line>"
 # org/name on the Hugging Face hub (not a local path)

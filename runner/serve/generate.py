@@ -39,8 +39,8 @@ def load_for_generation(run_dir, *, dtype: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.merge import load_base_for_adapter, load_run_plan
-    from runner.model import device_type
+    from runner.ship.merge import load_base_for_adapter, load_run_plan
+    from runner.train.model import device_type
 
     run_dir = Path(run_dir)
     plan = load_run_plan(run_dir) if (run_dir / "plan.json").is_file() else None

@@ -218,7 +218,7 @@ def decide(training: dict, device: str, model_type: str, *, world_size: int = 1,
 
 
 def decide_fused_lora(training: dict, device: str, adapter: dict, quantized: bool, sharded: bool) -> bool:
-    """Whether LoRA layers take runner.fused_lora (auto: GPU, plain LoRA, unquantized, unsharded)."""
+    """Whether LoRA layers take runner.train.fast.fused_lora (auto: GPU, plain LoRA, unquantized, unsharded)."""
     setting = training.get("fused_lora", "auto")
     if adapter.get("kind") != "lora" or setting is False:
         return False

@@ -17,7 +17,7 @@ import os
 import sys
 
 from runner import rundir
-from runner.metrics import TOKENS_KEY
+from runner.train.metrics import TOKENS_KEY
 from runner.errors import UserError
 
 PREFERENCE_COLUMNS = {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"}
@@ -33,7 +33,7 @@ class RunnerMixin:
     runner_save_total_limit = None
     runner_plan_hash = None  # written into each checkpoint's completeness marker
 
-    runner_guard = None  # runner.nonfinite.NonFiniteGuard when the optimizer can skip steps on the device
+    runner_guard = None  # runner.train.nonfinite.NonFiniteGuard when the optimizer can skip steps on the device
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.runner_param_groups is not None:
@@ -47,7 +47,7 @@ class RunnerMixin:
         return self.optimizer
 
     def _attach_guard(self):
-        from runner import nonfinite
+        from runner.train import nonfinite
 
         # One process or DDP: every rank sees whole gradients (sharded backends see only their shard).
         replicated = not self.is_fsdp_enabled and not self.is_deepspeed_enabled
@@ -78,11 +78,11 @@ class RunnerMixin:
             return loss.detach().new_zeros(())
         return loss
 
-    runner_chunked_loss = False  # fast path: loss without materialising the logits (runner.fastpath)
+    runner_chunked_loss = False  # fast path: loss without materialising the logits (runner.train.fast.fastpath)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.runner_chunked_loss and not return_outputs:
-            from runner.fastpath import chunked_forward_loss
+            from runner.train.fast.fastpath import chunked_forward_loss
 
             # As Trainer.compute_loss does with the model's own loss: the token count goes to the loss
             # only for models that take loss kwargs (else the Trainer divides by the accumulation
@@ -285,7 +285,7 @@ def build_trainer(plan, *, model, tokenizer, data, args, collator, callbacks, re
     else:
         trainer = cls(**common)
     trainer.runner_max_nonfinite = int(plan.training.get("max_nonfinite", 0))
-    from runner.nonfinite import guard_callback
+    from runner.train.nonfinite import guard_callback
 
     check = guard_callback()
     check.trainer = trainer
@@ -294,7 +294,7 @@ def build_trainer(plan, *, model, tokenizer, data, args, collator, callbacks, re
     trainer.runner_plan_hash = (plan.hashes or {}).get("plan")
     ratio = plan.adapter.get("loraplus_lr_ratio")
     if ratio and plan.adapter.get("kind") == "lora":
-        from runner.adapters import loraplus_param_groups
+        from runner.train.adapters import loraplus_param_groups
 
         def groups(opt_model):
             return loraplus_param_groups(opt_model, lr=args.learning_rate, ratio=float(ratio),

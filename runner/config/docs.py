@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from runner.schema import _object_branch, load_schema
+from runner.config.schema import _object_branch, load_schema
 
 
 def _type(node: dict) -> str:

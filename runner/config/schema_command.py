@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from runner.schema import SCHEMA_PATH, load_schema
+from runner.config.schema import SCHEMA_PATH, load_schema
 
 
 def add_arguments(p) -> None:
@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     if args.docs:
-        from runner.docs import config_reference
+        from runner.config.docs import config_reference
         with open(args.docs, "w", encoding="utf-8") as f:
             f.write(config_reference())
         print(f"wrote {args.docs}")

@@ -101,7 +101,7 @@ def accelerate_file(settings: dict, *, backend: str, num_processes: int, machine
     if "fsdp_config" in out:
         fsdp = dict(out["fsdp_config"])
         if fsdp["fsdp_transformer_layer_cls_to_wrap"] == "deferred":
-            del fsdp["fsdp_transformer_layer_cls_to_wrap"]  # found in the model at launch (runner.distributed)
+            del fsdp["fsdp_transformer_layer_cls_to_wrap"]  # found in the model at launch (runner.train.distributed)
         out["fsdp_config"] = fsdp
     if "deepspeed_config" in out:
         conf = out["deepspeed_config"]
@@ -130,7 +130,7 @@ def write_launch_files(settings_file: dict, cfg: dict, run_dir: Path) -> list[Pa
     return written
 
 
-# --- semantic checks of the distributed section (called from runner.checks.check) ---
+# --- semantic checks of the distributed section (called from runner.config.checks.check) ---
 
 def read_user_deepspeed(path: str) -> tuple[dict | None, str | None]:
     """(the user's DeepSpeed JSON, or None with a reason naming file:line:column)."""

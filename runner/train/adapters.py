@@ -84,7 +84,7 @@ def lora_config(adapter: dict, target_modules: list[str]):
 
 def apply_adapter(model, plan):
     """Wrap or freeze `model` as plan.adapter says. Returns (model, AdapterInfo)."""
-    from runner.model import is_quantized
+    from runner.train.model import is_quantized
 
     adapter = plan.adapter
     kind = adapter.get("kind", "lora")

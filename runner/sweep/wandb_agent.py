@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.sweep_space import Sweep, flatten
+from runner.sweep.space import Sweep, flatten
 
 
 

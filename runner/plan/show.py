@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from runner.plan import Plan, make_plan
+from runner.plan.resolve import Plan, make_plan
 
 
 def add_arguments(p) -> None:

@@ -21,7 +21,7 @@ class LintResult:
 
 
 def lint_file(path: str, overrides=(), deep: bool = False) -> LintResult:
-    from runner.plan import make_plan
+    from runner.plan.resolve import make_plan
 
     result = LintResult(path)
     try:
@@ -39,7 +39,7 @@ def lint_file(path: str, overrides=(), deep: bool = False) -> LintResult:
 def _deep_checks(plan, result: LintResult) -> None:
     """Checks that need the tokenizer (and so transformers): the template against the model's tokens."""
     from runner.data import check_template
-    from runner.tokenizer import load_tokenizer
+    from runner.data.tokenizer import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(plan)

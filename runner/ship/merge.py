@@ -28,7 +28,7 @@ def run(args) -> int:
 
 def load_run_plan(run_dir):
     """The Plan stored in a run directory (secrets are never stored: a hub token comes from HF_TOKEN)."""
-    from runner.plan import Plan
+    from runner.plan.resolve import Plan
 
     path = Path(run_dir) / "plan.json"
     if not path.is_file():
@@ -39,7 +39,7 @@ def load_run_plan(run_dir):
 
 def load_base_for_adapter(plan, run_dir, tokenizer, dtype: str | None = None):
     """The unquantized base in the run's dtype, with embeddings sized as in training."""
-    from runner.model import load_model
+    from runner.train.model import load_model
 
     dtype = dtype or (plan.runtime or {}).get("dtype") or "float32"
     model = load_model(plan, dtype=dtype, quantize=False, for_training=False)
@@ -52,7 +52,7 @@ def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str 
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from runner.model import drop_gguf_quantizer
+    from runner.train.model import drop_gguf_quantizer
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
