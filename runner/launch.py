@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from runner.train.distributed import SAFE_NCCL_ENV
+from runner.train.runtime import concrete_backend
 from runner.errors import UserError
 
 EXIT_DIR_ENV = "RUNNER_EXIT_DIR"
@@ -65,25 +66,23 @@ def machine_values(plan, args, cpu: bool) -> dict:
     """This machine's share of the run: processes, rank, rendezvous address and port, backend."""
     d = plan.distributed
     gpus = 0 if cpu else _gpu_count()
-    nproc = args.num_processes or d["num_processes"] or (gpus or 1)
-    machines = d["num_machines"]
-    rank = args.machine_rank if args.machine_rank is not None else d["machine_rank"]
+    nproc = args.num_processes or d.num_processes or (gpus or 1)
+    machines = d.num_machines
+    rank = args.machine_rank if args.machine_rank is not None else d.machine_rank
     if rank is None:
         rank = _env_int(("MACHINE_RANK", "NODE_RANK"), "distributed.machine_rank") or 0
     if not 0 <= rank < machines:
         raise UserError(f"machine rank {rank} is outside 0..{machines - 1} (distributed.num_machines: {machines})",
                         where="distributed.machine_rank", hint="pass --machine-rank 0 on the main machine, 1.. on the others")
-    address = d["main_address"] or os.environ.get("MASTER_ADDR")
+    address = d.main_address or os.environ.get("MASTER_ADDR")
     if not address:
         if machines > 1:
             raise UserError("several machines need the main machine's address",
                             where="distributed.main_address", hint="set distributed.main_address or MASTER_ADDR on every machine")
         address = "127.0.0.1"
-    port = d["main_port"] or _env_int(("MASTER_PORT",), "distributed.main_port") or DEFAULT_PORT
+    port = d.main_port or _env_int(("MASTER_PORT",), "distributed.main_port") or DEFAULT_PORT
     world = nproc * machines
-    backend = d["backend"]
-    if backend == "auto":
-        backend = "ddp" if world > 1 else "single"
+    backend = concrete_backend(d.backend, world)
     if backend == "single" and world > 1:
         raise UserError(f"distributed.backend is single but {world} processes were asked for",
                         where="distributed.backend", hint="use backend: ddp (or auto), or one process")
@@ -111,7 +110,7 @@ def build_command(plan, args, *, accelerate_config: str = "ACCELERATE_CONFIG") -
     elif cpu:
         # torchrun keeps one process per rank on CPU; the Plan's settings reach the Trainer directly.
         argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={m['num_processes']}",
-                f"--nnodes={plan.distributed['num_machines']}", f"--node_rank={m['machine_rank']}",
+                f"--nnodes={plan.distributed.num_machines}", f"--node_rank={m['machine_rank']}",
                 f"--master_addr={m['address']}", f"--master_port={m['port']}", *train]
     else:
         argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config, *train]
@@ -126,13 +125,13 @@ def run(args) -> int:
     plan = make_plan(args.config, overrides_for(args))  # a config error raises here: exit 2, nothing started
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    run_dir = Path(plan.output["dir"])
+    run_dir = Path(plan.output.dir)
     acc_path = run_dir / "accelerate_config.yaml"
     argv, env, m = build_command(plan, args, accelerate_config=str(acc_path))
-    settings = accelerate_file(plan.distributed["accelerate"], backend=m["backend"], num_processes=m["num_processes"],
+    settings = accelerate_file(plan.distributed.accelerate, backend=m["backend"], num_processes=m["num_processes"],
                                machine_rank=m["machine_rank"], address=m["address"], port=m["port"], cpu=m["cpu"],
                                run_dir=run_dir)
-    cfg = {"distributed": plan.distributed, "training": plan.training}
+    cfg = {"distributed": plan.config["distributed"], "training": plan.config["training"]}
     if args.dry_run:
         import yaml
 

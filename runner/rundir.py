@@ -5,7 +5,7 @@ resume, overwrite), and checkpoints that only count once complete.
       plan.json  config.yaml  README.md  metrics.jsonl  loss.png   (rank 0 writes these)
       adapter_model.safetensors + adapter_config.json | model*.safetensors + config.json
       tokenizer files (with the training chat template)
-      checkpoints/checkpoint-<step>/ (+ CHECKPOINT_COMPLETE)   checkpoints/.staging/ (in progress)
+      checkpoints/checkpoint-<step>/ (complete once CHECKPOINT_COMPLETE is in it)
       RUN_COMPLETE                                              (written last)
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from runner.errors import UserError
 
 CHECKPOINTS = "checkpoints"
-STAGING = ".staging"
 CHECKPOINT_MARKER = "CHECKPOINT_COMPLETE"
 RUN_MARKER = "RUN_COMPLETE"
 # Sections of the stored config that may change between launches without changing the run.
@@ -59,13 +58,10 @@ def complete_checkpoints(run_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def finish_checkpoint(staged: str, checkpoints: str, step: int, plan_hash: str | None = None) -> Path:
-    """Mark a fully written checkpoint complete and move it to its final name (atomic rename)."""
-    staged, final = Path(staged), Path(checkpoints) / f"checkpoint-{step}"
-    write_json(staged / CHECKPOINT_MARKER, {"step": step, "time": time.time(), "plan_hash": plan_hash})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staged, final)
+def finish_checkpoint(checkpoints: str, step: int, plan_hash: str | None = None) -> Path:
+    """Mark a checkpoint that every rank has finished writing complete: resumable from now on."""
+    final = Path(checkpoints) / f"checkpoint-{step}"
+    write_json(final / CHECKPOINT_MARKER, {"step": step, "time": time.time(), "plan_hash": plan_hash})
     return final
 
 
@@ -133,12 +129,12 @@ def clear(run_dir) -> None:
 
 
 def decide(plan, *, overwrite: bool = False, resume_changed: bool = False) -> Launch:
-    """How a launch treats plan.output['dir'] (pure decision; `prepare` carries it out).
+    """How a launch treats plan.output.dir (pure decision; `prepare` carries it out).
     `resume_changed`: resume an unfinished run although its plan changed (a deliberate change,
     e.g. more steps); the differences are named in the message."""
-    run_dir = Path(plan.output["dir"])
-    overwrite = overwrite or bool(plan.output.get("overwrite"))
-    resume = plan.output.get("resume", "auto")
+    run_dir = Path(plan.output.dir)
+    overwrite = overwrite or plan.output.overwrite
+    resume = plan.output.resume
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return Launch("fresh")
     stored = read_stored_plan(run_dir)
@@ -183,16 +179,36 @@ def decide(plan, *, overwrite: bool = False, resume_changed: bool = False) -> La
 
 
 def prepare(plan, launch: Launch, *, is_main: bool = True) -> Path:
-    run_dir = Path(plan.output["dir"])
+    run_dir = Path(plan.output.dir)
     if is_main:
         if launch.action == "fresh" and run_dir.exists():
             clear(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoints_dir(run_dir).mkdir(exist_ok=True)
-        staging = checkpoints_dir(run_dir) / STAGING
-        if staging.exists():
-            shutil.rmtree(staging)  # an interrupted checkpoint is never resumed from
+        rotate_checkpoints(str(checkpoints_dir(run_dir)), None)  # an interrupted checkpoint is never resumed from
     return run_dir
+
+
+def restart_metrics(run_dir, launch: Launch) -> None:
+    """metrics.jsonl as this launch continues it: a resumed run repeats the steps after its
+    checkpoint, so their old lines go; a fresh run starts an empty file."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if launch.action != "resume":
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        return
+    step = int(Path(launch.checkpoint).name.split("-")[-1])
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the torn last line of a killed launch
+        # A summary row closes a launch; the resumed launch writes its own.
+        if isinstance(row, dict) and row.get("step", 0) <= step and row.get("kind") != "summary":
+            keep.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def write_text_atomic(path, text: str) -> None:

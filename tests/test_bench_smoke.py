@@ -83,14 +83,14 @@ def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared
         overrides = harness.runner_overrides(scenario, cfg, shapes[scenario.shape], shared_data, tmp_path / "work",
                                              smoke=False, cpu=False, warmup=5, measure=20)
         plan = make_plan(str(cfg), overrides)
-        assert plan.model["random_init"] is True and plan.model["path"] == str(shapes[scenario.shape])
-        assert plan.training["max_steps"] == 25 and plan.tracking["log_every"] == 5
-        assert all(Path(d["path"]).parent == shared_data.resolve() for d in plan.data["datasets"])
-        assert plan.data["sequence"]["max_length"] == 2048
+        assert plan.model.random_init is True and plan.model.path == str(shapes[scenario.shape])
+        assert plan.training.max_steps == 25 and plan.tracking.log_every == 5
+        assert all(Path(d.path).parent == shared_data.resolve() for d in plan.data.datasets)
+        assert plan.data.sequence.max_length == 2048
         expected = {"lora": "lora", "dpo_lora": "lora", "full": "full"}[scenario.work]
-        assert plan.adapter["kind"] == expected, scenario.name
+        assert plan.adapter.kind == expected, scenario.name
         assert (plan.quantization or {}).get("bits") == (4 if scenario.name == "qlora8b" else None)
-        assert (plan.training["stage"] == "dpo") == (scenario.work == "dpo_lora")
+        assert (plan.training.stage == "dpo") == (scenario.work == "dpo_lora")
 
 
 def _harness(tmp_path, *args):

@@ -29,7 +29,7 @@ def test_recipe_lints_and_plans(recipe):
     assert result.ok, "\n".join(str(e) for e in result.errors)
     assert recipe.read_text().startswith("#"), "a recipe opens with a comment: what it does and its hardware"
     plan = make_plan(recipe)
-    assert plan.hashes["config"]
+    assert plan.hashes.config
 
 
 @pytest.mark.parametrize("path,family", [
@@ -46,11 +46,11 @@ def test_smoke_overrides_make_a_tiny_cpu_plan(tmp_path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     over = smoke_overrides(recipe, [cache])
     plan = make_plan(recipe, [cache, *over])
-    assert Path(plan.model["path"], "smoke.json").is_file()
-    assert plan.training["max_steps"] == 2 and plan.distributed["backend"] == "single"
-    assert plan.quantization and plan.quantization["bits"] == 4, "smoke keeps the recipe's own QLoRA path"
-    assert plan.training["optimizer"] == "adamw_torch", "paged optimizers need CUDA"
-    assert all(d["num_samples"] == 8 for d in plan.data["datasets"])
+    assert Path(plan.model.path, "smoke.json").is_file()
+    assert plan.training.max_steps == 2 and plan.distributed.backend == "single"
+    assert plan.quantization and plan.quantization.bits == 4, "smoke keeps the recipe's own QLoRA path"
+    assert plan.training.optimizer == "adamw_torch", "paged optimizers need CUDA"
+    assert all(d.num_samples == 8 for d in plan.data.datasets)
 
 
 @pytest.mark.slow

@@ -464,7 +464,7 @@ def test_runner_extends_root_allows_a_wider_folder(tmp_path, capsys, monkeypatch
     assert main(["lint", str(path)]) == 0, capsys.readouterr().err
     from runner.plan.resolve import make_plan
 
-    assert make_plan(path).training["epochs"] == 3, "the base was read"
+    assert make_plan(path).training.epochs == 3, "the base was read"
     monkeypatch.setenv("RUNNER_EXTENDS_ROOT", str(project))  # a root that does not hold it
     assert main(["lint", str(path)]) == 2
 

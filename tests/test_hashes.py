@@ -15,6 +15,7 @@ import pytest
 
 from runner.cli import main
 from runner.plan.resolve import make_plan
+from runner.plan.sections import to_dict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONFIGS = FIXTURES / "configs"
@@ -69,7 +70,7 @@ def make_project(root: Path, config: str = CONFIG) -> Path:
 def hashes(cfg: Path, overrides=()) -> dict:
     """The three hashes DESIGN.md defines (the plan may carry more detail beside them)."""
     h = make_plan(cfg, list(overrides)).hashes
-    return {k: h[k] for k in ("config", "data", "plan")}
+    return {k: getattr(h, k) for k in ("config", "data", "plan")}
 
 
 def flip_one_byte(path: Path) -> None:
@@ -92,7 +93,7 @@ def project(tmp_path) -> Path:
 
 
 def test_three_hashes_distinct_and_stable(project):
-    assert {"config", "data", "plan"} <= set(make_plan(project).hashes)
+    assert {"config", "data", "plan"} <= set(to_dict(make_plan(project).hashes))
     h = hashes(project)
     assert all(isinstance(v, str) and len(v) >= 8 for v in h.values())
     assert len(set(h.values())) == 3
@@ -233,7 +234,7 @@ def test_secrets_reach_the_plan_only_through_plan_secrets(secret_project):
     plan = make_plan(secret_project)
     assert plan.secrets.get("model.token") == SECRET_TOKEN
     assert plan.secrets.get("tracking.wandb.api_key") == SECRET_KEY
-    assert "token" not in plan.model
+    assert not hasattr(plan.model, "token")
     for text in (plan.to_json(), json.dumps(plan.to_dict()), repr(plan)):
         assert SECRET_TOKEN not in text and SECRET_KEY not in text
 
@@ -280,13 +281,13 @@ def test_secret_in_an_error_message_is_not_echoed(tmp_path, capsys, monkeypatch)
 def test_hub_model_plans_offline_and_says_what_is_unresolved(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # not cached here
     plan = make_plan(CONFIGS / "hub_model.yaml")
-    assert plan.model["source"] == "hub"
-    assert plan.model["path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert plan.hashes["config"]  # the config part never needs the hub
-    text = json.dumps(plan.hashes)
+    assert plan.model.source == "hub"
+    assert plan.model.path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert plan.hashes.config  # the config part never needs the hub
+    text = json.dumps(to_dict(plan.hashes))
     assert "unresolved" in text and "SmolLM2-135M-Instruct" in text, text
     local = make_plan(CONFIGS / "lora.yaml")
-    assert "SmolLM2" not in json.dumps(local.hashes) and not local.hashes.get("unresolved")
+    assert "SmolLM2" not in json.dumps(to_dict(local.hashes)) and not local.hashes.unresolved
 
 
 def test_secret_given_as_an_override_is_neither_printed_nor_hashed(project, capsys):

@@ -73,15 +73,15 @@ COMMON = {"rdzv_backend": "static", "same_network": True}
 
 def test_single_settings(tmp_path):
     plan = make_plan(write_cfg(tmp_path, {"backend": "single"}, {"precision": "fp32"}))
-    assert plan.distributed["accelerate"] == {
+    assert plan.distributed.accelerate == {
         "distributed_type": "NO", "mixed_precision": "no", "num_processes": "deferred", "num_machines": 1,
         "machine_rank": "env", "main_process_ip": None, "main_process_port": None, **COMMON}
 
 
 def test_auto_backend_is_deferred_to_launch(tmp_path):
     plan = make_plan(write_cfg(tmp_path, {}))
-    assert plan.distributed["backend"] == "auto"
-    assert plan.distributed["accelerate"]["distributed_type"] == "deferred"
+    assert plan.distributed.backend == "auto"
+    assert plan.distributed.accelerate["distributed_type"] == "deferred"
     assert "runtime.backend" in plan.deferred
 
 
@@ -89,7 +89,7 @@ def test_ddp_settings(tmp_path):
     plan = make_plan(write_cfg(tmp_path, {"backend": "ddp", "num_processes": 4, "num_machines": 2,
                                           "machine_rank": 1, "main_address": "10.1.2.3", "main_port": 29611},
                                {"precision": "bf16"}))
-    assert plan.distributed["accelerate"] == {
+    assert plan.distributed.accelerate == {
         "distributed_type": "MULTI_GPU", "mixed_precision": "bf16", "num_processes": 8, "num_machines": 2,
         "machine_rank": 1, "main_process_ip": "10.1.2.3", "main_process_port": 29611, **COMMON}
 
@@ -98,7 +98,7 @@ def test_fsdp_settings_key_by_key(tmp_path):
     plan = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "num_processes": 2, "fsdp": {
         "reshard_after_forward": False, "cpu_offload": True, "state_dict_type": "full",
         "activation_checkpointing": True, "wrap_class": "LlamaDecoderLayer"}}))
-    acc = plan.distributed["accelerate"]
+    acc = plan.distributed.accelerate
     assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == 2
     assert acc["fsdp_config"] == {
         "fsdp_version": 2,
@@ -115,7 +115,7 @@ def test_fsdp_settings_key_by_key(tmp_path):
 
 def test_fsdp_defaults_defer_the_wrap_class(tmp_path):
     plan = make_plan(write_cfg(tmp_path, {"backend": "fsdp"}))
-    fsdp = plan.distributed["accelerate"]["fsdp_config"]
+    fsdp = plan.distributed.accelerate["fsdp_config"]
     assert fsdp["fsdp_reshard_after_forward"] is True
     assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "deferred"
@@ -149,9 +149,9 @@ def test_deepspeed_json_key_by_key(tmp_path, stage, offload, precision, expected
     plan = make_plan(write_cfg(tmp_path, {"backend": "deepspeed", "deepspeed": {"zero_stage": stage, **offload}},
                                {"precision": precision}))
     expected = {**AUTO_BATCH, "bf16": {"enabled": bf16}, "fp16": {"enabled": fp16}, "zero_optimization": expected_zero}
-    assert plan.distributed["accelerate"]["deepspeed_config"] == expected
-    assert deepspeed_json({"distributed": plan.distributed, "training": plan.training}) == expected
-    assert plan.distributed["accelerate"]["distributed_type"] == "DEEPSPEED"
+    assert plan.distributed.accelerate["deepspeed_config"] == expected
+    assert deepspeed_json(plan.config) == expected
+    assert plan.distributed.accelerate["distributed_type"] == "DEEPSPEED"
 
 
 def test_deepspeed_user_file_is_used_as_is(tmp_path):
@@ -160,14 +160,14 @@ def test_deepspeed_user_file_is_used_as_is(tmp_path):
     own.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}))
     cfg = write_cfg(tmp_path, {"backend": "deepspeed", "deepspeed": {"config": "conf/my_ds.json"}})
     plan = make_plan(cfg)
-    assert plan.distributed["accelerate"]["deepspeed_config"] == {"file": str(own)}
-    written = accelerate_file(plan.distributed["accelerate"], backend="deepspeed", num_processes=2, machine_rank=0,
+    assert plan.distributed.accelerate["deepspeed_config"] == {"file": str(own)}
+    written = accelerate_file(plan.distributed.accelerate, backend="deepspeed", num_processes=2, machine_rank=0,
                               address="127.0.0.1", port=29500, cpu=False, run_dir=tmp_path / "run")
     assert written["deepspeed_config"] == {"deepspeed_config_file": str(own), "zero3_init_flag": False}
     # The file's bytes are part of the config hash: editing it is a different run.
-    before = plan.hashes["config"]
+    before = plan.hashes.config
     own.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    assert make_plan(cfg).hashes["config"] != before
+    assert make_plan(cfg).hashes.config != before
 
 
 def accelerate_parses(path: Path):
@@ -353,31 +353,35 @@ def test_single_backend_under_a_multi_process_launcher_is_refused(tmp_path, monk
 
 
 def test_trainer_kwargs_per_backend(tmp_path):
-    from runner.train.distributed import trainer_kwargs
+    from situations import env, gpu, runtime
+
+    from runner.train.arguments import backend_arguments
 
     fsdp = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "fsdp": {"reshard_after_forward": False}}, name="f"))
-    kw = trainer_kwargs(fsdp, "fsdp", "LlamaDecoderLayer", "cpu")
+    kw = backend_arguments(fsdp, runtime(fsdp, env(world_size=2)))
     assert kw == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False, "fsdp": True, "fsdp_config": {
         "version": 2, "reshard_after_forward": False, "cpu_offload": False, "state_dict_type": "SHARDED_STATE_DICT",
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "activation_checkpointing": False,
         "cpu_ram_efficient_loading": False, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
     ds = make_plan(write_cfg(tmp_path, {"backend": "deepspeed", "deepspeed": {"zero_stage": 3}}, name="d"))
-    kw = trainer_kwargs(ds, "deepspeed", None, "cuda")
+    kw = backend_arguments(ds, runtime(ds, gpu(world_size=2)))
     assert kw["deepspeed"]["zero_optimization"]["stage"] == 3 and "ddp_backend" not in kw
     single = make_plan(write_cfg(tmp_path, {}, name="s"))
-    assert trainer_kwargs(single, "single", None, "cuda") == {}
+    assert backend_arguments(single, runtime(single, gpu())) == {}
 
 
 def test_trainer_kwargs_build_real_training_arguments(tmp_path):
     """transformers turns them into the FSDP2 plugin settings we meant (no deprecated string form)."""
     from transformers import TrainingArguments
 
-    from runner.train.distributed import trainer_kwargs
+    from situations import env, runtime
+
+    from runner.train.arguments import backend_arguments
 
     plan = make_plan(write_cfg(tmp_path, {"backend": "fsdp", "fsdp": {"cpu_offload": True, "state_dict_type": "full",
                                                                       "activation_checkpointing": True}}))
-    kwargs = trainer_kwargs(plan, "fsdp", "LlamaDecoderLayer", "cpu")
-    assert kwargs.pop("ddp_backend") == "gloo"  # train.py drops it for one process (no process group)
+    kwargs = backend_arguments(plan, runtime(plan, env(world_size=2)))
+    assert kwargs.pop("ddp_backend") == "gloo"  # never given to one process (no process group)
     try:
         args = TrainingArguments(output_dir=str(tmp_path / "o"), report_to="none", use_cpu=True, **kwargs)
         plugin_args = args.fsdp_plugin_args
@@ -397,7 +401,7 @@ def test_decoder_layer_class_of_a_peft_wrapped_model():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from runner.train.distributed import decoder_layer_class
+    from runner.train.runtime import decoder_layer_class
 
     torch.set_num_threads(1)
     cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -37,31 +37,31 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 def test_overrides_are_typed_by_the_schema():
     plan = make_plan(CONFIGS / "lora.yaml", ["training.learning_rate=1e-4", "datasets.0.num_samples=100",
                                              "model.trust_remote_code=false", "adapter.dropout=0"])
-    lr, n = plan.training["learning_rate"], plan.data["datasets"][0]["num_samples"]
+    lr, n = plan.training.learning_rate, plan.data.datasets[0].num_samples
     assert isinstance(lr, float) and lr == pytest.approx(1e-4)
     assert isinstance(n, int) and not isinstance(n, bool) and n == 100
-    assert plan.model["trust_remote_code"] is False
-    assert plan.adapter["dropout"] == 0
+    assert plan.model.trust_remote_code is False
+    assert plan.adapter.dropout == 0
 
 
 def test_string_keys_keep_the_text_as_written():
     plan = make_plan(CONFIGS / "wandb.yaml", ["tracking.wandb.project=on", "tracking.wandb.name=007",
                                               "name=1e3"])
-    assert plan.tracking["wandb"]["project"] == "on"
-    assert plan.tracking["wandb"]["name"] == "007"
+    assert plan.tracking.wandb.project == "on"
+    assert plan.tracking.wandb.name == "007"
     assert plan.name == "1e3"
 
 
 def test_override_can_set_a_key_of_a_section_the_file_omits():
     plan = make_plan(CONFIGS / "minimal.yaml", ["sequence.max_length=128", "training.stage=pt"])
-    assert plan.data["sequence"]["max_length"] == 128
-    assert plan.data["stage"] == "pt" and plan.training["trainer"] == "pt"
+    assert plan.data.sequence.max_length == 128
+    assert plan.data.stage == "pt" and plan.training.stage == "pt"
 
 
 def test_overrides_win_over_the_file_and_its_bases():
     plan = make_plan(CONFIGS / "extends_list.yaml", ["training.learning_rate=5e-5", "adapter.r=2"])
-    assert plan.training["learning_rate"] == pytest.approx(5e-5)
-    assert plan.adapter["r"] == 2 and plan.adapter["alpha"] == 4
+    assert plan.training.learning_rate == pytest.approx(5e-5)
+    assert plan.adapter.r == 2 and plan.adapter.alpha == 4
 
 
 def test_override_gives_the_same_plan_as_editing_the_file(tmp_path):
@@ -71,8 +71,8 @@ def test_override_gives_the_same_plan_as_editing_the_file(tmp_path):
     by_override = make_plan(CONFIGS / "lora.yaml", ["training.learning_rate=1e-4"])
     by_edit = make_plan(edited)
     three = ("config", "data", "plan")
-    assert [by_override.hashes[k] for k in three] == [by_edit.hashes[k] for k in three]
-    assert by_override.hashes["config"] != make_plan(CONFIGS / "lora.yaml").hashes["config"]
+    assert [getattr(by_override.hashes, k) for k in three] == [getattr(by_edit.hashes, k) for k in three]
+    assert by_override.hashes.config != make_plan(CONFIGS / "lora.yaml").hashes.config
 
 
 @pytest.mark.parametrize("override, must_contain", [
@@ -113,7 +113,7 @@ def test_cli_plan_with_overrides_prints_json_with_hashes():
 def test_plan_prints_readably_and_json_roundtrips(capsys):
     code, out, _ = run_main(capsys, "plan", CONFIGS / "lora.yaml")
     assert code == 0
-    assert "learning_rate" in out and make_plan(CONFIGS / "lora.yaml").hashes["plan"][:12] in out
+    assert "learning_rate" in out and make_plan(CONFIGS / "lora.yaml").hashes.plan[:12] in out
     code, out, _ = run_main(capsys, "plan", "--json", CONFIGS / "lora.yaml")
     assert code == 0
     data = json.loads(out)
@@ -126,20 +126,20 @@ def test_plan_prints_readably_and_json_roundtrips(capsys):
 
 def test_extends_one_base_child_wins():
     plan = make_plan(CONFIGS / "extends_one.yaml")
-    assert plan.training["epochs"] == 1  # the child's
-    assert plan.training["learning_rate"] == pytest.approx(1e-4)  # the base's
-    assert plan.training["micro_batch_size"] == 4
-    assert plan.data["sequence"]["max_length"] == 256
+    assert plan.training.epochs == 1  # the child's
+    assert plan.training.learning_rate == pytest.approx(1e-4)  # the base's
+    assert plan.training.micro_batch_size == 4
+    assert plan.data.sequence.max_length == 256
 
 
 def test_extends_list_merges_in_order_and_bases_resolve_relative_to_their_own_file(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing may depend on the working directory
     plan = make_plan(CONFIGS / "extends_list.yaml")
     # base/training.yaml < base/lora16.yaml (itself extending training.yaml by a path relative to base/) < file
-    assert plan.training["learning_rate"] == pytest.approx(3e-4)
-    assert plan.training["epochs"] == 3
-    assert plan.adapter["r"] == 8 and plan.adapter["dropout"] == 0.0
-    assert plan.data["sequence"]["max_length"] == 256
+    assert plan.training.learning_rate == pytest.approx(3e-4)
+    assert plan.training.epochs == 3
+    assert plan.adapter.r == 8 and plan.adapter.dropout == 0.0
+    assert plan.data.sequence.max_length == 256
 
 
 def test_extends_with_the_same_content_gives_the_same_hashes_as_one_flat_file(tmp_path):
@@ -154,7 +154,7 @@ def test_extends_with_the_same_content_gives_the_same_hashes_as_one_flat_file(tm
         """))
     composed = make_plan(CONFIGS / "extends_list.yaml").hashes
     flat_hashes = make_plan(flat).hashes
-    assert (flat_hashes["config"], flat_hashes["data"]) == (composed["config"], composed["data"])
+    assert (flat_hashes.config, flat_hashes.data) == (composed.config, composed.data)
 
 
 def test_extends_replaces_lists_instead_of_appending(tmp_path):
@@ -171,8 +171,8 @@ def test_extends_replaces_lists_instead_of_appending(tmp_path):
         adapter: {{target_modules: [v_proj]}}
         """))
     plan = make_plan(tmp_path / "child.yaml")
-    assert [Path(d["path"]).name for d in plan.data["datasets"]] == ["sharegpt_small.jsonl"]
-    assert plan.adapter["target_modules"] == ["v_proj"]
+    assert [Path(d.path).name for d in plan.data.datasets] == ["sharegpt_small.jsonl"]
+    assert plan.adapter.target_modules == ("v_proj",)
 
 
 def test_extends_cycle_is_an_error_naming_both_files(tmp_path):
@@ -195,5 +195,5 @@ def test_config_dir_is_absolute_and_paths_resolve_from_it(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     plan = make_plan(os.path.relpath(CONFIGS / "minimal.yaml", tmp_path))
     assert plan.config_dir == str(CONFIGS)
-    assert plan.data["datasets"][0]["path"] == str(CONFIGS / "data" / "alpaca_small.json")
-    assert plan.model["path"] == str(CONFIGS / "tiny-model") and plan.model["source"] == "local"
+    assert plan.data.datasets[0].path == str(CONFIGS / "data" / "alpaca_small.json")
+    assert plan.model.path == str(CONFIGS / "tiny-model") and plan.model.source == "local"

@@ -34,4 +34,4 @@ def test_random_init_needs_no_weights_and_follows_the_seed(tmp_path):
 def test_random_init_fingerprint_ignores_weight_files(tmp_path):
     plan = _plan(tmp_path, 1)
     (tmp_path / "m" / "model.safetensors").write_bytes(b"anything")
-    assert make_plan(tmp_path / "cfg.yaml").hashes["model"] == plan.hashes["model"]
+    assert make_plan(tmp_path / "cfg.yaml").hashes.model == plan.hashes.model

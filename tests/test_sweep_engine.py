@@ -53,7 +53,7 @@ parameters:
 
 def loss_of(plan) -> float:
     """Best at r=16, lr=1e-3: a bowl in (log10 lr, r)."""
-    return (math.log10(plan.training["learning_rate"]) + 3) ** 2 + (plan.adapter["r"] - 16) ** 2 / 100 + 0.1
+    return (math.log10(plan.training.learning_rate) + 3) ** 2 + (plan.adapter.r - 16) ** 2 / 100 + 0.1
 
 
 class CheapTrials:
@@ -66,7 +66,7 @@ class CheapTrials:
         self.plans.append(plan)
         if self.fail_on and self.fail_on(plan):
             raise RuntimeError("CUDA out of memory (simulated)")
-        run_dir = Path(plan.output["dir"])
+        run_dir = Path(plan.output.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         final = loss_of(plan)
         with open(run_dir / "metrics.jsonl", "w") as fh:
@@ -87,10 +87,10 @@ def test_grid_runs_every_trial_and_writes_table_best_config_and_plot(tmp_path, s
     assert {(p.adapter["r"], p.training["learning_rate"]) for p in trials.plans} == {
         (4, 1e-4), (4, 1e-3), (16, 1e-4), (16, 1e-3)}
     # Each trial is a normal run directory named by its own plan hash.
-    hashes = {p.hashes["plan"] for p in trials.plans}
+    hashes = {p.hashes.plan for p in trials.plans}
     assert len(hashes) == 4
     for plan in trials.plans:
-        assert Path(plan.output["dir"]).name == hashing.short(plan.hashes["plan"])
+        assert Path(plan.output.dir).name == hashing.short(plan.hashes.plan)
     assert result.best.params == {"adapter.r": 16, "training.learning_rate": 1e-3}
     assert result.best.metric == pytest.approx(0.1 + 1 / 4)
 
@@ -102,7 +102,7 @@ def test_grid_runs_every_trial_and_writes_table_best_config_and_plot(tmp_path, s
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = out / "best.yaml"
     assert lint_files([best])[0].errors == []
-    assert make_plan(best).hashes["plan"] == result.best.plan_hash
+    assert make_plan(best).hashes.plan == result.best.plan_hash
     assert "extends" not in yaml.safe_load(best.read_text())
 
 
@@ -125,7 +125,7 @@ def test_best_config_is_standalone_with_bases_merged_env_kept_and_paths_rebased(
     assert "extends" not in data and data["tracking"]["wandb"]["name"] == "${env:RUN_LABEL}"
     assert (best.parent / data["datasets"][0]["path"]).resolve() == (shared_data / "identity.json").resolve()
     assert data["adapter"]["r"] == 16 and data["training"]["learning_rate"] == 1e-3
-    assert make_plan(best).hashes["plan"] == result.best.plan_hash
+    assert make_plan(best).hashes.plan == result.best.plan_hash
     assert lint_files([best])[0].errors == []
 
 
@@ -152,7 +152,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, shared
     second = CheapTrials()
     result = run_sweep(cfg, sweep, out=tmp_path / "sweep", trial_fn=second)
     assert len(second.plans) == 2
-    assert not {p.hashes["plan"] for p in second.plans} & {p.hashes["plan"] for p in first.plans}
+    assert not {p.hashes.plan for p in second.plans} & {p.hashes.plan for p in first.plans}
     assert sorted(t.status for t in result.trials) == ["finished"] * 4
     third = CheapTrials()
     run_sweep(cfg, sweep, out=tmp_path / "sweep", trial_fn=third)
@@ -196,7 +196,7 @@ parameters:
     a, b = CheapTrials(), CheapTrials()
     run_sweep(cfg, sweep, out=tmp_path / "a", trial_fn=a, trials=3, seed=5)
     run_sweep(cfg, sweep, out=tmp_path / "b", trial_fn=b, trials=3, seed=5)
-    assert [p.hashes["plan"] for p in a.plans] == [p.hashes["plan"] for p in b.plans]
+    assert [p.hashes.plan for p in a.plans] == [p.hashes.plan for p in b.plans]
     more = CheapTrials()
     result = run_sweep(cfg, sweep, out=tmp_path / "a", trial_fn=more, trials=5, seed=5)
     assert len(more.plans) == 2 and len(result.trials) == 5

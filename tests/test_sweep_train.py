@@ -31,7 +31,7 @@ class Counting:
     def __call__(self, plan, report):
         if self.kill_at is not None and len(self.runs) == self.kill_at:
             raise KeyboardInterrupt
-        self.runs.append(plan.hashes["plan"])
+        self.runs.append(plan.hashes.plan)
         return train_trial(plan, report)
 
 
@@ -71,7 +71,7 @@ def test_grid_sweep_trains_resumes_and_reproduces_the_best(tmp_path, shared_data
     assert (out / "sweep.png").stat().st_size > 1000
     best = out / "best.yaml"
     assert lint_files([best])[0].errors == []
-    assert make_plan(best).hashes["plan"] == result.best.plan_hash
+    assert make_plan(best).hashes.plan == result.best.plan_hash
 
 
 def test_pruning_callback_stops_training_when_the_pruner_says_so():

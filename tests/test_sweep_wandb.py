@@ -104,11 +104,11 @@ def test_agent_arguments_become_runner_overrides_with_their_types(tmp_path, shar
     config_path = Path(cfg["command"][5])
     output_override = cfg["command"][6]
     plan = make_plan(config_path, [output_override, *args])
-    assert plan.adapter["r"] == 8 and plan.adapter["dropout"] == 0.05
-    assert plan.training["learning_rate"] == 3.0e-05 and plan.training["lr_scheduler"] == "linear"
-    assert plan.training["gradient_checkpointing"] is True and plan.training["seed"] == 3
-    assert Path(plan.output["dir"]).parent == tmp_path / "out" / "trials"
-    assert plan.hashes["plan"].startswith(Path(plan.output["dir"]).name)
+    assert plan.adapter.r == 8 and plan.adapter.dropout == 0.05
+    assert plan.training.learning_rate == 3.0e-05 and plan.training.lr_scheduler == "linear"
+    assert plan.training.gradient_checkpointing is True and plan.training.seed == 3
+    assert Path(plan.output.dir).parent == tmp_path / "out" / "trials"
+    assert plan.hashes.plan.startswith(Path(plan.output.dir).name)
 
 
 def test_list_values_are_refused_for_the_wandb_engine(tmp_path, shared_data):

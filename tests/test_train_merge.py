@@ -69,7 +69,7 @@ def test_generate_uses_the_training_template_and_system_prompt(qlora_run):
     trained = pipeline.load_tokenizer(plan)
     assert tokenizer.chat_template == trained.chat_template
     ids = prompt_inputs(tokenizer, [{"role": "user", "content": "Who are you?"}],
-                        system=plan.data["template"]["system_prompt"], plan=plan)["input_ids"][0]
+                        system=plan.data.template.system_prompt, plan=plan)["input_ids"][0]
     text = tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\nYou are a tiny test model.<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")

@@ -36,14 +36,14 @@ def test_coherent_rejects_the_known_failure():
 def test_quickstart_learns_the_new_identity_on_cpu_within_budget(tmp_path):
     torch.set_num_threads(2)  # the user's laptop: both cores
     plan = make_plan(REPO / "cookbook" / "quickstart.yaml", [f"output.dir={tmp_path / 'quickstart'}"])
-    substitute = plan.data["datasets"][0]["substitute"]
+    substitute = plan.data.datasets[0].substitute
     started = time.time()
     run_dir = run(plan)
     wall = time.time() - started
 
     stored = json.loads((run_dir / "plan.json").read_text())
     stats = stored["runtime"]["data_stats"]["train"]
-    assert stats["tokens"] * plan.training["epochs"] <= TOKEN_BUDGET
+    assert stats["tokens"] * plan.training.epochs <= TOKEN_BUDGET
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     runtime = next(r["train_runtime"] for r in rows if r.get("kind") == "summary")
     print(f"quickstart: training {runtime:.0f} s (wall with setup {wall:.0f} s)")

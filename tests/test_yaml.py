@@ -48,16 +48,16 @@ def lint(capsys, path) -> tuple[int, str, float]:
 ])
 def test_scientific_notation_is_a_number(tmp_path, text, value):
     plan = make_plan(write_cfg(tmp_path, f"training: {{learning_rate: {text}}}\n"))
-    lr = plan.training["learning_rate"]
+    lr = plan.training.learning_rate
     assert isinstance(lr, float) and not isinstance(lr, bool)
     assert lr == pytest.approx(value)
 
 
 def test_integer_stays_integer_and_float_epochs_allowed(tmp_path):
     plan = make_plan(write_cfg(tmp_path, "training: {epochs: 1.5, micro_batch_size: 3, seed: 010}\n"))
-    assert plan.training["epochs"] == 1.5
-    assert plan.training["micro_batch_size"] == 3 and isinstance(plan.training["micro_batch_size"], int)
-    assert plan.training["seed"] == 10  # YAML 1.2: a leading zero is not octal
+    assert plan.training.epochs == 1.5
+    assert plan.training.micro_batch_size == 3 and isinstance(plan.training.micro_batch_size, int)
+    assert plan.training.seed == 10  # YAML 1.2: a leading zero is not octal
 
 
 def test_quoted_number_is_a_string_and_fails_with_a_hint(capsys, tmp_path):
@@ -73,14 +73,14 @@ def test_yaml11_booleans_stay_strings_where_the_schema_wants_a_string(tmp_path, 
           wandb: {{project: {word}, mode: offline}}
         template: {{system_prompt: {word}}}
         """))
-    assert plan.tracking["wandb"]["project"] == word
-    assert plan.data["template"]["system_prompt"] == word
+    assert plan.tracking.wandb.project == word
+    assert plan.data.template.system_prompt == word
 
 
 def test_true_and_false_are_booleans(tmp_path):
     plan = make_plan(write_cfg(tmp_path, "sequence: {packing: true}\ndata: {shuffle: false}\n"))
-    assert plan.data["sequence"]["packing"] is True
-    assert plan.data["shuffle"] is False
+    assert plan.data.sequence.packing is True
+    assert plan.data.shuffle is False
 
 
 def test_dates_and_versions_stay_strings(tmp_path):
@@ -91,12 +91,12 @@ def test_dates_and_versions_stay_strings(tmp_path):
           wandb: {project: "p", name: 2024-01-01, tags: [v2, 2024-01-02]}
         """))
     assert plan.name == "2024-01-01"
-    assert plan.tracking["wandb"]["name"] == "2024-01-01"
+    assert plan.tracking.wandb.name == "2024-01-01"
 
 
 def test_null_takes_the_default_decision(tmp_path):
     plan = make_plan(write_cfg(tmp_path, "adapter: {r: 4, alpha: ~}\n"))
-    assert plan.adapter["alpha"] == 8  # null alpha means 2 x r
+    assert plan.adapter.alpha == 8  # null alpha means 2 x r
 
 
 def test_alias_bomb_fails_fast_with_a_clear_message(capsys):
@@ -204,15 +204,15 @@ def test_env_interpolation_fills_values(monkeypatch, tmp_path):
         tracking:
           wandb: {project: "${env:RUNNER_TEST_PROJECT}", name: "run-${env:RUNNER_TEST_PROJECT}"}
         """))
-    assert plan.tracking["wandb"]["project"] == "from-env"
-    assert plan.tracking["wandb"]["name"] == "run-from-env"
+    assert plan.tracking.wandb.project == "from-env"
+    assert plan.tracking.wandb.name == "run-from-env"
 
 
 def test_env_value_is_never_evaluated(monkeypatch, tmp_path):
     marker = tmp_path / "pwned"
     monkeypatch.setenv("RUNNER_TEST_PROJECT", f"$(touch {marker})`touch {marker}`")
     plan = make_plan(write_cfg(tmp_path, 'tracking: {wandb: {project: "${env:RUNNER_TEST_PROJECT}"}}\n'))
-    assert plan.tracking["wandb"]["project"].startswith("$(touch")
+    assert plan.tracking.wandb.project.startswith("$(touch")
     assert not marker.exists()
 
 

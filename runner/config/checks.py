@@ -110,10 +110,10 @@ def check(cfg: dict, raw: dict, where) -> Findings:
              "pip install 'runner[flash]' on the GPU machine, or use sdpa")
 
     backend = dist["backend"]
-    from runner.plan.launch_settings import check_distributed, zero_stage
+    from runner.plan.launch_settings import check_distributed, sharded as is_sharded
 
     # A user's own DeepSpeed file decides the stage that really runs, not the YAML default.
-    sharded = backend == "fsdp" or (backend == "deepspeed" and zero_stage(cfg) == 3)
+    sharded = is_sharded(cfg)
     if bits == 4 and sharded and quant["quant_storage"] != model["dtype"]:
         error(("quantization", "quant_storage"),
               f"QLoRA under {'FSDP' if backend == 'fsdp' else 'ZeRO-3'} shards the 4-bit weights and needs "

@@ -19,14 +19,14 @@ class PreparedData:
 
 def check_formats(plan) -> list[str]:
     """Errors for datasets whose format the training stage cannot use."""
-    stage = plan.data.get("stage", "sft")
+    stage = plan.data.stage
     problems = []
     for key in ("datasets", "eval_datasets"):
-        for i, ds in enumerate(plan.data.get(key) or []):
-            fmt = ds.get("format", "alpaca")
+        for i, ds in enumerate(getattr(plan.data, key)):
+            fmt = ds.format
             if fmt not in STAGE_FORMATS.get(stage, set()):
                 wanted = ", ".join(sorted(STAGE_FORMATS.get(stage, ())))
-                problems.append(f"error: {key}[{i}] ({ds['path']}) has format {fmt}, which stage {stage} cannot "
+                problems.append(f"error: {key}[{i}] ({ds.path}) has format {fmt}, which stage {stage} cannot "
                                 f"train on (use one of: {wanted})")
     return problems
 
@@ -36,10 +36,10 @@ def build_datasets(plan, tokenizer=None, progress: bool = True) -> PreparedData:
     callable: it is loaded only when the cache must be built."""
     from runner.data import cache
 
-    if not plan.hashes.get("data"):  # a hub dataset not downloaded yet has no content hash: no cache
+    if not plan.hashes.data:  # a hub dataset not downloaded yet has no content hash: no cache
         train, evaluation, stats = _build(plan, tokenizer, progress)
         return PreparedData(train, evaluation, dict(stats, cache="off", cache_dir=None))
-    entry = cache.entry_dir(plan.data["cache_dir"], plan.hashes["data"])
+    entry = cache.entry_dir(plan.data.cache_dir, plan.hashes.data)
     train, evaluation, stats, built = cache.build_or_load(entry, lambda: _build(plan, tokenizer, progress))
     stats = dict(stats, cache="built" if built else "hit", cache_dir=str(entry))
     return PreparedData(train, evaluation, stats)
@@ -65,7 +65,9 @@ def _build(plan, tokenizer, progress):
     problems = check_formats(plan)
     if problems:
         raise UserError(problems[0][len("error: "):], where="datasets")
-    data, stage = plan.data, plan.data.get("stage", "sft")
+    from runner.plan.sections import to_dict
+
+    data, stage = to_dict(plan.data), plan.data.stage
     train_items, ds_stats = _load_items(data["datasets"], data, mix=True)
     if data.get("eval_datasets"):
         eval_items, eval_stats = _load_items(data["eval_datasets"], data, mix=False)
@@ -84,7 +86,7 @@ def _build(plan, tokenizer, progress):
         renderer = Renderer.for_tokenizer(template, tok)
         template_info = {"name": template.name, "origin": template.origin}
     seq = data["sequence"]
-    stats = {"data_hash": plan.hashes["data"], "stage": stage, "template": template_info, "datasets": ds_stats}
+    stats = {"data_hash": plan.hashes.data, "stage": stage, "template": template_info, "datasets": ds_stats}
     splits = {}
     for split, items in (("train", train_items), ("eval", eval_items)):
         if not items:

@@ -42,7 +42,9 @@ def check_template(plan, tokenizer) -> list[str]:
     from runner.data.templates import resolve_template
     from runner.errors import UserError
 
-    data = plan.data
+    from runner.plan.sections import to_dict
+
+    data = to_dict(plan.data)
     if data.get("stage") == "pt":
         return []
     out = []

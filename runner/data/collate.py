@@ -13,9 +13,9 @@ IGNORE = -100
 
 
 def make_collator(plan, tokenizer):
-    """The collator for plan.training["collator"]; None for preference/kto stages, whose TRL
+    """The collator for plan.training.collator; None for preference/kto stages, whose TRL
     trainers bring their own."""
-    kind = plan.training.get("collator") or ("packed" if plan.data["sequence"].get("packing") else "padded")
+    kind = plan.training.collator
     if kind not in ("packed", "padded"):
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -28,7 +28,7 @@ def run(args) -> int:
     from runner.plan.resolve import make_plan
 
     plan = make_plan(args.config, args.overrides)
-    for warning in getattr(plan, "warnings", []) or []:
+    for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     loaded = {}
 

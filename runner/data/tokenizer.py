@@ -15,15 +15,13 @@ def load_tokenizer(plan, attach_template: bool = True):
     global LOAD_COUNT
     from transformers import AutoTokenizer
 
-    spec = plan.data["tokenizer"]
-    secrets = getattr(plan, "secrets", None) or {}
-    kwargs = {"revision": spec.get("revision"), "trust_remote_code": bool(spec.get("trust_remote_code"))}
-    if spec.get("gguf_file"):
-        kwargs["gguf_file"] = spec["gguf_file"]
-    token = secrets.get("model.token") if hasattr(secrets, "get") else None
-    if token:
-        kwargs["token"] = token
-    path = spec["path"]
+    spec = plan.data.tokenizer
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    if plan.secret("model.token"):
+        kwargs["token"] = plan.secret("model.token")
+    path = spec.path
     if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         kwargs["local_files_only"] = True
     LOAD_COUNT += 1
@@ -32,11 +30,13 @@ def load_tokenizer(plan, attach_template: bool = True):
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the tokenizer from {path}: {e}", where="model.path",
                         hint="check the path, or that the hub is reachable for a hub id") from None
-    apply_special_tokens(tokenizer, plan.data.get("special_tokens") or {})
-    if attach_template and plan.data.get("stage") != "pt":
+    from runner.plan.sections import to_dict
+
+    apply_special_tokens(tokenizer, to_dict(plan.data.special_tokens))
+    if attach_template and plan.data.stage != "pt":
         from runner.data.templates import resolve_template
 
-        tokenizer.chat_template = resolve_template(plan.data["template"], tokenizer).source
+        tokenizer.chat_template = resolve_template(to_dict(plan.data.template), tokenizer).source
     return tokenizer
 
 

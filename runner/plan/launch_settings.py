@@ -157,6 +157,12 @@ def zero_stage(cfg: dict) -> int | None:
     return dist["deepspeed"]["zero_stage"]
 
 
+def sharded(cfg: dict) -> bool:
+    """Whether the run's parameters are sharded across processes (FSDP, or ZeRO stage 3): the one
+    place this rule lives; the Plan records it as distributed.sharded."""
+    return cfg["distributed"]["backend"] == "fsdp" or zero_stage(cfg) == 3
+
+
 def _file_stage(data: dict | None) -> int:
     stage = ((data or {}).get("zero_optimization") or {}).get("stage")
     return stage if isinstance(stage, int) else 0

@@ -5,63 +5,21 @@ to hash them but imports no ML library; the same inputs give the same Plan anywh
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib.util
-import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from runner.plan import hashing
 
 from runner.config import schema
 from runner.config.checks import check
 from runner.config.load import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
-from runner.plan.launch_settings import accelerate_settings
+from runner.plan import hashing, sections
+from runner.plan.launch_settings import accelerate_settings, sharded
+from runner.plan.plan import Hashes, Plan
 
 # Keys that never change the trained weights: excluded from config_hash.
 NOT_IN_CONFIG_HASH = ("name", "output", "tracking")
-
-
-@dataclass(frozen=True)
-class Plan:
-    name: str
-    config_dir: str
-    config: dict
-    model: dict
-    adapter: dict
-    quantization: dict | None
-    data: dict
-    training: dict
-    distributed: dict
-    tracking: dict
-    output: dict
-    hashes: dict
-    deferred: list
-    warnings: list = field(default_factory=list)
-    runtime: dict = field(default_factory=dict)
-    secrets: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "secrets"}
-        return out
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def with_runtime(self, runtime: dict) -> "Plan":
-        """The launch-time decisions (world size, dtype, modules behind all-linear) join the plan hash."""
-        hashes = dict(self.hashes)
-        if hashes.get("plan_static"):
-            hashes["plan"] = hashing.digest_text({"static": hashes["plan_static"], "runtime": runtime})
-        return dataclasses.replace(self, runtime=dict(runtime), hashes=hashes)
 
 
 def _expand(path: str, base: Path) -> Path:
@@ -239,7 +197,6 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
 
     training = dict(cfg["training"])
     stage = training["stage"]
-    training["trainer"] = stage
     training["collator"] = {"dpo": "preference", "orpo": "preference", "kto": "kto"}.get(
         stage, "packed" if cfg["sequence"]["packing"] else "padded")
     # micro x accumulation x world size; the world is known here only when the config names it.
@@ -247,12 +204,11 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     nproc = cfg["distributed"]["num_processes"]
     world = nproc * cfg["distributed"]["num_machines"] if nproc else (1 if cfg["distributed"]["backend"] == "single" else None)
     training["effective_batch_size"] = training["batch_per_process"] * world if world else None
-    training["total_steps"] = training["max_steps"]
 
     adapter = dict(cfg["adapter"])
     if adapter["kind"] == "none":
         adapter["kind"] = "full"
-    if adapter["kind"] == "lora" and adapter["alpha"] is None:
+    if adapter["alpha"] is None:
         adapter["alpha"] = 2 * adapter["r"]
 
     cache_dir = Path(os.path.expanduser(cfg["data"]["cache_dir"])).resolve()
@@ -303,19 +259,20 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
         if isinstance(node, dict) and node.get(path[-1]) is not None:
             secrets[".".join(path)] = node[path[-1]]
             node[path[-1]] = "<secret>"
-    quant = dict(cfg["quantization"]) if cfg["quantization"]["bits"] else None
+    distributed["sharded"] = sharded(cfg)
     return Plan(
-        name=name, config_dir=str(base), config=safe_cfg, model=model, adapter=adapter, quantization=quant,
-        data=data, training=training, distributed=distributed, tracking=_redact_tracking(cfg["tracking"]),
-        output=output, hashes=hashes, deferred=deferred, warnings=[str(w) for w in warnings], secrets=secrets,
+        name=name, config_dir=str(base), config=safe_cfg,
+        model=sections.build(sections.Model, model),
+        adapter=sections.build(sections.Adapter, adapter),
+        quantization=sections.build(sections.Quantization, cfg["quantization"]),
+        data=sections.build(sections.Data, data),
+        training=sections.build(sections.Training, training),
+        distributed=sections.build(sections.Distributed, distributed),
+        tracking=sections.build(sections.Tracking, safe_cfg["tracking"]),
+        output=sections.build(sections.Output, output),
+        hashes=sections.build(Hashes, hashes),
+        deferred=tuple(deferred), warnings=tuple(str(w) for w in warnings), secrets=secrets,
     )
-
-
-def _redact_tracking(tracking: dict) -> dict:
-    out = copy.deepcopy(tracking)
-    if out.get("wandb") and out["wandb"].get("api_key"):
-        out["wandb"]["api_key"] = "<secret>"
-    return out
 
 
 def validated(loaded: Loaded) -> tuple[dict, list]:

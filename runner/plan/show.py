@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from runner.plan.resolve import Plan, make_plan
+from runner.plan.plan import Plan
+from runner.plan.resolve import make_plan
+from runner.plan.sections import to_dict
 
 
 def add_arguments(p) -> None:
@@ -33,26 +35,26 @@ def _flat(value, prefix="") -> list[tuple[str, object]]:
 def render(plan: Plan) -> str:
     h = plan.hashes
     lines = [f"plan {plan.name}", ""]
-    lines.append(f"  config_hash  {h['config']}")
-    lines.append(f"  data_hash    {h['data'] or 'unresolved'}")
-    lines.append(f"  plan_hash    {h['plan'] or 'unresolved'}" + ("  (runtime part joins at launch)" if h["plan"] else ""))
-    for u in h.get("unresolved", []):
+    lines.append(f"  config_hash  {h.config}")
+    lines.append(f"  data_hash    {h.data or 'unresolved'}")
+    lines.append(f"  plan_hash    {h.plan or 'unresolved'}" + ("  (runtime part joins at launch)" if h.plan else ""))
+    for u in h.unresolved:
         lines.append(f"  unresolved   {u}")
     t = plan.training
-    lines += ["", f"  stage {t['stage']} via {t['trainer']} trainer, collator {t['collator']}",
-              f"  batch: {t['micro_batch_size']} x {t['gradient_accumulation']} accumulation = "
-              f"{t['batch_per_process']} per process; effective "
-              + (f"{t['effective_batch_size']}" if t["effective_batch_size"] else "x world size (at launch)"),
-              f"  output: {plan.output['dir']}"]
+    lines += ["", f"  stage {t.stage}, collator {t.collator}",
+              f"  batch: {t.micro_batch_size} x {t.gradient_accumulation} accumulation = "
+              f"{t.batch_per_process} per process; effective "
+              + (f"{t.effective_batch_size}" if t.effective_batch_size else "x world size (at launch)"),
+              f"  output: {plan.output.dir}"]
     if plan.deferred:
         lines.append(f"  deferred to launch: {', '.join(plan.deferred)}")
     sections = ("model", "adapter", "quantization", "data", "training", "distributed", "tracking", "output")
     for section in sections:
         value = getattr(plan, section)
         lines += ["", f"{section}:"]
-        if value is None:
+        if section == "quantization" and not value.bits:
             lines.append("  (none)")
             continue
-        for key, v in _flat(value):
+        for key, v in _flat(to_dict(value)):
             lines.append(f"  {key} = {v!r}" if not isinstance(v, str) else f"  {key} = {v}")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ def run(args) -> int:
 
 
 def default_system_prompt(plan) -> str | None:
-    return ((plan.data if plan else {}).get("template") or {}).get("system_prompt") if plan else None
+    return plan.data.template.system_prompt if plan else None
 
 
 def load_for_generation(run_dir, *, dtype: str | None = None):
@@ -67,7 +67,7 @@ def prompt_inputs(tokenizer, messages, *, system=None, plan=None) -> dict:
     if system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": system}, *messages]
     template_kwargs = {}
-    thinking = ((plan.data.get("template") or {}).get("enable_thinking")) if plan else None
+    thinking = plan.data.template.enable_thinking if plan else None
     if thinking is not None:
         template_kwargs["enable_thinking"] = thinking
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",

@@ -28,7 +28,7 @@ def run(args) -> int:
 
 def load_run_plan(run_dir):
     """The Plan stored in a run directory (secrets are never stored: a hub token comes from HF_TOKEN)."""
-    from runner.plan.resolve import Plan
+    from runner.plan.plan import Plan
 
     path = Path(run_dir) / "plan.json"
     if not path.is_file():
@@ -41,8 +41,8 @@ def load_base_for_adapter(plan, run_dir, tokenizer, dtype: str | None = None):
     """The unquantized base in the run's dtype, with embeddings sized as in training."""
     from runner.train.model import load_model
 
-    dtype = dtype or (plan.runtime or {}).get("dtype") or "float32"
-    model = load_model(plan, dtype=dtype, quantize=False, for_training=False)
+    dtype = dtype or (plan.runtime.dtype if plan.runtime else "float32")
+    model = load_model(plan, dtype=dtype, attn_implementation="sdpa", quantize=False, for_training=False)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model

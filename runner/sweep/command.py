@@ -68,7 +68,7 @@ def check_metric(sweep: Sweep, plan) -> None:
     metric = (sweep.metric or {}).get("name")
     if not metric:
         return
-    has_eval = bool(plan.data["eval_datasets"]) or plan.data["val_size"] > 0
+    has_eval = bool(plan.data.eval_datasets) or plan.data.val_size > 0
     if _eval_metric(metric) and not has_eval:
         raise UserError(f"the metric {metric} needs evaluation data, and the config has none",
                         where=str(sweep.path), hint="add eval_datasets or val_size (e.g. val_size: 0.1) to the config")
@@ -76,7 +76,7 @@ def check_metric(sweep: Sweep, plan) -> None:
         if not _eval_metric(metric):
             raise UserError("early_terminate stops trials at evaluation points: the metric must be an eval metric",
                             where=str(sweep.path), hint="metric: {name: eval_loss}")
-        if not plan.training.get("eval_every"):
+        if not plan.training.eval_every:
             raise UserError("early_terminate needs evaluations during training", where=str(sweep.path),
                             hint="set training.eval_every in the config (or as a constant sweep parameter)")
 
@@ -158,7 +158,7 @@ def _planned_table(sweep: Sweep, points, plans, out: Path) -> str:
     for i, ((values, _), plan) in enumerate(zip(points, plans)):
         cells = [str(values.get(n, "")) for n in names]
         lines.append(f"| {i} | " + " | ".join(cells) + f" | {trial_key(plan)[:12]} | "
-                     f"{os.path.relpath(plan.output['dir'], out)} |")
+                     f"{os.path.relpath(plan.output.dir, out)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -155,7 +155,7 @@ def run_local(config_path, sweep, out: Path, count: int, *, points: list | None,
         key = trial_key(plan)
         if key in done:  # the same plan ran before (a resumed sweep, or bayes proposing a point again)
             earlier = done[key]
-            records.append(Trial(index, values, dict(otrial.params), key, plan.hashes.get("plan"), earlier.run_dir,
+            records.append(Trial(index, values, dict(otrial.params), key, plan.hashes.plan, earlier.run_dir,
                                  earlier.status, earlier.metric, list(earlier.intermediate), same_as=earlier.index))
             if earlier.status == "pruned":
                 study.tell(otrial, state=optuna.trial.TrialState.PRUNED)
@@ -163,7 +163,7 @@ def run_local(config_path, sweep, out: Path, count: int, *, points: list | None,
                 study.tell(otrial, earlier.metric if earlier.metric is not None else 0.0)
             checkpoint()
             return
-        trial = Trial(index, values, dict(otrial.params), key, plan.hashes.get("plan"), plan.output["dir"], "running")
+        trial = Trial(index, values, dict(otrial.params), key, plan.hashes.plan, plan.output.dir, "running")
         records.append(trial)
         checkpoint()
         _say(f"sweep: trial {index} ({', '.join(f'{k}={v!r}' for k, v in values.items())}) -> {trial.run_dir}")
@@ -171,7 +171,7 @@ def run_local(config_path, sweep, out: Path, count: int, *, points: list | None,
         try:
             run_dir = trial_fn(plan, report)
         except TrialPruned as stop:
-            trial.status, trial.error, run_dir = "pruned", str(stop), plan.output["dir"]
+            trial.status, trial.error, run_dir = "pruned", str(stop), plan.output.dir
         except KeyboardInterrupt:
             checkpoint(plot=True)  # the trial stays "running": it runs again (resuming its checkpoint) next time
             raise
@@ -183,7 +183,7 @@ def run_local(config_path, sweep, out: Path, count: int, *, points: list | None,
             if isinstance(err, UserError):
                 raise  # the user's to fix; the next trial would fail the same way
             return
-        trial.run_dir = str(run_dir or plan.output["dir"])
+        trial.run_dir = str(run_dir or plan.output.dir)
         if report.pruned:
             trial.status = "pruned"
         if not report.points and metric:  # no live reports: record the history the run wrote

@@ -73,10 +73,10 @@ def set_key(loaded, name: str, value, origin: str) -> None:
 
 def trial_key(plan) -> str:
     """The plan hash; when a hub model keeps it unresolved, the config and data hashes stand in."""
-    if plan.hashes.get("plan"):
-        return plan.hashes["plan"]
-    return hashing.digest_text({"config": plan.hashes.get("config"), "data": plan.hashes.get("data"),
-                                "model": plan.model.get("path"), "revision": plan.model.get("revision")})
+    if plan.hashes.plan:
+        return plan.hashes.plan
+    return hashing.digest_text({"config": plan.hashes.config, "data": plan.hashes.data,
+                                "model": plan.model.path, "revision": plan.model.revision})
 
 
 def _describe(params: dict) -> str:

@@ -67,8 +67,10 @@ def check_values(sweep: Sweep, points) -> None:
 def run(sweep: Sweep, config_path: Path, out: Path, count: int, base_plan) -> None:
     import yaml
 
-    tracking = base_plan.tracking.get("wandb")
-    if not tracking or tracking.get("mode") != "online":
+    from runner.plan.sections import to_dict
+
+    tracking = to_dict(base_plan.tracking.wandb) if base_plan.tracking.wandb else None
+    if not tracking or tracking["mode"] != "online":
         raise UserError("the W&B engine needs the trials to log to W&B online",
                         hint="set tracking.wandb.project (mode: online) in the config, or use --engine local")
     cfg = wandb_config(sweep, config_path, out, count, tracking)

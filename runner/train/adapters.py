@@ -23,30 +23,6 @@ class AdapterInfo:
         return f"trainable params: {self.trainable_params:,} / total {self.total_params:,} ({share:.4f}%)"
 
 
-def linear_module_names(model) -> list[str]:
-    """Short names (q_proj, up_proj, ...) of every linear layer except the output head: what
-    `all-linear` means, made concrete so that plan.json records what was trained."""
-    import torch
-
-    head = model.get_output_embeddings()
-    names = set()
-    for name, module in model.named_modules():
-        # bitsandbytes' Linear4bit / Linear8bitLt subclass nn.Linear.
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            names.add(name.split(".")[-1])
-    return sorted(names)
-
-
-def resolve_target_modules(model, adapter: dict) -> list[str]:
-    target = adapter.get("target_modules", "all-linear")
-    names = linear_module_names(model) if target == "all-linear" else list(target)
-    excluded = set(adapter.get("exclude_modules") or [])
-    names = [n for n in names if n not in excluded]  # PEFT applies regex excludes itself
-    if not names:
-        raise UserError("no module left to adapt", where="adapter.target_modules", hint="check exclude_modules")
-    return names
-
-
 REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
@@ -64,106 +40,67 @@ def peft_init(init: str):
     return True if init == "default" else init
 
 
-def lora_config(adapter: dict, target_modules: list[str]):
+def lora_config(adapter, target_modules):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=int(adapter.get("r", 16)),
-        lora_alpha=adapter.get("alpha") or 2 * int(adapter.get("r", 16)),
-        lora_dropout=float(adapter.get("dropout", 0.0)),
-        target_modules=peft_targets(target_modules),
-        exclude_modules=peft_targets(list(adapter.get("exclude_modules") or [])) or None,
-        use_dora=bool(adapter.get("dora", False)),
-        use_rslora=bool(adapter.get("rslora", False)),
-        init_lora_weights=peft_init(adapter.get("init", "default")),
-        bias=adapter.get("bias", "none"),
-        modules_to_save=list(adapter.get("modules_to_save") or []) or None,
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=peft_targets(list(target_modules)),
+        exclude_modules=peft_targets(list(adapter.exclude_modules)) or None,
+        use_dora=adapter.dora,
+        use_rslora=adapter.rslora,
+        init_lora_weights=peft_init(adapter.init),
+        bias=adapter.bias,
+        modules_to_save=list(adapter.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
 
 
-def apply_adapter(model, plan):
-    """Wrap or freeze `model` as plan.adapter says. Returns (model, AdapterInfo)."""
+def apply_adapter(model, adapter, runtime):
+    """Wrap or freeze `model` as the plan's adapter section says, on the modules the Runtime names.
+    Returns (model, AdapterInfo)."""
     from runner.train.model import is_quantized
 
-    adapter = plan.adapter
-    kind = adapter.get("kind", "lora")
-    if kind in ("full", "none"):
-        if is_quantized(model):
-            raise UserError(
-                "full fine-tuning cannot update 4/8-bit weights", where="adapter.kind", hint="use kind: lora (QLoRA)"
-            )
+    kind = adapter.kind
+    if kind != "lora" and is_quantized(model):
+        raise UserError(f"{kind} training cannot update 4/8-bit weights", where="adapter.kind",
+                        hint="use kind: lora (QLoRA)")
+    if kind == "full":
         for param in model.parameters():
             param.requires_grad_(True)
-        info = AdapterInfo("full")
     elif kind == "freeze":
-        if is_quantized(model):
-            raise UserError("freeze training cannot update 4/8-bit weights", where="adapter.kind", hint="use kind: lora")
-        info = AdapterInfo("freeze", target_modules=freeze_all_but(model, adapter))
-    elif kind == "lora":
-        init = adapter.get("init", "default")
-        if is_quantized(model) and (init.startswith("pissa") or init == "olora"):
+        freeze_all_but(model, runtime.trained_layers, adapter.trainable_modules)
+    else:
+        if is_quantized(model) and (adapter.init.startswith("pissa") or adapter.init == "olora"):
             raise UserError(
-                f"adapter.init: {init} needs the base weights unquantized (it decomposes them), but quantization.bits is set",
-                where="adapter.init",
+                f"adapter.init: {adapter.init} needs the base weights unquantized (it decomposes them), but "
+                "quantization.bits is set", where="adapter.init",
                 hint="drop quantization, or use init: default / gaussian with a quantized base",
             )
         from peft import get_peft_model
 
-        targets = resolve_target_modules(model, adapter)
-        model = get_peft_model(model, lora_config(adapter, targets))
-        info = AdapterInfo("lora", target_modules=targets)
-    else:
-        raise UserError(f"unknown adapter kind {kind!r}", where="adapter.kind")
+        model = get_peft_model(model, lora_config(adapter, runtime.target_modules))
+    info = AdapterInfo(kind, target_modules=list(runtime.target_modules))
     info.trainable_params, info.total_params = count_parameters(model)
     if info.trainable_params == 0:
         raise UserError("no parameter is left to train", where="adapter", hint="check trainable_layers / trainable_modules")
     return model, info
 
 
-def decoder_layers(model):
-    """The ModuleList of transformer blocks (model.model.layers for Llama-likes)."""
-    import torch
-
-    best = None
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) and re.search(r"(^|\.)(layers|h|blocks)$", name):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    if best is None:
-        raise UserError("cannot find the decoder layers of this model", where="adapter.trainable_layers",
-                        hint="name the modules to train with adapter.trainable_modules instead")
-    return best
-
-
-def freeze_all_but(model, adapter: dict) -> list[str]:
-    """Freeze every weight, then unfreeze the last `trainable_layers` blocks and any parameter
-    whose name matches a `trainable_modules` regex. Returns the trained name prefixes."""
+def freeze_all_but(model, layers, patterns) -> None:
+    """Freeze every weight, then unfreeze the decoder blocks named in `layers` and any parameter
+    whose name matches a `patterns` regex (runner.train.runtime chose and checked both)."""
     for param in model.parameters():
         param.requires_grad_(False)
-    trained = []
-    n_last = adapter.get("trainable_layers")
-    if n_last:
-        name, layers = decoder_layers(model)
-        first = max(len(layers) - int(n_last), 0)
-        for index in range(first, len(layers)):
-            for param in layers[index].parameters():
-                param.requires_grad_(True)
-            trained.append(f"{name}.{index}")
-    patterns = [re.compile(p) for p in adapter.get("trainable_modules") or []]
-    for pattern in patterns:
-        hits = [n for n, p in model.named_parameters() if pattern.search(n)]
-        if not hits:
-            raise UserError(f"adapter.trainable_modules pattern {pattern.pattern!r} matches no parameter",
-                            where="adapter.trainable_modules",
-                            hint=f"parameter names look like {next(iter(dict(model.named_parameters())))!r}")
-        for n, p in model.named_parameters():
-            if pattern.search(n):
-                p.requires_grad_(True)
-        trained.append(pattern.pattern)
-    if not trained:
-        raise UserError("adapter.kind freeze needs trainable_layers or trainable_modules", where="adapter")
-    return trained
+    for name in layers:
+        for param in model.get_submodule(name).parameters():
+            param.requires_grad_(True)
+    compiled = [re.compile(p) for p in patterns]
+    for name, param in model.named_parameters():
+        if any(p.search(name) for p in compiled):
+            param.requires_grad_(True)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -209,8 +146,8 @@ def loraplus_param_groups(model, *, lr: float, ratio: float, lr_embedding: float
     ]
 
 
-def is_pissa(adapter: dict) -> bool:
-    return adapter.get("kind") == "lora" and str(adapter.get("init", "")).startswith("pissa")
+def is_pissa(adapter) -> bool:
+    return adapter.kind == "lora" and adapter.init.startswith("pissa")
 
 
 def save_pissa_initial(model, directory: str) -> None:

@@ -21,14 +21,14 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
 
     run_dir = Path(run_dir)
     model = plan.model
-    base = model["path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
+    base = model.path + (f" ({model.gguf_file})" if model.gguf_file else "")
     is_adapter = (run_dir / "adapter_config.json").is_file()
     weights = sorted(p for p in run_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    datasets = [f"{Path(d['path']).name} ({d['format']})" for d in plan.data["datasets"]]
+    datasets = [f"{Path(d.path).name} ({d.format})" for d in plan.data.datasets]
     front = {
         "library_name": "peft" if is_adapter else "transformers",
-        "base_model": model["path"] if model.get("source") == "hub" else None,
-        "tags": ["runner", plan.training["stage"], plan.adapter["kind"]],
+        "base_model": model.path if model.source == "hub" else None,
+        "tags": ["runner", plan.training.stage, plan.adapter.kind],
     }
     front = {k: v for k, v in front.items() if v}
     lines = [
@@ -37,7 +37,7 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         "---",
         f"# {plan.name}",
         "",
-        f"Trained by runner: **{plan.training['stage']}** with a **{plan.adapter['kind']}** adapter on `{base}`.",
+        f"Trained by runner: **{plan.training.stage}** with a **{plan.adapter.kind}** adapter on `{base}`.",
         "",
         "## Result",
         "",
@@ -46,8 +46,8 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         f"- final eval loss: {summary.get('final_eval_loss')}",
         f"- {info.summary()}",
         f"- datasets: {', '.join(datasets)}",
-        f"- runtime: {plan.runtime.get('device')} x{plan.runtime.get('world_size')}, dtype {plan.runtime.get('dtype')}, "
-        f"precision {plan.runtime.get('precision')}",
+        f"- runtime: {plan.runtime.device} x{plan.runtime.world_size}, dtype {plan.runtime.dtype}, "
+        f"precision {plan.runtime.precision}",
         "",
         "## Hashes",
         "",
@@ -55,8 +55,8 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         "| --- | --- |",
     ]
     for key in ("config", "data", "model", "tokenizer", "plan"):
-        if plan.hashes.get(key):
-            lines.append(f"| {key}_hash | `{plan.hashes[key]}` |")
+        if getattr(plan.hashes, key):
+            lines.append(f"| {key}_hash | `{getattr(plan.hashes, key)}` |")
     for path in weights:
         lines.append(f"| {path.name} | `{file_sha256(path)}` |")
     lines += [
@@ -82,11 +82,11 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
 
 
 def _usage_adapter(run_dir, model) -> list[str]:
-    gguf = f", gguf_file={model['gguf_file']!r}" if model.get("gguf_file") else ""
+    gguf = f", gguf_file={model.gguf_file!r}" if model.gguf_file else ""
     return [
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f"base = AutoModelForCausalLM.from_pretrained({model['path']!r}{gguf})",
+        f"base = AutoModelForCausalLM.from_pretrained({model.path!r}{gguf})",
         f"model = PeftModel.from_pretrained(base, {str(run_dir)!r})",
         f"tokenizer = AutoTokenizer.from_pretrained({str(run_dir)!r})",
     ]

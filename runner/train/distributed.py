@@ -1,8 +1,8 @@
-"""Launch-time distributed decisions: the world the launcher built (torchrun / accelerate launch env),
-`backend: auto` made concrete, launcher/YAML conflicts, the Trainer arguments for each backend, and
-the two places where Accelerate needs a nudge (FSDP2 on CPU processes, the final FSDP save).
-The Plan (runner.plan.launch_settings) already holds the settings; this fills the deferred parts.
-Importing this module is cheap: accelerate / torch are imported inside the functions that use them."""
+"""Distributed execution: the world the launcher built (torchrun / accelerate launch env), launcher
+vs YAML conflicts, a one-process group for FSDP without a launcher, and the two places where
+Accelerate needs a nudge (FSDP2 on CPU processes, the final FSDP save). The decisions (backend, wrap
+class) are runner.train.runtime's. Importing this module is cheap: accelerate / torch are imported
+inside the functions that use them."""
 
 from __future__ import annotations
 
@@ -14,36 +14,11 @@ from runner.errors import UserError
 SAFE_NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def world() -> dict:
-    """Rank and size as the launcher (torchrun or accelerate launch) set them; 1 process otherwise."""
-    env = os.environ
-    size = int(env.get("WORLD_SIZE", "1"))
-    local = int(env.get("LOCAL_WORLD_SIZE", str(size)))
-    return {
-        "world_size": size,
-        "rank": int(env.get("RANK", "0")),
-        "local_rank": int(env.get("LOCAL_RANK", "0")),
-        "local_world_size": local,
-        "num_machines": max(1, size // max(1, local)),
-    }
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def concrete_backend(plan, world_size: int) -> str:
-    backend = plan.distributed["backend"]
-    if backend == "auto":
-        return "ddp" if world_size > 1 else "single"
-    return backend
-
-
 def check_launcher(plan) -> None:
     """`accelerate launch --use_fsdp` with `backend: ddp` (and the like) is a conflict, not a guess:
     the error names the launcher's setting and the YAML key."""
     env = os.environ
-    backend = plan.distributed["backend"]
+    backend = plan.distributed.backend
     flags = {
         "fsdp": env.get("ACCELERATE_USE_FSDP", "").lower() == "true",
         "deepspeed": env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true",
@@ -58,7 +33,7 @@ def check_launcher(plan) -> None:
                      "writes the launcher's settings from the YAML",
             )
     precision = env.get("ACCELERATE_MIXED_PRECISION")
-    want = plan.training["precision"]
+    want = plan.training.precision
     if precision and precision != "no" and want not in ("auto", precision):
         raise UserError(
             f"the launcher asked for mixed precision {precision} (accelerate launch --mixed_precision) "
@@ -68,8 +43,8 @@ def check_launcher(plan) -> None:
     if backend == "single" and world_size > 1:
         raise UserError(f"the launcher started {world_size} processes but distributed.backend is 'single'",
                         where="distributed.backend", hint="use backend: ddp (or auto), or launch one process")
-    planned = plan.distributed["num_processes"]
-    machines = plan.distributed["num_machines"]
+    planned = plan.distributed.num_processes
+    machines = plan.distributed.num_machines
     if planned and world_size > 1 and world_size != planned * machines:
         raise UserError(
             f"the launcher started {world_size} processes but distributed.num_processes x num_machines is "
@@ -77,50 +52,16 @@ def check_launcher(plan) -> None:
             hint="use `runner launch cfg.yaml`, or make the launcher's --num_processes match")
 
 
-def trainer_kwargs(plan, backend: str, wrap_class: str | None, device: str) -> dict:
-    """Arguments for transformers.TrainingArguments that carry out the Plan's backend."""
-    out: dict = {}
-    if device == "cpu":
-        out["ddp_backend"] = "gloo"
-    if backend in ("ddp", "fsdp", "deepspeed"):
-        out["ddp_find_unused_parameters"] = False
-    if backend == "fsdp":
-        f = plan.distributed["fsdp"]
-        out["fsdp"] = True  # everything else through fsdp_config (the string form is deprecated)
-        out["fsdp_config"] = {
-            "version": 2,
-            "reshard_after_forward": f["reshard_after_forward"],
-            "cpu_offload": f["cpu_offload"],
-            "state_dict_type": "FULL_STATE_DICT" if f["state_dict_type"] == "full" else "SHARDED_STATE_DICT",
-            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "activation_checkpointing": f["activation_checkpointing"],
-            "cpu_ram_efficient_loading": False,
-        }
-        if f["wrap_class"] or wrap_class:
-            out["fsdp_config"]["transformer_layer_cls_to_wrap"] = [f["wrap_class"] or wrap_class]
-    if backend == "deepspeed":
-        from runner.plan.launch_settings import deepspeed_json
+def single_process_group() -> None:
+    """FSDP needs a process group even on one device; without a launcher, be a world of one (what
+    `torchrun --nproc_per_node 1` would set)."""
+    import socket
 
-        conf = deepspeed_json({"distributed": plan.distributed, "training": plan.training})
-        out["deepspeed"] = conf.get("file") or conf
-    return out
-
-
-def decoder_layer_class(model) -> str | None:
-    """The class FSDP wraps: a declared no-split module class that the model really contains (PEFT
-    wrappers forward the attribute; transformers 5 keeps it as a set), else the class repeated in the
-    longest ModuleList (the decoder stack)."""
-    present = {type(m).__name__ for m in model.modules()}
-    declared = getattr(model, "_no_split_modules", None) or []
-    for name in sorted(declared):
-        if name in present:
-            return name
-    best = None
-    for module in model.modules():
-        kids = list(module.children()) if type(module).__name__ == "ModuleList" else []
-        if kids and len({type(k) for k in kids}) == 1 and (best is None or len(kids) > len(best)):
-            best = kids
-    return type(best[0]).__name__ if best else None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def shard_on_cpu(trainer) -> bool:

@@ -9,36 +9,6 @@ import time
 from pathlib import Path
 
 
-TOKENS_KEY = "runner_tokens"
-
-
-class TokenCounter:
-    """Wraps a collator and tags each batch with the tokens it puts through the model (padding
-    excluded). The trainer pops the tag when the batch is consumed (dataloaders read ahead)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, rows):
-        batch = self.collator(rows)
-        batch[TOKENS_KEY] = sum(row_tokens(r) for r in rows)
-        return batch
-
-
-def row_tokens(row) -> int:
-    """Tokens one row puts through the model, per the stage's row layout."""
-    n = lambda key: len(row.get(key) or ())  # noqa: E731
-    if "input_ids" in row:  # sft / pt (packed or not)
-        return n("input_ids")
-    if "chosen_ids" in row:  # dpo: prompt+chosen and prompt+rejected
-        return 2 * n("prompt_ids") + n("chosen_ids") + n("rejected_ids")
-    if "completion_ids" in row:  # kto: the pair, plus the mismatched KL pair
-        return n("prompt_ids") + n("completion_ids") + (n("prompt_ids") + n("KL_completion_ids") if "KL_completion_ids" in row else 0)
-    if "chosen_input_ids" in row:  # orpo rows hold full prompt+answer sequences
-        return n("chosen_input_ids") + n("rejected_input_ids")
-    return 0
-
-
 def peak_memory_mb() -> float:
     """Peak accelerator memory of this process, else its peak resident memory."""
     import torch
@@ -57,8 +27,9 @@ def _finite(value):
     return value
 
 
-def metrics_callback(path, tokens_seen, *, wandb_run=None, progress: bool = True, is_main: bool = True):
-    """`tokens_seen()` returns the training tokens consumed so far."""
+def metrics_callback(path, tally, *, prefixes=(), wandb_run=None, progress: bool = True, is_main: bool = True):
+    """`tally.count` holds the training tokens consumed so far (runner.train.trainer.TokenTally);
+    logged values whose names start with one of `prefixes` (the stage's) are written too."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -73,7 +44,7 @@ def metrics_callback(path, tokens_seen, *, wandb_run=None, progress: bool = True
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = self.last_time = time.time()
-            self.last_tokens = tokens_seen()
+            self.last_tokens = tally.count
             if is_main and progress:
                 from tqdm.auto import tqdm
 
@@ -89,7 +60,7 @@ def metrics_callback(path, tokens_seen, *, wandb_run=None, progress: bool = True
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
             if "loss" in logs:
                 now = time.time()
-                tokens = tokens_seen()
+                tokens = tally.count
                 elapsed = max(now - self.last_time, 1e-9)
                 row.update(
                     kind="train",
@@ -101,7 +72,7 @@ def metrics_callback(path, tokens_seen, *, wandb_run=None, progress: bool = True
                     memory_mb=round(peak_memory_mb(), 1),
                     elapsed_s=round(now - self.started, 2),
                 )
-                row.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "logps/", "kl"))})
+                row.update({k: v for k, v in logs.items() if prefixes and k.startswith(tuple(prefixes))})
                 self.last_time, self.last_tokens = now, tokens
                 self.postfix = {"loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
             elif "eval_loss" in logs:

@@ -11,7 +11,7 @@ weights, so reading late loses nothing.
 Under DDP every rank holds the same averaged gradients, but a loss is its own rank's: the flag is
 all-reduced (max) across ranks before the step, on the device's stream, so every replica skips the
 same steps and counts the same. Other optimizers and sharded runs (FSDP, DeepSpeed: each rank sees
-only its shard's gradients) keep the plain check in stages.RunnerMixin (one sync per micro-step)."""
+only its shard's gradients) keep the plain check in runner.train.trainer.RunnerMixin (one sync per micro-step)."""
 
 from __future__ import annotations
 
@@ -109,18 +109,15 @@ class NonFiniteGuard:
               "were skipped", file=sys.stderr)
 
 
-def guard_callback():
-    """Checks the trainer's guard where the Trainer syncs anyway: logging, saving, the end."""
+def guard_callback(slot):
+    """Checks the guard in `slot` (runner.train.trainer.GuardSlot, filled when the optimizer is made)
+    where the Trainer syncs anyway: logging, saving, the end."""
     from transformers import TrainerCallback
 
     class NonFiniteCheck(TrainerCallback):
-        def __init__(self):
-            self.trainer = None
-
         def _check(self, state):
-            guard = getattr(self.trainer, "runner_guard", None)
-            if guard is not None:
-                guard.check(state.global_step)
+            if slot.guard is not None:
+                slot.guard.check(state.global_step)
 
         def on_log(self, args, state, control, **kwargs):
             self._check(state)

@@ -88,25 +88,25 @@ def build_tiny(family: str, directory: Path) -> Path:
 def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
     """Overrides that turn a recipe into a CPU smoke run (applied after the user's own)."""
     plan = make_plan(config_path, overrides)
-    family = family_of(plan.model["path"], plan.model.get("gguf_file"))
-    tiny = build_tiny(family, Path(plan.data["cache_dir"]) / "smoke" / family)
+    family = family_of(plan.model.path, plan.model.gguf_file)
+    tiny = build_tiny(family, Path(plan.data.cache_dir) / "smoke" / family)
     out = [f"model.path={tiny}", "model.gguf_file=null", "model.revision=null", "model.tokenizer=null",
            "model.dtype=float32", "training.precision=fp32", f"training.max_steps={steps}",
            "training.micro_batch_size=1", "training.gradient_accumulation=2", "sequence.max_length=128",
            "distributed.backend=single", "distributed.num_processes=null", "distributed.num_machines=1",
            "tracking.wandb=null", "tracking.log_every=1", "output.save_every=null", "output.overwrite=true",
-           f"output.dir={Path(plan.data['cache_dir']) / 'smoke-runs' / plan.name}"]
-    if plan.data["template"]["name"] == "tokenizer":
+           f"output.dir={Path(plan.data.cache_dir) / 'smoke-runs' / plan.name}"]
+    if plan.data.template.name == "tokenizer":
         out.append(f"template.name={FAMILIES[family][1]}")
-    if plan.training["stage"] == "kto":
+    if plan.training.stage == "kto":
         out.append("training.micro_batch_size=2")  # KTO's KL estimate needs two rows per micro batch
-    if plan.training["optimizer"] in GPU_ONLY_OPTIMIZERS:
+    if plan.training.optimizer in GPU_ONLY_OPTIMIZERS:
         out.append("training.optimizer=adamw_torch")
-    if plan.training["eval_every"]:
+    if plan.training.eval_every:
         out.append("training.eval_every=1")
-    if plan.data["val_size"]:
+    if plan.data.val_size:
         out.append("val_size=2")
     for group in ("datasets", "eval_datasets"):
-        for i, _ in enumerate(plan.data[group]):
+        for i, _ in enumerate(getattr(plan.data, group)):
             out.append(f"{group}.{i}.num_samples=8")
     return out

@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 
 from runner.errors import UserError
+from runner.plan.sections import to_dict
 
 
 def start_wandb(plan, run_dir, *, is_main: bool = True, run_id: str | None = None):
     """An open wandb run, or None when tracking.wandb is unset/disabled or on other ranks. `run_id`
     (from the stored plan's runtime) continues the same W&B run when training resumes."""
-    settings = (plan.tracking or {}).get("wandb")
+    settings = plan.tracking.wandb
     if not settings or not is_main:
         return None
-    mode = os.environ.get("WANDB_MODE") or settings.get("mode", "online")
+    mode = os.environ.get("WANDB_MODE") or settings.mode
     if mode == "disabled":
         return None
     try:
@@ -22,7 +23,7 @@ def start_wandb(plan, run_dir, *, is_main: bool = True, run_id: str | None = Non
     except ImportError as exc:
         raise UserError("tracking.wandb is set but wandb is not installed", where="tracking.wandb",
                         hint="pip install 'runner[wandb]', or remove tracking.wandb") from exc
-    key = (getattr(plan, "secrets", None) or {}).get("tracking.wandb.api_key")
+    key = plan.secret("tracking.wandb.api_key")
     if key:
         os.environ["WANDB_API_KEY"] = key
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
@@ -30,15 +31,15 @@ def start_wandb(plan, run_dir, *, is_main: bool = True, run_id: str | None = Non
                         hint="export WANDB_API_KEY=..., or use mode: offline and `wandb sync` later")
     config = {
         "runner_plan": plan.to_dict(),
-        "hashes": {k: v for k, v in plan.hashes.items() if isinstance(v, str)},
+        "hashes": {k: v for k, v in to_dict(plan.hashes).items() if isinstance(v, str)},
         "run_dir": str(run_dir),
     }
     try:
         return wandb.init(
-            project=settings["project"],
-            entity=settings.get("entity"),
-            name=settings.get("name") or plan.name,
-            tags=list(settings.get("tags") or []),
+            project=settings.project,
+            entity=settings.entity,
+            name=settings.name or plan.name,
+            tags=list(settings.tags),
             mode=mode,
             dir=str(run_dir),
             config=config,

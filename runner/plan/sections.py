@@ -1,0 +1,297 @@
+"""The typed Plan: one frozen dataclass per config section. Values come from the config with the
+schema's defaults filled in once (runner.config.schema.fill_defaults), plus what the resolver
+derives (absolute paths, `source`, the batch arithmetic). Code reads attributes; no section
+carries a default of its own, so the schema stays the one place a default is written
+(tests/test_plan_typed.py holds every schema default against what these objects hold).
+
+Free-form mappings of the config (dataset `columns`, `roles`, `substitute`) stay dicts; lists
+become tuples. `to_dict` gives plan.json's layout; `build` reads it back."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Model:
+    path: str                      # absolute for a local model, else the hub id
+    source: str                    # "local" or "hub"
+    gguf_file: str | None
+    random_init: bool
+    revision: str | None
+    dtype: str
+    attn_implementation: str
+    tokenizer: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class Adapter:
+    kind: str                      # lora | full | freeze ("none" is resolved to full)
+    r: int
+    alpha: float                   # resolved: 2 x r when the config leaves it unset
+    dropout: float
+    target_modules: Union[str, tuple[str, ...]]
+    exclude_modules: tuple[str, ...]
+    dora: bool
+    rslora: bool
+    init: str
+    loraplus_lr_ratio: float | None
+    loraplus_lr_embedding: float
+    bias: str
+    modules_to_save: tuple[str, ...]
+    trainable_layers: int | None
+    trainable_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    bits: int | None               # None: the base is not quantized
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str
+    quant_storage: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: str                      # absolute for local files, else the hub id
+    source: str | None             # "local" or "hub"
+    format: str
+    type: str
+    split: str
+    columns: dict
+    roles: dict
+    num_samples: int | None
+    weight: float
+    substitute: dict
+    system: str | None
+    on_bad_row: str
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    jinja: str | None
+    system_prompt: str | None
+    train_on: str
+    enable_thinking: bool | None
+
+
+@dataclass(frozen=True)
+class Sequence:
+    max_length: int
+    packing: bool
+    truncation: str
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad_token: str | None
+    eos_token: str | None
+    bos_token: str | None
+    add: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TokenizerSource:
+    path: str
+    gguf_file: str | None
+    revision: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class Data:
+    datasets: tuple[Dataset, ...]
+    eval_datasets: tuple[Dataset, ...]
+    val_size: float
+    cache_dir: str
+    shuffle: bool
+    seed: int
+    stage: str
+    template: Template
+    sequence: Sequence
+    special_tokens: SpecialTokens
+    tokenizer: TokenizerSource
+
+
+@dataclass(frozen=True)
+class DPO:
+    beta: float
+    loss_type: str
+    label_smoothing: float
+    sft_weight: float
+
+
+@dataclass(frozen=True)
+class KTO:
+    beta: float
+    desirable_weight: float
+    undesirable_weight: float
+
+
+@dataclass(frozen=True)
+class ORPO:
+    beta: float
+
+
+@dataclass(frozen=True)
+class Training:
+    stage: str
+    epochs: float
+    max_steps: int | None
+    micro_batch_size: int
+    gradient_accumulation: int
+    learning_rate: float
+    lr_scheduler: str
+    warmup_ratio: float
+    warmup_steps: int | None
+    optimizer: str
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
+    max_grad_norm: float | None
+    gradient_checkpointing: Union[bool, int]
+    precision: str
+    eval_every: int | None
+    seed: int
+    neftune_noise_alpha: float | None
+    max_nonfinite: int
+    dpo: DPO
+    kto: KTO
+    orpo: ORPO
+    liger: Union[bool, str]
+    chunked_loss: Union[bool, str]
+    fused_lora: Union[bool, str]
+    torch_compile: bool
+    # derived by the resolver
+    collator: str                  # packed | padded | preference | kto
+    batch_per_process: int         # micro_batch_size x gradient_accumulation
+    effective_batch_size: int | None   # x world size, when the config names the world
+
+
+@dataclass(frozen=True)
+class FSDP:
+    reshard_after_forward: bool
+    cpu_offload: bool
+    state_dict_type: str
+    activation_checkpointing: bool
+    wrap_class: str | None
+
+
+@dataclass(frozen=True)
+class DeepSpeed:
+    zero_stage: int
+    offload_optimizer: str
+    offload_params: str
+    nvme_path: str | None
+    config: str | None
+
+
+@dataclass(frozen=True)
+class Distributed:
+    backend: str
+    num_processes: int | None
+    num_machines: int
+    machine_rank: int | None
+    main_address: str | None
+    main_port: int | None
+    fsdp: FSDP
+    deepspeed: DeepSpeed
+    sharded: bool                  # derived: parameters sharded (fsdp, or ZeRO-3)
+    accelerate: dict               # derived: what `accelerate launch` reads (runner.plan.launch_settings)
+
+
+@dataclass(frozen=True)
+class WandB:
+    project: str
+    entity: str | None
+    name: str | None
+    tags: tuple[str, ...]
+    mode: str
+    api_key: str | None            # "<secret>" when set: the value lives in Plan.secrets only
+
+
+@dataclass(frozen=True)
+class Tracking:
+    wandb: WandB | None
+    log_every: int
+    progress_bar: bool
+
+
+@dataclass(frozen=True)
+class Output:
+    dir: str                       # absolute, {name} and {plan_hash} substituted
+    resume: str
+    overwrite: bool
+    save_every: int | None
+    save_total_limit: int | None
+    merge: bool
+
+
+def build(cls, value):
+    """`value` (plain dicts and lists, as in plan.json) as an instance of the annotated type
+    `cls`. Unknown and missing keys are errors: a section and the schema must not drift apart."""
+    return _build(cls, value, cls.__name__ if isinstance(cls, type) else str(cls))
+
+
+def _build(kind, value, where: str):
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping for {kind.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(kind)
+        fields = dataclasses.fields(kind)
+        names = {f.name for f in fields}
+        required = {f.name for f in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        extra, missing = set(value) - names, required - set(value)
+        if extra or missing:
+            raise TypeError(f"{where}: {kind.__name__} has no field(s) {sorted(extra)}" if extra
+                            else f"{where}: {kind.__name__} misses field(s) {sorted(missing)}")
+        return kind(**{n: _build(hints[n], v, f"{where}.{n}") for n, v in value.items()})
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _build(option, value, where)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError(f"{where}: {value!r} fits none of {kind}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {type(value).__name__}")
+        item = typing.get_args(kind)[0]
+        return tuple(_build(item, v, f"{where}.{i}") for i, v in enumerate(value))
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, int, bool, float):
+        if type(value) is not kind:
+            raise TypeError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {kind}")
+
+
+def to_dict(value):
+    """plan.json's form of a section: dataclasses as dicts, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_dict(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_dict(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_dict(v) for k, v in value.items()}
+    return value

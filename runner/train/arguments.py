@@ -1,0 +1,84 @@
+"""The Trainer arguments every stage shares, assembled in one place from the Plan (what to train)
+and the Runtime (how, on this machine). The stage turns them into its TrainingArguments or TRL
+config (runner.train.stages). Nothing is decided here."""
+
+from __future__ import annotations
+
+from runner.plan.launch_settings import deepspeed_json
+from runner.plan.plan import Plan, Runtime
+
+
+def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval: bool) -> dict:
+    t, out = plan.training, plan.output
+    evaluate = has_eval and bool(t.eval_every)
+    args = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm is not None else 0.0,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=runtime.precision == "bf16",
+        fp16=runtime.precision == "fp16",
+        gradient_checkpointing=bool(t.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        logging_strategy="steps",
+        logging_steps=plan.tracking.log_every,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_every if evaluate else None,
+        save_strategy="steps" if out.save_every else "no",
+        save_steps=out.save_every or 500,
+        save_total_limit=None,  # runner.train.trainer.checkpoint_callback rotates complete checkpoints only
+        report_to="none",  # runner.train.tracking logs to W&B itself: the run config holds the plan, no key is written
+        disable_tqdm=True,  # runner.train.metrics draws the progress bar
+        remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # RunnerMixin handles non-finite losses; the filter syncs every step
+        dataloader_num_workers=0,
+        dataloader_pin_memory=True,  # Trainer turns it off itself on a CPU
+        torch_compile=runtime.fast_path.torch_compile,
+        **backend_arguments(plan, runtime),
+    )
+    if runtime.device == "cpu":
+        args["use_cpu"] = True
+    if runtime.fast_path.non_blocking_copies:
+        # Batches come from pinned host memory and reach the GPU without blocking the host.
+        args["accelerator_config"] = {"non_blocking": True}
+    return args
+
+
+def backend_arguments(plan: Plan, runtime: Runtime) -> dict:
+    """What carries out the Runtime's backend."""
+    out: dict = {}
+    if runtime.world_size > 1 and runtime.device == "cpu":
+        out["ddp_backend"] = "gloo"  # with one process, a backend makes accelerate look for a group
+    if runtime.backend != "single":
+        out["ddp_find_unused_parameters"] = False
+    if runtime.backend == "fsdp":
+        f = plan.distributed.fsdp
+        out["fsdp"] = True  # everything else through fsdp_config (the string form is deprecated)
+        out["fsdp_config"] = {
+            "version": 2,
+            "reshard_after_forward": f.reshard_after_forward,
+            "cpu_offload": f.cpu_offload,
+            "state_dict_type": "FULL_STATE_DICT" if f.state_dict_type == "full" else "SHARDED_STATE_DICT",
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "activation_checkpointing": f.activation_checkpointing,
+            "cpu_ram_efficient_loading": False,
+            "transformer_layer_cls_to_wrap": [runtime.fsdp_wrap_class],
+        }
+    if runtime.backend == "deepspeed":
+        conf = deepspeed_json({"distributed": plan.config["distributed"], "training": plan.config["training"]})
+        out["deepspeed"] = conf.get("file") or conf
+    return out

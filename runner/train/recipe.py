@@ -1,0 +1,244 @@
+"""The training recipe: a Plan carried out, top to bottom.
+
+    judge the run directory -> set up data -> decide the runtime -> set up the model
+    -> claim the run directory -> set up the trainer -> train -> save
+
+Everything that can be checked (config, data, template, the model's architecture and files) is
+checked before the run directory is touched. Every launch-time decision is made once, in
+runner.train.runtime.decide_runtime; the steps below only carry them out. Rank 0 alone prints and
+writes the run's shared files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import rundir
+from runner.plan.plan import Launch, Plan
+from runner.train import distributed, runtime as runtimes, stages
+
+
+@dataclass
+class Data:
+    tokenizer: object
+    train: object                  # datasets.Dataset
+    eval: object | None
+    stats: dict
+
+
+@dataclass
+class Model:
+    model: object
+    reference: object | None       # a frozen copy of the base, for stages that compare against one
+    info: object                   # runner.train.adapters.AdapterInfo
+
+
+def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
+    """Train `plan` into plan.output.dir; returns the run directory. `callbacks`: extra transformers
+    TrainerCallbacks (library use: probes, early stops). Raises TrainingInterrupted on a signal."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if plan.distributed.backend == "fsdp" and "WORLD_SIZE" not in os.environ:
+        distributed.single_process_group()
+    distributed.check_launcher(plan)
+    stage = stages.get(plan.training.stage)
+    stage.check(plan)
+    env = runtimes.environment()
+    is_main = env.rank == 0
+
+    launch = rundir.decide(plan, overwrite=overwrite, resume_changed=resume_changed)
+    say(launch.message, is_main)
+    if launch.action == "done":
+        return Path(plan.output.dir)
+    data = setup_data(plan)
+    decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), len(data.train))
+    plan = plan.with_runtime(decided)
+    for note in notes:
+        say(note if note.startswith("note:") else f"warning: {note}", is_main)
+    model = setup_model(plan, stage, data.tokenizer, is_main)
+
+    run_dir = rundir.prepare(plan, launch, is_main=is_main)
+    pissa_init = save_pissa_init(plan, model, run_dir, is_main)
+    stored = rundir.read_stored_plan(run_dir) if launch.action == "resume" else None
+    from runner.train import tracking
+
+    wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
+    plan = plan.with_launch(launch_record(data, model, wandb_run))
+    if is_main:
+        rundir.write_plan(run_dir, plan)
+        rundir.write_config_yaml(run_dir, plan)
+        rundir.restart_metrics(run_dir, launch)
+
+    trainer, stopper = setup_trainer(plan, stage, model, data, run_dir, wandb_run, callbacks, is_main)
+    trainer.train(resume_from_checkpoint=launch.checkpoint)
+    if stopper.stopped_at is not None:
+        tracking.finish_wandb(wandb_run, None)
+        raise _interrupted(run_dir, stopper)
+    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
+
+    from runner.train import finish
+
+    finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main)
+    if is_main:
+        finish.finish_run_dir(plan, run_dir, model.info, final_eval)
+    tracking.finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    if plan.output.merge and is_main:
+        from runner.ship.merge import merge_run
+
+        merge_run(run_dir, run_dir / "merged")
+    return run_dir
+
+
+def setup_data(plan: Plan) -> Data:
+    """The tokenizer (with the training template attached) and the tokenized datasets, from the
+    cache when the data hash matches."""
+    from runner import data as pipeline
+
+    tokenizer = pipeline.load_tokenizer(plan)
+    prepared = pipeline.build_datasets(plan, tokenizer)
+    return Data(tokenizer, prepared.train, prepared.eval, prepared.stats)
+
+
+def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
+    """The base model as the Runtime says (dtype, attention, quantization, Liger), its embeddings
+    matched to the tokenizer, the adapter applied, and the reference model when the stage needs one."""
+    from transformers import set_seed
+
+    from runner.train.adapters import apply_adapter, print_parameters
+    from runner.train.model import load_model
+
+    rt = plan.runtime
+    set_seed(plan.training.seed)  # before the adapter exists: LoRA init is random
+    model = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation,
+                       gradient_checkpointing=bool(plan.training.gradient_checkpointing))
+    match_tokenizer(model, tokenizer)
+    if rt.fast_path.liger:
+        from runner.train.fast.liger import apply_liger
+
+        apply_liger(model)
+    if plan.training.gradient_checkpointing and plan.adapter.kind != "full":
+        model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
+    model, info = apply_adapter(model, plan.adapter, rt)
+    if rt.fast_path.fused_lora:
+        from runner.train.fast.fused_lora import fuse_lora
+
+        fuse_lora(model)
+    if is_main:
+        print_parameters(info)
+    reference = None
+    if stage.needs_reference(plan):
+        reference = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation, for_training=False)
+        match_tokenizer(reference, tokenizer)
+    return Model(model, reference, info)
+
+
+def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wandb_run, callbacks,
+                  is_main: bool):
+    """The stage's trainer over the pipeline's datasets, with runner's callbacks."""
+    from runner.train import hooks, nonfinite
+    from runner.train.arguments import common_arguments
+    from runner.train.metrics import metrics_callback
+    from runner.train.signals import stop_callback
+    from runner.train.trainer import TrainerOptions, checkpoint_callback
+
+    rt = plan.runtime
+    checkpoints = str(rundir.checkpoints_dir(run_dir))
+    has_eval = data.eval is not None and len(data.eval) > 0
+    args = stage.arguments(plan, common_arguments(plan, rt, output_dir=checkpoints, has_eval=has_eval))
+    hooks.one_device(args)
+    options = TrainerOptions(row_tokens=stage.row_tokens, max_nonfinite=plan.training.max_nonfinite,
+                             chunked_loss=rt.fast_path.chunked_loss, param_groups=loraplus_groups(plan, args))
+    stopper = stop_callback()
+    runner_callbacks = [
+        metrics_callback(run_dir / "metrics.jsonl", options.tally, prefixes=stage.metric_prefixes,
+                         wandb_run=wandb_run, progress=plan.tracking.progress_bar, is_main=is_main),
+        stopper,
+        nonfinite.guard_callback(options.guard),
+        checkpoint_callback(checkpoints, plan.hashes.plan, plan.output.save_total_limit),
+    ]
+    if rt.fast_path.checkpointed_layers and plan.training.gradient_checkpointing is not True:
+        from runner.train.fast.checkpointing import checkpoint_callback as selective
+
+        runner_callbacks.append(selective(int(plan.training.gradient_checkpointing)))
+    extra = {"ref_model": model.reference} if stage.takes_reference else {}
+    trainer = stage.trainer_class()(
+        model=model.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+        processing_class=data.tokenizer, data_collator=stage.collator(plan, data.tokenizer),
+        callbacks=[*runner_callbacks, *callbacks], runner=options, **extra)
+    distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
+    quiet_default_callbacks(trainer)
+    return trainer, stopper
+
+
+def loraplus_groups(plan: Plan, args):
+    """LoRA+ parameter groups (B matrices at `loraplus_lr_ratio` times the rate), or None."""
+    adapter = plan.adapter
+    if adapter.kind != "lora" or not adapter.loraplus_lr_ratio:
+        return None
+    from runner.train.adapters import loraplus_param_groups
+
+    def groups(model):
+        return loraplus_param_groups(model, lr=args.learning_rate, ratio=adapter.loraplus_lr_ratio,
+                                     lr_embedding=adapter.loraplus_lr_embedding, weight_decay=args.weight_decay)
+
+    return groups
+
+
+def launch_record(data: Data, model: Model, wandb_run) -> Launch:
+    import platform
+
+    from runner.plan.hashing import library_versions
+
+    return Launch(trainable_params=model.info.trainable_params, total_params=model.info.total_params,
+                  train_rows=len(data.train), eval_rows=len(data.eval) if data.eval is not None else 0,
+                  data_stats=data.stats, versions={"python": platform.python_version(), **library_versions()},
+                  wandb_run_id=wandb_run.id if wandb_run is not None else None)
+
+
+def save_pissa_init(plan: Plan, model: Model, run_dir: Path, is_main: bool) -> str | None:
+    """PiSSA's adapter as initialised, for the final save's conversion to a plain LoRA delta."""
+    from runner.train.adapters import PISSA_INIT_DIR, is_pissa, save_pissa_initial
+
+    if not is_pissa(plan.adapter):
+        return None
+    path = str(run_dir / PISSA_INIT_DIR)
+    if is_main:
+        save_pissa_initial(model.model, path)
+    return path
+
+
+def match_tokenizer(model, tokenizer) -> None:
+    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if tokenizer.eos_token_id is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def quiet_default_callbacks(trainer) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+
+
+def _stored_wandb_id(stored: dict | None) -> str | None:
+    launch = (stored or {}).get("launch") or {}
+    return launch.get("wandb_run_id")
+
+
+def _interrupted(run_dir: Path, stopper):
+    from runner.train.signals import TrainingInterrupted
+
+    done = [p for p in rundir.complete_checkpoints(run_dir) if p.name == f"checkpoint-{stopper.stopped_at}"]
+    return TrainingInterrupted(stopper.stopped_at, str(done[0]) if done else None, stopper.signame)
+
+
+def say(message: str, is_main: bool) -> None:
+    if is_main and message:
+        print(message, file=sys.stderr)
