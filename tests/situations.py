@@ -31,3 +31,26 @@ def facts(**changes) -> ModelFacts:
 
 def runtime(plan, environment=None, model=None, train_rows: int = 64):
     return decide_runtime(plan, environment or env(), model or facts(), train_rows)[0]
+
+
+def launch(plan, train_rows: int = 8):
+    """The Runtime of `plan` on this machine, from the real model's facts."""
+    from runner.train.runtime import environment, model_facts
+
+    return decide_runtime(plan, environment(), model_facts(plan), train_rows)[0]
+
+
+def loaded(plan, **kwargs):
+    """(the model as the recipe loads it, its Runtime)."""
+    from runner.train.model import load_model
+
+    rt = launch(plan)
+    return load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation, **kwargs), rt
+
+
+def adapted(plan):
+    """(model with the plan's adapter applied, AdapterInfo)."""
+    from runner.train.adapters import apply_adapter
+
+    model, rt = loaded(plan)
+    return apply_adapter(model, plan.adapter, rt)

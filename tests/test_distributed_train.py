@@ -309,7 +309,7 @@ def test_fused_lora_under_ddp_matches_the_plain_one_process_run(tmp_path, model_
     _, err = finish(proc)
     assert proc.returncode == 0, err[-2000:]
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    assert plan["runtime"]["fast_path"]["fused_lora_layers"] > 0
+    assert plan["runtime"]["fast_path"]["fused_lora"] and plan["launch"]["fused_lora_layers"] > 0
     assert losses(tmp_path / "run") == pytest.approx(reference["losses"], rel=1e-5)
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
     for key, value in adapter.items():

@@ -2,10 +2,22 @@
 unpacked with padding, packed with restarting position ids, under gradient accumulation's
 num_items_in_batch, and through a PEFT LoRA wrapper."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from runner.train.fast.fastpath import chunked_causal_lm_loss, chunked_forward_loss, decide
+from situations import env, facts, runtime
+
+from runner.plan.resolve import make_plan
+from runner.train.fast.chunked_loss import chunked_causal_lm_loss, chunked_forward_loss
+
+CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
+
+
+def fast_path(model_type="llama", *overrides, world_size=1, backend="auto"):
+    plan = make_plan(CONFIGS / "lora.yaml", [*overrides, f"distributed.backend={backend}"])
+    return runtime(plan, env(world_size=world_size), facts(model_type=model_type)).fast_path
 
 torch.set_num_threads(1)
 
@@ -80,9 +92,9 @@ def test_all_ignored_labels_give_zero_not_nan():
 
 
 def test_decide_auto():
-    t = {"liger": "auto", "chunked_loss": "auto", "torch_compile": False}
-    assert decide(t, "cpu", "llama") == {"liger": False, "chunked_loss": True, "torch_compile": False}
-    assert decide({**t, "chunked_loss": False}, "cpu", "llama")["chunked_loss"] is False
+    fast = fast_path("llama")
+    assert (fast.liger, fast.chunked_loss, fast.torch_compile) == (False, True, False)
+    assert fast_path("llama", "training.chunked_loss=false").chunked_loss is False
 
 
 def _tiny(model_type, **extra):
@@ -100,7 +112,8 @@ def _tiny(model_type, **extra):
     ("granite", {"logits_scaling": 3.0}),
 ])
 def test_models_that_transform_their_logits_get_the_same_loss_and_grads(model_type, extra):
-    from runner.train.fast.fastpath import TRANSFORMED_LOGITS, logits_transform
+    from runner.train.fast.chunked_loss import logits_transform
+    from runner.train.runtime import TRANSFORMED_LOGITS
 
     model = _tiny(model_type, **extra)
     with torch.no_grad():  # logits of a few units, so that capping and scaling change the loss
@@ -125,16 +138,15 @@ def test_models_that_transform_their_logits_get_the_same_loss_and_grads(model_ty
 def test_decide_keeps_the_chunked_loss_to_models_it_knows():
     from runner.errors import UserError
 
-    t = {"liger": "auto", "chunked_loss": "auto", "torch_compile": False}
-    unknown = decide(t, "cpu", "falcon_h1")  # multiplies its logits by lm_head_multiplier in forward
-    assert unknown["chunked_loss"] is False and "falcon_h1" in unknown["chunked_loss_off_because"]
+    unknown = fast_path("falcon_h1")  # multiplies its logits by lm_head_multiplier in forward
+    assert unknown.chunked_loss is False and "falcon_h1" in unknown.chunked_loss_off_because
     with pytest.raises(UserError, match="does not know how a 'falcon_h1' model"):
-        decide({**t, "chunked_loss": True}, "cpu", "falcon_h1")
-    assert decide(t, "cpu", "llama", world_size=2)["chunked_loss"] is True
-    capped = decide(t, "cpu", "gemma2", world_size=2)
-    assert capped["chunked_loss"] is False and "DDP" in capped["chunked_loss_off_because"]
-    assert decide(t, "cpu", "gemma2")["chunked_loss"] is True
-    assert decide(t, "cpu", "llama", world_size=2, sharded=True)["chunked_loss"] is False
+        fast_path("falcon_h1", "training.chunked_loss=true")
+    assert fast_path("llama", world_size=2).chunked_loss is True
+    capped = fast_path("gemma2", world_size=2)
+    assert capped.chunked_loss is False and "DDP" in capped.chunked_loss_off_because
+    assert fast_path("gemma2").chunked_loss is True
+    assert fast_path("llama", world_size=2, backend="fsdp").chunked_loss is False
 
 
 def test_gpu_runs_ask_trainer_for_pinned_non_blocking_batch_copies(tmp_path):

@@ -19,7 +19,8 @@ from runner.cli import main
 from runner.data.formats import Normalizer
 from runner.data.packing import pack
 from runner.data.tokenize import IGNORE, Item, tokenize_items
-from runner.train.fast.fastpath import checkpoint_callback, checkpoint_split
+from runner.train.fast.checkpointing import checkpoint_callback
+from runner.train.runtime import checkpointable_count, checkpointed_layers
 from test_data_support import SHARED
 from tiny_tokenizer import tiny_tokenizer
 
@@ -98,8 +99,9 @@ def test_selective_checkpointing_recomputes_the_first_layers_only_and_keeps_the_
     batch = {"input_ids": ids, "labels": ids}
     ref_loss, ref_grads = _loss_and_grads(model, batch)
 
-    assert checkpoint_split(model, 2) == "2/3" and checkpoint_split(model, True) == "3/3"
-    assert checkpoint_split(model, 7) == "3/3" and checkpoint_split(model, False) is None
+    n = checkpointable_count(model)
+    assert checkpointed_layers(2, n) == "2/3" and checkpointed_layers(True, n) == "3/3"
+    assert checkpointed_layers(7, n) == "3/3" and checkpointed_layers(False, n) is None
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     checkpoint_callback(2).on_train_begin(None, None, None, model=model)
     assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, True, False]
@@ -126,7 +128,7 @@ def test_train_with_selective_checkpointing_records_the_split(tmp_path):
     assert main(["train", str(cfg)]) == 0
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["runtime"]["fast_path"]["checkpointed_layers"] == "2/3"
-    assert '"split"' in json.dumps(plan["runtime"]["data_stats"])  # c4 documents are longer than 64 tokens
+    assert '"split"' in json.dumps(plan["launch"]["data_stats"])  # c4 documents are longer than 64 tokens
 
 
 # --- fused LoRA (runner.train.fast.fused_lora) --------------------------------------------------------------

@@ -5,10 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from runner.train.adapters import apply_adapter, loraplus_param_groups, resolve_target_modules
+from situations import adapted, launch, loaded
+
 from runner.errors import UserError
-from runner.train.model import load_model
 from runner.plan.resolve import make_plan
+from runner.train.adapters import apply_adapter, loraplus_param_groups
+from runner.train.model import load_model
 from tests.tiny_model import save_tiny_model, write_config
 
 torch.set_num_threads(1)
@@ -26,10 +28,10 @@ def plan_for(tmp_path, model_dir, **kw):
 
 def test_all_linear_resolves_to_concrete_names_without_head(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir)
-    model = load_model(plan)
-    assert resolve_target_modules(model, plan.adapter) == LINEARS
+    model, rt = loaded(plan)
+    assert list(rt.target_modules) == LINEARS
     assert model.config.use_cache is False
-    excluded = resolve_target_modules(model, {"target_modules": "all-linear", "exclude_modules": ["o_proj"]})
+    excluded = launch(plan_for(tmp_path, model_dir, adapter={"exclude_modules": ["o_proj"]})).target_modules
     assert "o_proj" not in excluded and "q_proj" in excluded
 
 
@@ -54,7 +56,7 @@ def test_all_linear_resolves_to_concrete_names_without_head(tmp_path, model_dir)
 )
 def test_adapter_kinds(tmp_path, model_dir, adapter, check):
     plan = plan_for(tmp_path, model_dir, adapter=adapter)
-    model, info = apply_adapter(load_model(plan), plan)
+    model, info = adapted(plan)
     assert check(model)
     assert 0 < info.trainable_params <= info.total_params
     assert "trainable params" in info.summary()
@@ -67,12 +69,12 @@ def test_adapter_kinds(tmp_path, model_dir, adapter, check):
 def test_freeze_pattern_that_matches_nothing_is_a_user_error(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir, adapter={"kind": "freeze", "trainable_modules": ["no_such_module"]})
     with pytest.raises(UserError, match="matches no parameter"):
-        apply_adapter(load_model(plan), plan)
+        launch(plan)
 
 
 def test_loraplus_groups_give_b_matrices_the_higher_rate(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir, adapter={"loraplus_lr_ratio": 16})
-    model, _ = apply_adapter(load_model(plan), plan)
+    model, _ = adapted(plan)
     groups = loraplus_param_groups(model, lr=1e-3, ratio=16, lr_embedding=1e-6, weight_decay=0.0)
     by_name = {g["name"]: g for g in groups}
     assert by_name["loraplus_B"]["lr"] == pytest.approx(16e-3)
@@ -89,16 +91,16 @@ def test_pissa_on_quantized_base_is_refused(tmp_path, model_dir):
     with pytest.raises(UserError, match="PiSSA"):
         plan_for(tmp_path, model_dir, adapter={"init": "pissa"}, extra={"quantization": {"bits": 4}})
     plan = plan_for(tmp_path, model_dir, extra={"quantization": {"bits": 4}})
-    plan = dataclasses.replace(plan, adapter={**plan.adapter, "init": "pissa"})
-    model = load_model(plan)
+    plan = dataclasses.replace(plan, adapter=dataclasses.replace(plan.adapter, init="pissa"))
+    model, rt = loaded(plan)
     assert getattr(model, "is_loaded_in_4bit", False)
     with pytest.raises(UserError, match="unquantized"):
-        apply_adapter(model, plan)
+        apply_adapter(model, plan.adapter, rt)
 
 
 def test_qlora_4bit_loads_and_wraps(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir, extra={"quantization": {"bits": 4, "quant_type": "fp4", "double_quant": False}})
-    model, info = apply_adapter(load_model(plan), plan)
+    model, info = adapted(plan)
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.base_layer).__name__ == "Linear4bit"
     assert q_proj.base_layer.weight.quant_type == "fp4"
@@ -108,15 +110,16 @@ def test_qlora_4bit_loads_and_wraps(tmp_path, model_dir):
 def test_flash_attention_missing_is_a_clear_error(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir, extra={"model": {"path": str(model_dir), "attn_implementation": "flash_attention_2"}})
     with pytest.raises(UserError, match="flash"):
-        load_model(plan)
+        launch(plan)
 
 
 def test_hub_id_offline_names_the_model_and_the_fix(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     plan = plan_for(tmp_path, model_dir)
-    plan = dataclasses.replace(plan, model={**plan.model, "path": "acme-nonexistent/tiny-model-xyz", "source": "hub"})
+    plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, path="acme-nonexistent/tiny-model-xyz",
+                                                               source="hub"))
     with pytest.raises(UserError) as err:
-        load_model(plan)
+        load_model(plan, dtype="float32", attn_implementation="sdpa")
     assert "acme-nonexistent/tiny-model-xyz" in err.value.message
     assert "local" in err.value.hint and "model.path" in err.value.hint
 
@@ -124,9 +127,9 @@ def test_hub_id_offline_names_the_model_and_the_fix(tmp_path, model_dir, monkeyp
 def test_target_modules_mix_names_and_regexes(tmp_path, model_dir):
     plan = plan_for(tmp_path, model_dir, adapter={"target_modules": [r"model\.layers\.1\.self_attn\.(q|v)_proj", "up_proj"],
                                                   "exclude_modules": [r".*layers\.0\.mlp\.up_proj"]})
-    model, _ = apply_adapter(load_model(plan), plan)
-    adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
-    assert [n[n.index("layers."):] for n in adapted] == [
+    model, _ = adapted(plan)
+    names = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
+    assert [n[n.index("layers."):] for n in names] == [
         "layers.1.mlp.up_proj", "layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"]
 
 
@@ -139,7 +142,7 @@ def wide_model_dir(tmp_path_factory):
 @pytest.mark.parametrize("quant", [{"bits": 4, "compute_dtype": "float32"}, {"bits": 8}], ids=["4bit", "8bit"])
 def test_dora_on_quantized_bases_trains_a_step(tmp_path, wide_model_dir, quant):
     plan = plan_for(tmp_path, wide_model_dir, adapter={"dora": True}, extra={"quantization": quant})
-    model, _ = apply_adapter(load_model(plan), plan)
+    model, _ = adapted(plan)
     assert any("lora_magnitude_vector" in n for n, _ in model.named_parameters())
     ids = torch.randint(0, model.config.vocab_size, (2, 12))
     loss = model(input_ids=ids, labels=ids).loss

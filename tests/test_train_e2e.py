@@ -48,8 +48,9 @@ def assert_complete(run_dir, *, adapter: bool):
     plan = json.loads((run_dir / "plan.json").read_text())
     runtime = plan["runtime"]
     assert runtime["world_size"] == 1 and runtime["device"] == "cpu" and runtime["dtype"] == "float32"
-    assert runtime["versions"]["torch"] and runtime["versions"]["trl"]
-    assert runtime["trainable_params"] > 0
+    launch = plan["launch"]
+    assert launch["versions"]["torch"] and launch["versions"]["trl"]
+    assert launch["trainable_params"] > 0
     card = (run_dir / "README.md").read_text()
     assert plan["hashes"]["config"] in card and plan["hashes"]["data"] in card
     assert "stage:" in (run_dir / "config.yaml").read_text()
@@ -114,7 +115,7 @@ def test_validation_loss_at_the_configured_cadence(tmp_path, model_dir, stage):
     assert [r["step"] for r in evals] == [2, 4, 6, 6]
     assert all(r["eval_loss"] == r["eval_loss"] for r in evals)
     plan = json.loads((run_dir / "plan.json").read_text())
-    assert plan["runtime"]["train_rows"] == 8 and plan["runtime"]["eval_rows"] == 2
+    assert plan["launch"]["train_rows"] == 8 and plan["launch"]["eval_rows"] == 2
     assert "final eval loss: " + str(evals[-1]["eval_loss"]) in (run_dir / "README.md").read_text()
 
 

@@ -42,7 +42,7 @@ def test_quickstart_learns_the_new_identity_on_cpu_within_budget(tmp_path):
     wall = time.time() - started
 
     stored = json.loads((run_dir / "plan.json").read_text())
-    stats = stored["runtime"]["data_stats"]["train"]
+    stats = stored["launch"]["data_stats"]["train"]
     assert stats["tokens"] * plan.training.epochs <= TOKEN_BUDGET
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     runtime = next(r["train_runtime"] for r in rows if r.get("kind") == "summary")

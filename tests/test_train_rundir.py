@@ -126,4 +126,4 @@ def test_no_secret_reaches_the_run_dir_and_wandb_offline_holds_the_hashes(tmp_pa
     stored = json.loads((run_dir / "plan.json").read_text())
     for name in ("config", "data", "plan"):
         assert rundir.files_containing(offline[0], [stored["hashes"][name]]), f"{name} hash not in the W&B run"
-    assert stored["runtime"]["wandb_run_id"] in offline[0].name
+    assert stored["launch"]["wandb_run_id"] in offline[0].name

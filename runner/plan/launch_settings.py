@@ -31,7 +31,7 @@ def deepspeed_json(cfg: dict) -> dict:
         # 16-bit weights on save is what makes the final model ordinary safetensors.
         zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto",
                     stage3_gather_16bit_weights_on_model_save=True)
-    nvme = {"nvme_path": ds.get("nvme_path")}
+    nvme = {"nvme_path": ds["nvme_path"]}
     if ds["offload_optimizer"] != "none":
         zero["offload_optimizer"] = {"device": ds["offload_optimizer"], "pin_memory": True,
                                      **(nvme if ds["offload_optimizer"] == "nvme" else {})}
@@ -164,7 +164,8 @@ def sharded(cfg: dict) -> bool:
 
 
 def _file_stage(data: dict | None) -> int:
-    stage = ((data or {}).get("zero_optimization") or {}).get("stage")
+    zero = (data or {}).get("zero_optimization") or {}
+    stage = zero.get("stage")
     return stage if isinstance(stage, int) else 0
 
 
@@ -198,7 +199,7 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
             found.append(("error", ("distributed", "deepspeed", "offload_optimizer"),
                           "optimizer offload needs ZeRO stage 1, 2 or 3 (zero_stage is 0)", "set zero_stage: 2"))
         for key in ("offload_optimizer", "offload_params"):
-            if ds[key] == "nvme" and not ds.get("nvme_path"):
+            if ds[key] == "nvme" and not ds["nvme_path"]:
                 found.append(("error", ("distributed", "deepspeed", key),
                               "NVMe offload needs a folder on a local NVMe disk",
                               "set distributed.deepspeed.nvme_path: /local_nvme/deepspeed (or use cpu)"))

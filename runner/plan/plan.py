@@ -69,6 +69,7 @@ class Launch:
     """What this launch found and measured: in plan.json, never in a hash."""
     trainable_params: int
     total_params: int
+    fused_lora_layers: int             # LoRA layers on runner's fused path (fast_path.fused_lora)
     train_rows: int
     eval_rows: int
     data_stats: dict

@@ -78,7 +78,7 @@ def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
         mdir = _hub_cache_dir(model["path"], model["revision"])
     else:
         return None, None
-    tok = model.get("tokenizer")
+    tok = model["tokenizer"]
     tdir = mdir
     if tok:
         tdir = Path(tok) if Path(tok).is_dir() else _hub_cache_dir(tok, None)
@@ -142,10 +142,10 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
     config_hash = hashing.digest_text(weights)
 
     mdir, tdir = _model_dirs(model)
-    gguf = model["gguf_file"] if not model.get("tokenizer") else None
+    gguf = model["gguf_file"] if not model["tokenizer"] else None
     tok_fp = hashing.tree_digest(hashing.tokenizer_files(tdir, gguf), cache, tdir) if tdir else None
     files = hashing.model_files(mdir, model["gguf_file"]) if mdir else []
-    if mdir and model.get("random_init"):  # weights are not read: only the architecture counts
+    if mdir and model["random_init"]:  # weights are not read: only the architecture counts
         files = [f for f in files if f.name in hashing.MODEL_CONFIG_FILES]
     model_fp = hashing.tree_digest(files, cache, mdir) if mdir else None
     if tok_fp is None:
@@ -212,7 +212,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
         adapter["alpha"] = 2 * adapter["r"]
 
     cache_dir = Path(os.path.expanduser(cfg["data"]["cache_dir"])).resolve()
-    tok = model.get("tokenizer")
+    tok = model["tokenizer"]
     data = {
         "datasets": datasets, "eval_datasets": eval_datasets, "val_size": cfg["val_size"],
         "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,

@@ -32,8 +32,9 @@ HOOKS = (
          "runner/train/nonfinite.py", "one fused kernel checks every gradient for inf/NaN without a host sync"),
     Hook("torch.optim.AdamW", "_step_supports_amp_scaling", None, "runner/train/nonfinite.py",
          "the fused optimizer skips a step on the device when it reads found_inf"),
-    Hook("transformers.PretrainedConfig", "_is_quantized", None, "runner/train/model.py (drop_gguf_quantizer)",
-         "a dequantized GGUF model keeps a flag that makes its saved config claim GGUF weights"),
+    Hook("transformers.quantizers.base", "_assign_is_quantized", ("model",),
+         "runner/train/model.py (drop_gguf_quantizer)",
+         "it flags each module's config _is_quantized; a dequantized GGUF model must not keep the flag"),
     Hook("liger_kernel.transformers", "_apply_liger_kernel_to_instance", ("model",), "runner/train/fast/liger.py",
          "Liger's kernels on an already built model instance (its public helpers patch classes)"),
 )

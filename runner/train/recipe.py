@@ -33,6 +33,7 @@ class Model:
     model: object
     reference: object | None       # a frozen copy of the base, for stages that compare against one
     info: object                   # runner.train.adapters.AdapterInfo
+    fused_lora_layers: int = 0
 
 
 def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
@@ -120,17 +121,18 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
     if plan.training.gradient_checkpointing and plan.adapter.kind != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     model, info = apply_adapter(model, plan.adapter, rt)
+    fused = 0
     if rt.fast_path.fused_lora:
         from runner.train.fast.fused_lora import fuse_lora
 
-        fuse_lora(model)
+        fused = fuse_lora(model)
     if is_main:
         print_parameters(info)
     reference = None
     if stage.needs_reference(plan):
         reference = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation, for_training=False)
         match_tokenizer(reference, tokenizer)
-    return Model(model, reference, info)
+    return Model(model, reference, info, fused)
 
 
 def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wandb_run, callbacks,
@@ -191,6 +193,7 @@ def launch_record(data: Data, model: Model, wandb_run) -> Launch:
     from runner.plan.hashing import library_versions
 
     return Launch(trainable_params=model.info.trainable_params, total_params=model.info.total_params,
+                  fused_lora_layers=model.fused_lora_layers,
                   train_rows=len(data.train), eval_rows=len(data.eval) if data.eval is not None else 0,
                   data_stats=data.stats, versions={"python": platform.python_version(), **library_versions()},
                   wandb_run_id=wandb_run.id if wandb_run is not None else None)

@@ -96,7 +96,7 @@ def model_facts(plan: Plan) -> ModelFacts:
         model_type=getattr(config, "model_type", "") or "", class_name=type(model).__name__,
         uses_attention_interface=bool(getattr(model, "_supports_attention_backend", False)),
         varlen_unsupported=varlen.unsupported(config), decoder_layer_class=decoder_layer_class(model),
-        checkpointable_layers=_checkpointable_count(model), linear_names=tuple(sorted(linear)),
+        checkpointable_layers=checkpointable_count(model), linear_names=tuple(sorted(linear)),
         layer_stack=stack, num_layers=layers, parameter_names=tuple(n for n, _ in model.named_parameters()))
 
 
@@ -127,7 +127,7 @@ def decoder_layer_class(model) -> str | None:
     return type(best[0]).__name__ if best else None
 
 
-def _checkpointable_count(model) -> int:
+def checkpointable_count(model) -> int:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     return sum(isinstance(m, GradientCheckpointingLayer) for m in model.modules())
@@ -236,14 +236,18 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
     fused = plan.adapter.kind == "lora" and (training.fused_lora is True or (
         training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded))
-    checkpointing = training.gradient_checkpointing
-    layers = None
-    if checkpointing and facts.checkpointable_layers:
-        n = facts.checkpointable_layers
-        layers = f"{n if checkpointing is True else min(int(checkpointing), n)}/{n}"
     return FastPath(liger=liger, chunked_loss=chunked, chunked_loss_off_because=off, fused_lora=fused,
                     torch_compile=training.torch_compile, non_blocking_copies=env.device == "cuda",
-                    checkpointed_layers=layers)
+                    checkpointed_layers=checkpointed_layers(training.gradient_checkpointing,
+                                                            facts.checkpointable_layers))
+
+
+def checkpointed_layers(setting, layers: int) -> str | None:
+    """"N/M": how many of the model's M decoder layers `training.gradient_checkpointing` recomputes
+    (true = all, an integer = the first N); None when it is off or the model has no such layers."""
+    if not setting or not layers:
+        return None
+    return f"{layers if setting is True else min(int(setting), layers)}/{layers}"
 
 
 def target_modules(plan: Plan, facts: ModelFacts) -> tuple[tuple[str, ...], tuple[str, ...]]:
