@@ -207,7 +207,8 @@ class _Builder:
         except ValueError:
             from runner.schema import is_secret
 
-            shown = "the value of a secret key" if is_secret(self._child_path()) else repr(ev.value)
+            path = self._child_path()
+            shown = f"the value of {'.'.join(map(str, path))} (secret: not shown)" if is_secret(path) else repr(ev.value)
             raise UserError(f"{shown} is not a valid {tag.rsplit(':', 1)[-1]}", where=where) from None
 
 
