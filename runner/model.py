@@ -230,6 +230,13 @@ def load_model(
         if model_cfg.get("source") == "hub" or not os.path.isdir(model_cfg["path"]):
             raise _hub_error(model_cfg, exc) from exc
         raise UserError(f"cannot load model from {model_cfg['path']}: {exc}", where="model.path") from exc
+    except ValueError as exc:
+        from runner.remote_code import load_error
+
+        found = load_error(model_cfg["path"], exc)
+        if found is None:
+            raise
+        raise found from None
     drop_gguf_quantizer(model)
     if for_training and attn == "varlen":
         check_varlen_model(model)

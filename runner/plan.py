@@ -13,10 +13,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hashing, schema
+from runner import hashing, remote_code, schema
 from runner.checks import check
 from runner.config import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
+from runner.foreign import foreign_error
 from runner.launch_config import accelerate_settings
 
 # Keys that never change the trained weights: excluded from config_hash.
@@ -125,6 +126,19 @@ def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
     return mdir, tdir
 
 
+def _remote_code_errors(model: dict, trust: bool, where) -> list:
+    """A model (or tokenizer) folder that needs its own code while model.trust_remote_code is false."""
+    mdir, tdir = _model_dirs(model)
+    out, seen = [], set()
+    for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model.get("tokenizer") else "path")):
+        if directory is not None and directory not in seen:
+            seen.add(directory)
+            found = remote_code.check_model_dir(directory, trust, where(("model", key)))
+            if found:
+                out.append(found)
+    return out
+
+
 def _resolve_datasets(specs: list, group: str, base: Path, where, errors: list) -> list:
     out = []
     for i, ds in enumerate(specs):
@@ -218,7 +232,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
             "model": model_fp, "tokenizer": tok_fp}, unresolved
 
 
-def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
+def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False) -> Plan:
+    """The Plan of a validated config. Only commands that go on to write outputs anyway (train,
+    preprocess) pass `write_cache`: lint and plan write nothing, the digest cache included."""
     base = loaded.path.parent
     where = loaded.where
     errors: list[UserError] = []
@@ -226,6 +242,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     model = _resolve_model(cfg["model"], base, where, errors)
     datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
+    errors += _remote_code_errors(model, cfg["model"]["trust_remote_code"], where)
     template = dict(cfg["template"])
     if template["jinja"]:
         template["jinja"] = str(_expand(template["jinja"], base).resolve())
@@ -267,7 +284,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     }
     cache = hashing.DigestCache(cache_dir / "digests.json")
     hashes, unresolved = _hashes(cfg, model, data, cache)
-    cache.save()
+    if write_cache:
+        cache.save()
     hashes["unresolved"] = unresolved
 
     deferred = ["runtime.world_size", "runtime.device"]
@@ -318,6 +336,9 @@ def _redact_tracking(tracking: dict) -> dict:
 
 def validated(loaded: Loaded) -> tuple[dict, list]:
     """Schema + semantic checks. Returns (config with defaults, warnings); raises ConfigErrors."""
+    foreign = foreign_error(loaded.data, loaded.path, loaded.where)
+    if foreign:  # another tool's file: one error naming the import command, not one per key
+        raise ConfigErrors([foreign])
     errors = schema.validate(loaded.data, loaded.where)
     if errors:
         raise ConfigErrors(errors)
@@ -328,8 +349,9 @@ def validated(loaded: Loaded) -> tuple[dict, list]:
     return cfg, findings.warnings
 
 
-def make_plan(config_path, overrides=()) -> Plan:
-    """Load, validate, check and resolve a config file. Raises UserError / ConfigErrors."""
+def make_plan(config_path, overrides=(), write_cache: bool = False) -> Plan:
+    """Load, validate, check and resolve a config file. Raises UserError / ConfigErrors.
+    Writes nothing unless `write_cache` (see resolve)."""
     loaded = load(config_path, overrides)
     cfg, warnings = validated(loaded)
-    return resolve(loaded, cfg, warnings)
+    return resolve(loaded, cfg, warnings, write_cache=write_cache)

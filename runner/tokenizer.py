@@ -30,6 +30,11 @@ def load_tokenizer(plan, attach_template: bool = True):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
     except (OSError, ValueError) as e:
+        from runner.remote_code import load_error
+
+        found = load_error(path, e)
+        if found is not None:
+            raise found from None
         raise UserError(f"cannot load the tokenizer from {path}: {e}", where="model.path",
                         hint="check the path, or that the hub is reachable for a hub id") from None
     apply_special_tokens(tokenizer, plan.data.get("special_tokens") or {})
