@@ -133,7 +133,7 @@ def _remote_code_errors(model: dict, trust: bool, where) -> list:
     for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model.get("tokenizer") else "path")):
         if directory is not None and directory not in seen:
             seen.add(directory)
-            found = remote_code.check_model_dir(directory, trust, where(("model", key)))
+            found = remote_code.check_model_dir(directory, trust, where(("model", key)), f"model.{key}")
             if found:
                 out.append(found)
     return out

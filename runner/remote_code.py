@@ -47,7 +47,8 @@ def _transformers_version() -> str:
         return "(not installed)"
 
 
-def check_model_dir(directory: Path | None, trust_remote_code: bool, where: str) -> UserError | None:
+def check_model_dir(directory: Path | None, trust_remote_code: bool, where: str,
+                    key: str = "model.path") -> UserError | None:
     """The error for a model folder whose config.json needs code of its own that the config does not
     allow; None when it loads without (or may: no config.json, an unreadable one, an unknown mapping)."""
     if directory is None or trust_remote_code:
@@ -66,33 +67,34 @@ def check_model_dir(directory: Path | None, trust_remote_code: bool, where: str)
     if isinstance(auto_map, dict) and auto_map:
         classes = ", ".join(f"{k} -> {v}" for k, v in list(auto_map.items())[:3])
         return custom_code_error(directory, where, f"its config.json maps classes to code of its own ({classes}) "
-                                 f"and its model_type {model_type!r} is not built into transformers {_transformers_version()}")
+                                 f"and its model_type {model_type!r} is not built into transformers "
+                                 f"{_transformers_version()}", key)
     if isinstance(model_type, str):
         return UserError(
-            f"model.path: the model_type {model_type!r} of {directory} is not known to transformers "
+            f"{key}: the model_type {model_type!r} of {directory} is not known to transformers "
             f"{_transformers_version()}, and the folder ships no code of its own (no auto_map in config.json)",
             where=where, hint=f"upgrade transformers to a version that has {model_type}, or check the folder; "
                               f"{KEY} would not help (there is no code to run)")
     return None
 
 
-def custom_code_error(source, where: str, why: str) -> UserError:
+def custom_code_error(source, where: str, why: str, key: str = "model.path") -> UserError:
     return UserError(
-        f"{source} needs its own Python code to load: {why}; {KEY} is false",
+        f"{key}: {source} needs its own Python code to load: {why}; {KEY} is false",
         where=where,
         hint=f"{MEANING}. Read its .py files first; if you trust them, set {KEY}: true (and pin model.revision "
              "for a hub model). runner never turns it on by itself")
 
 
-def load_error(source: str, exc: Exception, where: str = "model.path") -> UserError | None:
+def load_error(source: str, exc: Exception, key: str = "model.path") -> UserError | None:
     """transformers' refusal to run a model's code (raised at load) as the same error; None for others."""
     text = str(exc)
     if "trust_remote_code" in text and ("custom code" in text or "execute" in text):
-        return custom_code_error(source, where, "transformers refused to run the code it ships "
-                                 f"({text.strip().splitlines()[0][:200]})")
+        return custom_code_error(source, key, "transformers refused to run the code it ships "
+                                 f"({text.strip().splitlines()[0][:200]})", key)
     if "does not recognize this architecture" in text:
-        return UserError(f"model.path: {source} has a model type that transformers {_transformers_version()} "
-                         f"does not know ({text.strip().splitlines()[0][:200]})", where=where,
+        return UserError(f"{key}: {source} has a model type that transformers {_transformers_version()} "
+                         f"does not know ({text.strip().splitlines()[0][:200]})", where=key,
                          hint=f"upgrade transformers; if the model ships its own code (auto_map in config.json), "
                               f"{MEANING}")
     return None

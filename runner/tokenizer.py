@@ -32,7 +32,8 @@ def load_tokenizer(plan, attach_template: bool = True):
     except (OSError, ValueError) as e:
         from runner.remote_code import load_error
 
-        found = load_error(path, e)
+        own_folder = spec.get("path") != (getattr(plan, "model", None) or {}).get("path")
+        found = load_error(path, e, "model.tokenizer" if own_folder else "model.path")
         if found is not None:
             raise found from None
         raise UserError(f"cannot load the tokenizer from {path}: {e}", where="model.path",
