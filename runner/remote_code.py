@@ -66,7 +66,7 @@ def check_model_dir(directory: Path | None, trust_remote_code: bool, where: str,
         return None  # built in: transformers loads its own class and ignores auto_map without the flag
     if isinstance(auto_map, dict) and auto_map:
         classes = ", ".join(f"{k} -> {v}" for k, v in list(auto_map.items())[:3])
-        return custom_code_error(directory, where, f"its config.json maps classes to code of its own ({classes}) "
+        return custom_code_error(directory, where, f"the auto_map of its config.json points to code of its own ({classes}) "
                                  f"and its model_type {model_type!r} is not built into transformers "
                                  f"{_transformers_version()}", key)
     if isinstance(model_type, str):
