@@ -183,20 +183,19 @@ def _describe(value) -> str:
 
 def _shown(value, path: tuple) -> str:
     """A value as an error may print it: a secret (by its key path, or a key of that name in a
-    mapping of the wrong shape) is replaced by its type, never echoed."""
-    if is_secret(path):
-        return "<secret, not shown>"
+    mapping of the wrong shape) is replaced by a placeholder, never echoed."""
+    return "<secret, not shown>" if is_secret(path) else _describe(_masked(value, path))
+
+
+def _masked(value, path: tuple):
+    """`value` with what lies under a secret key path, or a key named like one, replaced."""
     leaf_names = {p[-1] for p in _secret_patterns() if p}
-
-    def mask(v, at):
-        if isinstance(v, dict):
-            return {k: "<secret>" if (k in leaf_names or is_secret(at + (k,))) and v[k] is not None
-                    else mask(v[k], at + (k,)) for k in v}
-        if isinstance(v, list):
-            return [mask(x, at + (i,)) for i, x in enumerate(v)]
-        return v
-
-    return _describe(mask(value, path))
+    if isinstance(value, dict):
+        return {k: "<secret>" if (k in leaf_names or is_secret(path + (k,))) and v is not None
+                else _masked(v, path + (k,)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(x, path + (i,)) for i, x in enumerate(value)]
+    return value
 
 
 # YAML 1.1 booleans: YAML 1.2 (what runner reads) types them as strings.
@@ -334,7 +333,7 @@ def _explain(err, where) -> list[UserError]:
                           where=where(path), hint=(subschema(path) or {}).get("description"))]
     if kind == "minItems":
         return [UserError(f"{_dotted(path)}: needs at least {err.validator_value} item(s)", where=where(path))]
-    if is_secret(path):  # jsonschema's own message quotes the value
+    if is_secret(path) or _masked(err.instance, path) != err.instance:  # jsonschema's message quotes the value
         return [UserError(f"{_dotted(path)}: {_shown(err.instance, path)} is not valid ({kind})", where=where(path))]
     return [UserError(f"{_dotted(path)}: {err.message}", where=where(path))]
 
