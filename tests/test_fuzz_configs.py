@@ -4,9 +4,12 @@ from the valid fixtures in tests/fixtures/configs, go through `runner lint` in-p
 - no exception escapes and no traceback is printed;
 - mutations invalid by construction (bad types, unknown keys, bad enums, tabs in block indentation,
   NUL bytes, invalid UTF-8, deep nesting, alias bombs, object-constructing tags, unset environment
-  variables, `extends` outside the folder, empty or oversized files) exit 2; the others exit 0 or 2;
+  variables, `extends` outside the folder, empty or oversized files; issue 17: NaN, infinity and
+  absurd magnitudes in number keys, secrets of the wrong type, YAML 1.1 booleans, Axolotl and
+  LLaMA-Factory files, `extends` naming a FIFO, a directory or a device) exit 2; the others exit 0 or 2;
 - every exit 2 prints a location: file:line, a key path, or (for whole-file problems) the file;
-- nothing is written outside the digest cache (data.cache_dir) and the mutation's own file, and no
+- a secret value never appears in the output;
+- nothing is written (lint is read-only, the digest cache included) but the mutation's own file, and no
   tag or `${...}` value runs anything.
 
 A few end-to-end CLI cases run in subprocesses, and `extends` confinement (`..`, symlinks,
@@ -53,6 +56,7 @@ class Case:
     base: str
     content: bytes
     must_fail: bool
+    absent: str | None = None  # a secret value: never in the output
 
 
 # --- mutation operators ------------------------------------------------------------------------
@@ -256,6 +260,73 @@ def whole_file(rng, data, index: int):
     return options[index % len(options)]
 
 
+# --- config input limits, secrets, other tools' configs (issue 17) ------------------------------
+
+NUMBER_KEYS = [("training", "learning_rate"), ("training", "epochs"), ("val_size",), ("adapter", "dropout"),
+               ("adapter", "alpha"), ("training", "weight_decay"), ("training", "adam_beta1"), ("training", "max_grad_norm"),
+               ("training", "dpo", "beta"), ("training", "kto", "undesirable_weight"), ("training", "warmup_ratio")]
+BOUNDED_INTEGERS = [("adapter", "r"), ("training", "seed"), ("training", "max_steps"), ("sequence", "max_length"),
+                    ("training", "gradient_accumulation"), ("tracking", "log_every"), ("output", "save_total_limit")]
+SECRET = "hf_FuZzSeCrEtVaLuE9876"
+BOOLEAN_KEYS = [("sequence", "packing"), ("data", "shuffle"), ("adapter", "dora"), ("training", "torch_compile"),
+                ("model", "trust_remote_code"), ("output", "merge")]
+
+
+def non_finite(rng, data):
+    """NaN or infinity in a number key (or a decimal literal beyond the float range)."""
+    path = rng.choice(NUMBER_KEYS)
+    literal = rng.choice([".nan", ".NaN", ".inf", "-.inf", "+.inf", "1e999", "-1e400"])
+    return _dump(_set(data, path, "PLACEHOLDER")).replace("PLACEHOLDER", literal, 1), True
+
+
+def absurd_number(rng, data):
+    """A finite magnitude no run means: beyond the key's schema range."""
+    if rng.random() < 0.5:
+        path, value = rng.choice(NUMBER_KEYS), rng.choice([1e308, 1.7e308, 1e30])
+    else:
+        path, value = rng.choice(BOUNDED_INTEGERS), rng.choice([10**30, 2**64, 10**400])
+    return _dump(_set(data, path, value)), True
+
+
+def secret_wrong_type(rng, data):
+    path = rng.choice([("model", "token"), ("tracking", "wandb", "api_key")])
+    if path[0] == "tracking":
+        data["tracking"] = {"wandb": {"project": "p"}}
+    value = rng.choice([[SECRET], {"value": SECRET}, [1, SECRET], {SECRET: 1}])
+    return _dump(_set(data, path, value)), True
+
+
+def yaml11_boolean(rng, data):
+    path = rng.choice(BOOLEAN_KEYS)
+    word = rng.choice(["yes", "no", "on", "off", "y", "n", "Yes", "OFF"])
+    return _dump(_set(data, path, "PLACEHOLDER")).replace("PLACEHOLDER", word, 1), True
+
+
+def foreign_config(rng, data):
+    """The same run written as another tool writes it."""
+    model = data["model"]["path"]
+    ds = data["datasets"][0]["path"]
+    if rng.random() < 0.5:
+        out = {"base_model": model, "datasets": [{"path": ds, "type": "alpaca"}], "sequence_len": 512,
+               "micro_batch_size": 2, "num_epochs": 1, "learning_rate": 2e-4, "adapter": "lora", "lora_r": 8}
+    else:
+        out = {"model_name_or_path": model, "stage": "sft", "finetuning_type": "lora", "dataset": "alpaca_en_demo",
+               "template": "llama3", "cutoff_len": 512, "num_train_epochs": 1.0, "per_device_train_batch_size": 2}
+    keys = list(out)
+    rng.shuffle(keys)
+    return _dump({k: out[k] for k in keys}), True
+
+
+def special_extends(rng, data):
+    """extends naming a FIFO (made in the arena), a directory or a device: refused, never read."""
+    target = rng.choice(["pipe.yaml", "data", "/dev/zero", "/dev/null"])
+    data.pop("extends", None)
+    return "extends: " + target + "\n" + _dump(data), True
+
+
+ISSUE17_OPS = [(non_finite, 24), (absurd_number, 16), (secret_wrong_type, 10), (yaml11_boolean, 10),
+               (foreign_config, 8), (special_extends, 8)]
+
 TEXT_OPS = [(delete_line, 20), (duplicate_line, 20), (swap_lines, 20), (truncate, 20), (unicode_junk, 15)]
 BYTE_OPS = [(byte_flips, 25), (binary_junk, 15), (nul_byte, 15)]
 DATA_OPS = [(tab_indent, 15), (type_swap, 45), (unknown_key, 35), (bad_enum, 35), (huge_number, 16),
@@ -297,6 +368,11 @@ def generate(tmp: Path) -> list[Case]:
         name, text = base()
         out, bad = whole_file(rng, yaml.safe_load(text), i)
         cases.append(Case("whole_file", name, out, bad))
+    for op, n in ISSUE17_OPS:  # after the others, so that their cases stay as they were
+        for _ in range(n):
+            name, text = base()
+            out, bad = op(rng, yaml.safe_load(text))
+            cases.append(Case(op.__name__, name, out.encode(), bad, SECRET if op is secret_wrong_type else None))
     return cases
 
 
@@ -327,6 +403,7 @@ def arena(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(FIXTURES, root / "fx")
     (root / "cwd").mkdir()
+    os.mkfifo(root / "fx" / "pipe.yaml")  # for special_extends: reading it would block forever
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root / "cwd")
         mp.delenv("RUNNER_EXTENDS_ROOT", raising=False)
@@ -373,9 +450,10 @@ def test_malformed_config(index, cases, arena, capsys):
         assert code in (0, 2), text
     if code == 2:
         assert LOCATION.search(out.err), f"no location in:\n{out.err}"
+    if case.absent:
+        assert case.absent not in text, f"a secret value was printed:\n{text}"
     new = {k: v for k, v in tree(arena).items() if before.get(k) != v}
-    stray = [k for k in new if not (k.startswith("cwd/") and Path(k).name == "digests.json")]
-    assert not stray, f"written outside the digest cache: {stray}"
+    assert not new, f"lint wrote files: {sorted(new)}"
     assert not (arena / PWNED).exists(), "a tag or an environment value ran a command"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from runner.config.schema import _object_branch, load_schema
+from runner.config.schema import _object_branch, _range, load_schema
 
 
 def _type(node: dict) -> str:
@@ -30,6 +30,9 @@ def _rows(node: dict, prefix: str, out: list) -> None:
         path = f"{prefix}.{key}" if prefix else key
         default = "required" if key in required else (json.dumps(sub["default"]) if "default" in sub else "")
         desc = sub.get("description", "").replace("|", "\\|").replace("\n", " ")
+        bounds = _range(sub)
+        if bounds:
+            desc += f" Range: {bounds}."
         aliases = sub.get("x-aliases")
         if aliases:
             desc += f" (other tools: {', '.join(aliases)})"

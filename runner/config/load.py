@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runner.config import schema
 from runner.errors import ConfigErrors, UserError
-from runner.config.yamlsafe import load_yaml, scalar
+from runner.config.yamlsafe import load_yaml, read_bounded, scalar, special_kind
 
 COMMAND_LINE = "<command line>"
 # org/name on the Hugging Face hub (not a local path)
@@ -73,13 +73,7 @@ def _read_file(path: Path, chain: tuple, root: Path | None = None) -> tuple[dict
     if path in chain:
         cycle = " -> ".join(_display(p) for p in chain + (path,))
         raise UserError(f"extends cycle: {cycle}", where=source, hint="remove one of the extends")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {source}") from None
-    except OSError as err:
-        raise UserError(f"cannot read the config file: {err.strerror}", where=source) from None
-    located = load_yaml(raw, source)
+    located = load_yaml(read_bounded(path, source), source)
     data, positions = located.value, located.positions
     if not isinstance(data, dict):
         raise UserError(f"a config is a mapping of sections, got a {type(data).__name__}", where=f"{source}:1:1",
@@ -107,6 +101,10 @@ def _read_file(path: Path, chain: tuple, root: Path | None = None) -> tuple[dict
         if not base_path.exists():
             raise UserError(f"extends: base config not found: {base}", where=where,
                             hint="paths in extends are relative to the file that names them")
+        kind = special_kind(base_path)
+        if kind:  # a FIFO would block the read forever, /dev/zero never ends
+            raise UserError(f"extends: {base} is {kind}, not a config file", where=where,
+                            hint="extends names regular YAML files only")
         b_data, b_pos, b_files = _read_file(base_path, chain + (path,), root)
         merged = _merge(merged, b_data, merged_pos, b_pos)
         merged_pos.update(b_pos)
@@ -176,12 +174,35 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _key_parts(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+
+
+def _shown_override(text: str) -> str:
+    """An override as errors may quote it. Its value is shown only for a key the schema knows and
+    does not mark secret: an unknown key may be a misspelt `model.token`, and an argument that is
+    not KEY=VALUE may be a token typed after its key (`model.token hf_...`)."""
+    key, sep, _ = text.partition("=")
+    match = re.match(r"[A-Za-z_][\w.-]*", text)
+    if not sep:
+        if match and schema.subschema(_key_parts(match.group(0).rstrip("."))) is not None:
+            return match.group(0) + ("..." if len(match.group(0)) < len(text) else "")
+        return ""
+    parts = _key_parts(key)
+    if schema.subschema(parts) is None or schema.is_secret(parts):
+        return f"{key.strip()}=<not shown>"
+    return text
+
+
 def _apply_override(loaded: Loaded, text: str) -> None:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"override {text!r} is not KEY=VALUE", where=COMMAND_LINE,
-                        hint="e.g. training.learning_rate=1e-4 datasets.0.num_samples=100")
-    parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+        shown = _shown_override(text)
+        raise UserError(f"override {shown!r} is not KEY=VALUE" if shown else
+                        "an override is not KEY=VALUE (its text is not printed: it may be a secret)", where=COMMAND_LINE,
+                        hint="e.g. training.learning_rate=1e-4 datasets.0.num_samples=100 (the value of a "
+                             "key that is unknown or secret is never printed)")
+    parts = _key_parts(key)
     value = scalar(raw)
     # Typed by the schema: a string key keeps the text as written (`name=007` stays "007").
     types = schema.types_at(parts)
@@ -209,7 +230,7 @@ def _apply_override(loaded: Loaded, text: str) -> None:
         raise UserError(f"override {key}: cannot set {_dotted(parts)}", where=COMMAND_LINE)
     for p in [p for p in loaded.positions if p[: len(parts)] == parts]:
         del loaded.positions[p]
-    loaded.positions[parts] = f"{COMMAND_LINE} ({text})"
+    loaded.positions[parts] = f"{COMMAND_LINE} ({_shown_override(text)})"
 
 
 def load_raw(path: str | os.PathLike) -> Loaded:

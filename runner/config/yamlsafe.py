@@ -9,7 +9,9 @@ it parse and compose nodes (fast, C when available), then build Python values ou
 from __future__ import annotations
 
 import copy
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 import yaml
@@ -203,17 +205,79 @@ class _Builder:
         try:
             return _build_scalar(tag, ev.value, self.source, where)
         except ValueError:
-            raise UserError(f"{ev.value!r} is not a valid {tag.rsplit(':', 1)[-1]}", where=where) from None
+            from runner.schema import is_secret
+
+            path = self._child_path()
+            shown = f"the value of {'.'.join(map(str, path))} (secret: not shown)" if is_secret(path) else repr(ev.value)
+            raise UserError(f"{shown} is not a valid {tag.rsplit(':', 1)[-1]}", where=where) from None
+
+
+_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+
+
+def special_kind(path) -> str | None:
+    """What a path is when it is not a regular file ("a named pipe (FIFO)", ...); None for a file
+    or a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _not_a_file(mode: int, source: str) -> UserError:
+    kind = _kind(mode)
+    return UserError(f"{source} is {kind}, not a config file", where=source,
+                     hint="configs (and the bases that extends: names) are read from regular files only")
+
+
+def read_bounded(path, source: str, what: str = "config file") -> bytes:
+    """The bytes of a config file, refusing before reading anything what is not a regular file
+    (a FIFO or socket would block forever, /dev/zero never ends) or is over MAX_BYTES. The open
+    does not block and the descriptor itself is checked again, so a file swapped for a pipe
+    between the two checks is refused too."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {source}") from None
+    except OSError as err:
+        raise UserError(f"cannot read the {what}: {err.strerror}", where=source) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_file(st.st_mode, source)
+    if st.st_size > MAX_BYTES:
+        raise _too_big(st.st_size, source)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as err:
+        raise UserError(f"cannot read the {what}: {err.strerror}", where=source) from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(mode, source)
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise _too_big(len(data), source, at_least=True)
+    return data
+
+
+def _too_big(size: int, source: str, at_least: bool = False) -> UserError:
+    size_text = f"more than {MAX_BYTES:,}" if at_least else f"{size:,}"
+    return UserError(
+        f"the file is {size_text} bytes; configs are limited to {MAX_BYTES:,}",
+        where=source,
+        hint="a config describes a run; put data in dataset files",
+    )
 
 
 def load_yaml(text: str | bytes, source: str) -> Located:
     """Parse one YAML document into plain values and positions. Raises UserError with a location."""
     if len(text) > MAX_BYTES:
-        raise UserError(
-            f"the file is {len(text):,} bytes; configs are limited to {MAX_BYTES:,}",
-            where=source,
-            hint="a config describes a run; put data in dataset files",
-        )
+        raise _too_big(len(text), source)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -27,7 +27,7 @@ def run(args) -> int:
     from runner.data.stats import format_stats, show_samples
     from runner.plan.resolve import make_plan
 
-    plan = make_plan(args.config, args.overrides)
+    plan = make_plan(args.config, args.overrides, write_cache=True)
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     loaded = {}

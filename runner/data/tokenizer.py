@@ -28,6 +28,12 @@ def load_tokenizer(plan, attach_template: bool = True):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
     except (OSError, ValueError) as e:
+        from runner.plan.remote_code import load_error
+
+        own_folder = spec.get("path") != (getattr(plan, "model", None) or {}).get("path")
+        found = load_error(path, e, "model.tokenizer" if own_folder else "model.path")
+        if found is not None:
+            raise found from None
         raise UserError(f"cannot load the tokenizer from {path}: {e}", where="model.path",
                         hint="check the path, or that the hub is reachable for a hub id") from None
     from runner.plan.sections import to_dict

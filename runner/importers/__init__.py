@@ -26,11 +26,11 @@ class ImportResult:
 def _read_yaml(path: Path) -> dict:
     import yaml
 
+    from runner.yamlsafe import read_bounded
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_bounded(path, str(path), "file").decode("utf-8")
+    except UnicodeDecodeError as err:
         raise UserError(f"cannot read {path}: {err}") from None
     try:
         # Both tools read their configs with PyYAML / OmegaConf (YAML 1.1); read them the same way.

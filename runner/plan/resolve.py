@@ -12,9 +12,10 @@ from pathlib import Path
 
 from runner.config import schema
 from runner.config.checks import check
+from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
-from runner.plan import hashing, sections
+from runner.plan import hashing, remote_code, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 
@@ -83,6 +84,19 @@ def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
     if tok:
         tdir = Path(tok) if Path(tok).is_dir() else _hub_cache_dir(tok, None)
     return mdir, tdir
+
+
+def _remote_code_errors(model: dict, trust: bool, where) -> list:
+    """A model (or tokenizer) folder that needs its own code while model.trust_remote_code is false."""
+    mdir, tdir = _model_dirs(model)
+    out, seen = [], set()
+    for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model.get("tokenizer") else "path")):
+        if directory is not None and directory not in seen:
+            seen.add(directory)
+            found = remote_code.check_model_dir(directory, trust, where(("model", key)), f"model.{key}")
+            if found:
+                out.append(found)
+    return out
 
 
 def _resolve_datasets(specs: list, group: str, base: Path, where, errors: list) -> list:
@@ -178,7 +192,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
             "model": model_fp, "tokenizer": tok_fp}, unresolved
 
 
-def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
+def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False) -> Plan:
+    """The Plan of a validated config. Only commands that go on to write outputs anyway (train,
+    preprocess) pass `write_cache`: lint and plan write nothing, the digest cache included."""
     base = loaded.path.parent
     where = loaded.where
     errors: list[UserError] = []
@@ -186,6 +202,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     model = _resolve_model(cfg["model"], base, where, errors)
     datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
+    errors += _remote_code_errors(model, cfg["model"]["trust_remote_code"], where)
     template = dict(cfg["template"])
     if template["jinja"]:
         template["jinja"] = str(_expand(template["jinja"], base).resolve())
@@ -225,7 +242,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
     }
     cache = hashing.DigestCache(cache_dir / "digests.json")
     hashes, unresolved = _hashes(cfg, model, data, cache)
-    cache.save()
+    if write_cache:
+        cache.save()
     hashes["unresolved"] = unresolved
 
     deferred = ["runtime.world_size", "runtime.device"]
@@ -277,6 +295,9 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list) -> Plan:
 
 def validated(loaded: Loaded) -> tuple[dict, list]:
     """Schema + semantic checks. Returns (config with defaults, warnings); raises ConfigErrors."""
+    foreign = foreign_error(loaded.data, loaded.path, loaded.where)
+    if foreign:  # another tool's file: one error naming the import command, not one per key
+        raise ConfigErrors([foreign])
     errors = schema.validate(loaded.data, loaded.where)
     if errors:
         raise ConfigErrors(errors)
@@ -287,8 +308,9 @@ def validated(loaded: Loaded) -> tuple[dict, list]:
     return cfg, findings.warnings
 
 
-def make_plan(config_path, overrides=()) -> Plan:
-    """Load, validate, check and resolve a config file. Raises UserError / ConfigErrors."""
+def make_plan(config_path, overrides=(), write_cache: bool = False) -> Plan:
+    """Load, validate, check and resolve a config file. Raises UserError / ConfigErrors.
+    Writes nothing unless `write_cache` (see resolve)."""
     loaded = load(config_path, overrides)
     cfg, warnings = validated(loaded)
-    return resolve(loaded, cfg, warnings)
+    return resolve(loaded, cfg, warnings, write_cache=write_cache)

@@ -141,14 +141,10 @@ def _check_param(p: Param, method: str) -> list[str]:
 
 def load_sweep(path) -> Sweep:
     """Read and check a sweep file. Raises UserError / ConfigErrors naming file:line:column."""
-    from runner.config.yamlsafe import load_yaml
+    from runner.config.yamlsafe import load_yaml, read_bounded
 
     path = Path(path).expanduser().resolve()
-    try:
-        raw_bytes = path.read_bytes()
-    except OSError:
-        raise UserError(f"sweep file not found: {path}") from None
-    located = load_yaml(raw_bytes, str(path))
+    located = load_yaml(read_bounded(path, str(path), "sweep file"), str(path))
     data, positions = located.value, located.positions
 
     def where(p: tuple) -> str:

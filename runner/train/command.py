@@ -33,7 +33,7 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
             from runner.train.smoke import smoke_overrides
 
             overrides += smoke_overrides(target.config, overrides)
-        plan = make_plan(target.config, overrides)
+        plan = make_plan(target.config, overrides, write_cache=True)
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         from runner.train.signals import EXIT_INTERRUPTED, TrainingInterrupted

@@ -70,7 +70,7 @@ def load_config(plan):
 
     try:
         return AutoConfig.from_pretrained(plan.model.path, **_source_kwargs(plan))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc
 
 
@@ -100,7 +100,15 @@ def bnb_config(quantization, dtype: str):
 
 
 def _load_error(plan, exc: Exception) -> UserError:
+    """OSError: files missing or unreachable; ValueError: transformers refused (remote code, ...)."""
     model = plan.model
+    if isinstance(exc, ValueError):
+        from runner.plan.remote_code import load_error
+
+        found = load_error(model.path, exc)
+        if found is None:
+            raise exc
+        return found
     if model.source == "local" and os.path.isdir(model.path):
         return UserError(f"cannot load model from {model.path}: {exc}", where="model.path")
     name = model.path
@@ -140,7 +148,7 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
             model = _random_model(plan, kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(plan.model.path, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc
     drop_gguf_quantizer(model)
     if for_training:
