@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import schema
+from runner.config import schema
 from runner.cli import main
 from runner.errors import ConfigErrors
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CONFIGS = FIXTURES / "configs"
@@ -102,13 +102,13 @@ def test_dropout_of_one_drops_everything_and_is_refused(capsys, tmp_path):
     code, out = lint(capsys, write(tmp_path, "adapter: {dropout: 1}\n"))
     assert code == 2 and "adapter.dropout: 1 must be < 1" in out, out
     plan = make_plan(write(tmp_path, "adapter: {dropout: 0.999}\n", "ok.yaml"))
-    assert plan.adapter["dropout"] == 0.999
+    assert plan.adapter.dropout == 0.999
 
 
 def test_seed_beyond_numpy_range_is_refused(capsys, tmp_path):
     code, out = lint(capsys, write(tmp_path, "training: {seed: 4294967296}\n"))
     assert code == 2 and "training.seed" in out, out
-    assert make_plan(write(tmp_path, "training: {seed: 4294967295}\n", "ok.yaml")).training["seed"] == 4294967295
+    assert make_plan(write(tmp_path, "training: {seed: 4294967295}\n", "ok.yaml")).training.seed == 4294967295
 
 
 def test_every_number_key_of_the_schema_has_a_finite_range():
@@ -217,7 +217,7 @@ def test_sweep_and_import_refuse_a_fifo_too(tmp_path):
     proc = _run(["import", "axolotl", fifo], tmp_path, timeout=30)
     assert proc.returncode == 2 and "named pipe" in proc.stderr, proc.stderr
     from runner.errors import UserError
-    from runner.sweep_space import load_sweep
+    from runner.sweep.space import load_sweep
 
     with pytest.raises(UserError, match="named pipe"):
         load_sweep(fifo)

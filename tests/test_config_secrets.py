@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import schema
+from runner.config import schema
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "tests" / "fixtures" / "configs"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "tests" / "fixtures" / "configs"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ConfigErrors, UserError
-from runner.plan import make_plan
+from runner.plan.resolve import make_plan
 from tests.tiny_model import save_tiny_model
 from tests.tiny_tokenizer import save_tiny_tokenizer
 
@@ -99,9 +99,9 @@ def test_the_same_folder_loads_when_the_setting_is_on(tmp_path, custom_model):
     """The folder really is custom code: with the setting it loads the class from modeling_tiny.py."""
     cfg = config_for(tmp_path, custom_model, trust=True)
     script = textwrap.dedent(f"""\
-        from runner.plan import make_plan
-        from runner.model import load_model
-        model = load_model(make_plan({str(cfg)!r}))
+        from runner.plan.resolve import make_plan
+        from runner.train.model import load_model
+        model = load_model(make_plan({str(cfg)!r}), dtype="float32", attn_implementation="sdpa")
         print("CLASS", type(model).__module__, type(model).__name__)
         """)
     proc = run("-c", script, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
@@ -110,18 +110,18 @@ def test_the_same_folder_loads_when_the_setting_is_on(tmp_path, custom_model):
 
 
 def test_a_load_that_meets_transformers_refusal_names_the_key(tmp_path, custom_model):
-    from runner.model import load_model
+    from runner.train.model import load_model
 
     plan = make_plan(config_for(tmp_path, custom_model, trust=True))
-    plan = dataclasses.replace(plan, model={**plan.model, "trust_remote_code": False})
+    plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, trust_remote_code=False))
     with pytest.raises(UserError) as info:
-        load_model(plan)
+        load_model(plan, dtype="float32", attn_implementation="sdpa")
     text = str(info.value)
     assert "model.trust_remote_code" in text and "run the Python files" in text and str(custom_model) in text, text
 
 
 def test_a_custom_tokenizer_without_the_setting_is_a_user_error_at_load(tmp_path, custom_tokenizer):
-    from runner.tokenizer import load_tokenizer
+    from runner.data.tokenizer import load_tokenizer
 
     plan = make_plan(config_for(tmp_path, TINY, tokenizer=custom_tokenizer))
     with pytest.raises(UserError) as info:
@@ -139,11 +139,11 @@ def test_lint_deep_reports_the_custom_tokenizer_without_a_traceback(tmp_path, cu
 def test_a_built_in_model_type_with_an_auto_map_needs_no_setting(tmp_path):
     """Hub repos keep auto_map after transformers adopted their architecture; transformers then loads
     its own class without running anything, and so may runner."""
-    from runner.model import load_model
+    from runner.train.model import load_model
 
     model_dir = _with_config(save_tiny_model(tmp_path / "native"), auto_map=AUTO_MAP)
     plan = make_plan(config_for(tmp_path, model_dir))
-    assert type(load_model(plan)).__name__ == "LlamaForCausalLM"
+    assert type(load_model(plan, dtype="float32", attn_implementation="sdpa")).__name__ == "LlamaForCausalLM"
 
 
 def test_an_unknown_model_type_without_code_says_the_setting_would_not_help(tmp_path):

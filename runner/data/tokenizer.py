@@ -30,7 +30,7 @@ def load_tokenizer(plan, attach_template: bool = True):
     except (OSError, ValueError) as e:
         from runner.plan.remote_code import load_error
 
-        own_folder = spec.get("path") != (getattr(plan, "model", None) or {}).get("path")
+        own_folder = spec.path != plan.model.path
         found = load_error(path, e, "model.tokenizer" if own_folder else "model.path")
         if found is not None:
             raise found from None

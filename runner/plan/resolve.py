@@ -90,7 +90,7 @@ def _remote_code_errors(model: dict, trust: bool, where) -> list:
     """A model (or tokenizer) folder that needs its own code while model.trust_remote_code is false."""
     mdir, tdir = _model_dirs(model)
     out, seen = [], set()
-    for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model.get("tokenizer") else "path")):
+    for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model["tokenizer"] else "path")):
         if directory is not None and directory not in seen:
             seen.add(directory)
             found = remote_code.check_model_dir(directory, trust, where(("model", key)), f"model.{key}")
