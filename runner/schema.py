@@ -220,6 +220,9 @@ def _explain(err, where) -> list[UserError]:
     if kind == "pattern":
         return [UserError(f"{_dotted(path)}: {_describe(err.instance)} does not match {err.validator_value}",
                           where=where(path), hint=(subschema(path) or {}).get("description"))]
+    if kind == "maxLength":  # the value itself may be the problem: never print all of it
+        return [UserError(f"{_dotted(path)}: {len(err.instance)} characters, at most {err.validator_value}",
+                          where=where(path), hint=(subschema(path) or {}).get("description"))]
     if kind == "minItems":
         return [UserError(f"{_dotted(path)}: needs at least {err.validator_value} item(s)", where=where(path))]
     return [UserError(f"{_dotted(path)}: {err.message}", where=where(path))]
