@@ -52,9 +52,13 @@ def tree_bytes(path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def weights_bytes(model, trainable_only: bool) -> int:
-    """Bytes of the tensors a save writes: an adapter's trainable ones, or the whole model."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not trainable_only)
+def saved_weights(trainer) -> tuple[int, str]:
+    """(bytes, what they are) of the weights a save writes: an adapter's trainable tensors, or the
+    whole model's."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = hasattr(model, "peft_config")
+    size = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad or not adapter)
+    return size, "the adapter's weights" if adapter else "the model's weights"
 
 
 def optimizer_bytes(optimizer) -> int:
@@ -73,6 +77,14 @@ def _amount(n: int) -> str:
 def full_disk_message(where, needed: int, how: str, free: int | None) -> str:
     room = f", {_amount(free)} free" if free is not None else ""
     return f"the disk is full at {where}: about {_amount(needed)} needed ({how}){room}"
+
+
+def raise_if_full(err: OSError) -> None:
+    if err.errno in FULL_ERRNOS:
+        where = err.filename or "the run directory"
+        raise UserError(f"could not write {where}: the disk is full ({err.strerror})", where=str(where),
+                        hint="free space there, then run the same command again: it resumes from the newest "
+                             "complete checkpoint, or starts over without one") from err
 
 
 @contextlib.contextmanager

@@ -137,10 +137,8 @@ def _save_failed(err: Exception, trainer, step: int) -> UserError | None:
     if done:
         needed, how = diskfull.tree_bytes(done[-1]), f"the size of {done[-1].name}"
     else:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        needed = diskfull.weights_bytes(model, trainable_only=hasattr(model, "peft_config"))
-        needed += diskfull.optimizer_bytes(trainer.optimizer)
-        how = "the weights and optimizer state it holds"
+        needed = diskfull.saved_weights(trainer)[0] + diskfull.optimizer_bytes(trainer.optimizer)
+        how = "its weights and optimizer state, besides smaller files"
     full = diskfull.is_disk_full(err, diskfull.free_bytes(staged), needed)
     shutil.rmtree(staged, ignore_errors=True)  # frees what it took
     if not full and not isinstance(err, OSError):

@@ -45,6 +45,9 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
         try:
             run_dir = train_plan(plan, overwrite=target.overwrite,
                                  resume_changed=getattr(target, "resume_changed", False))
+        except OSError as err:  # a write outside the checkpoint and final saves (metrics, plan)
+            diskfull.raise_if_full(err)
+            raise
         except TrainingInterrupted as stop:
             _say(f"interrupted by {stop.signame} after step {stop.step}; checkpoint: {stop.checkpoint}\n"
                  f"  run the same command again to resume (exit code {EXIT_INTERRUPTED})")
@@ -249,7 +252,7 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
         raise TrainingInterrupted(stopper.stopped_at, str(done[0]) if done else None, stopper.signame)
     final_eval = trainer.evaluate() if has_eval else {}
 
-    with diskfull.guard(run_dir, "the trained model", lambda: _final_bytes(trainer)):
+    with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
         save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
     if is_main:
         _finish_run_dir(plan, run_dir, info, final_eval)
@@ -259,12 +262,6 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
 
         merge_run(run_dir, run_dir / "merged")
     return run_dir
-
-
-def _final_bytes(trainer) -> tuple[int, str]:
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    adapter = hasattr(model, "peft_config")
-    return diskfull.weights_bytes(model, trainable_only=adapter), "the adapter's weights" if adapter else "the weights"
 
 
 def _single_process_group() -> None:
