@@ -248,3 +248,22 @@ def test_a_second_launch_is_refused_naming_the_first_and_a_killed_one_leaves_no_
                            env=child_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-3000:]
     assert (run_dir / rundir.RUN_MARKER).is_file()
+
+
+@pytest.mark.slow
+def test_overwrite_under_two_processes_replaces_the_run_once_and_keeps_foreign_files(tmp_path, model_dir):
+    from tests.test_distributed_train import run_cli
+
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 2, "micro_batch_size": 2},
+                       extra={"distributed": {"backend": "ddp"}})
+    run_dir = tmp_path / "run"
+    launch = ["launch", cfg, "--cpu", "--num-processes", "2"]
+    run_cli(launch)
+    first = (run_dir / rundir.RUN_MARKER).read_text()
+    (run_dir / "notes.txt").write_text("mine")
+    _, err = run_cli([*launch, "training.learning_rate=0.001", "--overwrite"])
+    assert "kept there, not runner's: notes.txt" in err
+    assert (run_dir / rundir.RUN_MARKER).read_text() != first
+    assert json.loads((run_dir / "plan.json").read_text())["training"]["learning_rate"] == 0.001
+    assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / rundir.PREVIOUS).exists()
+    assert [p.name for p in run_dir.glob(".runner-previous*")] == []
