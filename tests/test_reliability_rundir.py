@@ -205,6 +205,25 @@ def test_a_killed_overwrite_gives_the_run_back_at_the_next_launch(tmp_path, mode
     assert snapshot(run_dir) == finished
 
 
+def test_sigterm_while_loading_leaves_the_finished_run_in_place(tmp_path, model_dir, capsys):
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 2})
+    run_dir = run(make_plan(cfg))
+    finished = snapshot(run_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "train", str(cfg), "training.learning_rate=0.001",
+                             "--overwrite"], cwd=REPO, env=child_env(), stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # judged: it goes on to load the data and the model
+        if "overwriting the earlier run" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM
+    assert snapshot(run_dir) == finished, "nothing changes while the data and the model load"
+    capsys.readouterr()
+    assert main(["train", str(cfg)]) == 0
+    assert "already holds this finished run" in capsys.readouterr().err
+    assert snapshot(run_dir) == finished
+
+
 # --- item 3: one owner per run directory ---
 
 SLOW_CHILD = """
