@@ -276,7 +276,8 @@ def decide(plan, *, overwrite: bool = False, resume_changed: bool = False) -> La
     stored = read_stored_plan(run_dir) if names else None
     if stored is None:
         started = [n for n in names if OWN_FILES.match(n)]  # a launch that stopped before writing its plan
-        return Launch("fresh", message=f"{run_dir} holds no started run: starting in it{note}" if started or kept else "")
+        return Launch("fresh", message=f"{run_dir} holds no started run: starting in it{note}" if started or kept
+                      else "")
     diffs = plan_differences(stored, plan.to_dict())
     finished = (run_dir / RUN_MARKER).is_file()
     if overwrite:

@@ -84,8 +84,9 @@ def acquire(run_dir) -> RunLock:
                         where="output.dir",
                         hint="wait for that run to end or stop it; two launches on one run directory would "
                              "overwrite each other's checkpoints and metrics") from None
+    words = [a for a in sys.argv[1:3] if "=" not in a]  # never an override: its value may be a secret
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-            "command": " ".join(sys.argv[:3])[:200]}
+            "command": " ".join(["runner", *words])[:200]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     return RunLock(path, fd)

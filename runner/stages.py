@@ -110,7 +110,7 @@ class RunnerMixin:
         self._runner_staging = True
         try:
             super()._save_checkpoint(model, trial)
-        except diskfull.save_errors() as err:  # full disk, quota, permissions: the earlier checkpoints stay as they are
+        except diskfull.save_errors() as err:  # full disk, quota, permissions: earlier checkpoints stay as they are
             failure = _save_failed(err, self, self.state.global_step)
             if failure is None:
                 raise
