@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.launch_config import ACCELERATE_FILE, DEEPSPEED_FILE
+from runner.runlock import LOCK_FILE
 
 CHECKPOINTS = "checkpoints"
 STAGING = ".staging"
@@ -31,8 +33,7 @@ RUN_MARKER = "RUN_COMPLETE"
 OWNER_MARKER = ".runner-run"  # this folder is runner's run directory (runner.runowner writes it first)
 PREVIOUS = ".runner-previous"  # a replaced run, kept until the new one has trained a step
 # Runner's own names that belong to the folder, not to one run: never set aside or cleared.
-FOLDER_FILES = (OWNER_MARKER, ".runner-lock", PREVIOUS, PREVIOUS + ".deleting", "accelerate_config.yaml",
-                "deepspeed.json")
+FOLDER_FILES = (OWNER_MARKER, LOCK_FILE, PREVIOUS, PREVIOUS + ".deleting", ACCELERATE_FILE, DEEPSPEED_FILE)
 # Sections of the stored config that may change between launches without changing the run.
 NOT_COMPARED = ("output", "tracking", "name")
 # Files this project writes at the top of a run dir; overwrite removes only these (and checkpoints).
