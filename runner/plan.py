@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import hashing, remote_code, schema
+from runner import hashing, remote_code, runpaths, schema
 from runner.checks import check
 from runner.config import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
@@ -239,6 +239,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     where = loaded.where
     errors: list[UserError] = []
     name = cfg["name"] or re.sub(r"[^A-Za-z0-9._-]", "-", loaded.path.stem)
+    errors += runpaths.check_name(name, cfg["name"] is not None, where)
     model = _resolve_model(cfg["model"], base, where, errors)
     datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
@@ -309,6 +310,9 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     output = dict(cfg["output"])
     short = hashing.short(hashes["plan"]) or "unresolved"
     output["dir"] = str(Path(os.path.expanduser(output["dir"].replace("{name}", name).replace("{plan_hash}", short))).resolve())
+    path_errors = runpaths.check_output_dir(output["dir"], runpaths.local_inputs(model, data), where)
+    if path_errors:
+        raise ConfigErrors(path_errors)
 
     secrets = {}
     safe_cfg = copy.deepcopy(cfg)

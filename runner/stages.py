@@ -16,7 +16,7 @@ import math
 import os
 import sys
 
-from runner import rundir
+from runner import diskfull, rundir
 from runner.metrics import TOKENS_KEY
 from runner.errors import UserError
 
@@ -110,8 +110,11 @@ class RunnerMixin:
         self._runner_staging = True
         try:
             super()._save_checkpoint(model, trial)
-        except OSError as err:  # full disk, quota, permissions: the earlier checkpoints stay as they are
-            raise _save_failed(err, self.args.output_dir, self.state.global_step) from err
+        except diskfull.save_errors() as err:  # full disk, quota, permissions: earlier checkpoints stay as they are
+            failure = _save_failed(err, self, self.state.global_step)
+            if failure is None:
+                raise
+            raise failure from err
         finally:
             self._runner_staging = False
         # Every rank has written its part (shards, RNG state) before the checkpoint counts as complete.
@@ -123,15 +126,26 @@ class RunnerMixin:
         self.accelerator.wait_for_everyone()
 
 
-def _save_failed(err: OSError, checkpoints: str, step: int) -> UserError:
-    import errno
+def _save_failed(err: Exception, trainer, step: int) -> UserError | None:
+    """The error to show for a checkpoint that could not be written (None: not a disk problem,
+    the original error goes on). The staged copy is removed either way: it is never resumed from."""
     import shutil
 
+    checkpoints = trainer.args.output_dir
     staged = os.path.join(checkpoints, rundir.STAGING, f"checkpoint-{step}")
-    shutil.rmtree(staged, ignore_errors=True)  # frees what it took; never resumed from anyway
     done = rundir.complete_checkpoints(os.path.dirname(checkpoints))
+    if done:
+        needed, how = diskfull.tree_bytes(done[-1]), f"the size of {done[-1].name}"
+    else:
+        needed = diskfull.saved_weights(trainer)[0] + diskfull.optimizer_bytes(trainer.optimizer)
+        how = "its weights and optimizer state, besides smaller files"
+    full = diskfull.is_disk_full(err, diskfull.free_bytes(staged), needed)
+    shutil.rmtree(staged, ignore_errors=True)  # frees what it took
+    if not full and not isinstance(err, OSError):
+        return None
     last = f"the newest complete checkpoint is {done[-1].name}" if done else "there is no complete checkpoint yet"
-    why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else (err.strerror or str(err))
+    why = (diskfull.full_disk_message(checkpoints, needed, how, diskfull.free_bytes(checkpoints)) if full
+           else (err.strerror or str(err)))
     return UserError(f"could not write checkpoint-{step}: {why}; {last}",
                      where=getattr(err, "filename", None) or staged,
                      hint="free space under output.dir (or raise the quota), then run the same command to resume")

@@ -1,8 +1,9 @@
 """`runner train cfg.yaml [key=value ...]` (also `python -m runner cfg.yaml` and `accelerate launch -m
 runner cfg.yaml`): carry out a Plan and write its run directory.
 
-The order matters: the config is checked before any model loads; the run directory is judged
-(refuse / resume / overwrite) before any work; rank 0 alone prints and writes shared files."""
+The order matters: the config is checked before any model loads; the run directory is owned and
+judged (refuse / resume / overwrite) before any work but changed only once data and model are
+loaded; rank 0 alone prints and writes shared files."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from runner import rundir
+from runner import diskfull, rundir
 from runner.errors import UserError
 
 
@@ -44,6 +45,9 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
         try:
             run_dir = train_plan(plan, overwrite=target.overwrite,
                                  resume_changed=getattr(target, "resume_changed", False))
+        except OSError as err:  # a write outside the checkpoint and final saves (metrics, plan)
+            diskfull.raise_if_full(err)
+            raise
         except TrainingInterrupted as stop:
             _say(f"interrupted by {stop.signame} after step {stop.step}; checkpoint: {stop.checkpoint}\n"
                  f"  run the same command again to resume (exit code {EXIT_INTERRUPTED})")
@@ -77,22 +81,39 @@ def _versions() -> dict:
 
 def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from runner import distributed
+    from runner import distributed, runowner
 
     if plan.distributed["backend"] == "fsdp" and "WORLD_SIZE" not in os.environ:
         _single_process_group()
     distributed.check_launcher(plan)
     world = distributed.world()
+    # Rank 0 owns the run directory (marker, lock) before it is judged, for the launch's life; a
+    # launch that stops before training leaves the directory as it found it.
+    owner = runowner.claim(plan) if world["rank"] == 0 else None
+    try:
+        return _train(plan, world, overwrite=overwrite, callbacks=callbacks, resume_changed=resume_changed)
+    except BaseException:
+        if owner is not None:
+            owner.abandon()
+        raise
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: bool) -> Path:
+    from runner import distributed
+    from runner.runowner import first_step_callback
+
     is_main = world["rank"] == 0
-    # Every rank judges the directory; rank 0 alone clears it, removing plan.json last, so that
-    # a rank judging while it clears still reaches the same "fresh" (no process group exists
+    # Every rank judges the directory; rank 0 alone sets an earlier run aside, plan.json last, so
+    # that a rank judging while it moves still reaches the same "fresh" (no process group exists
     # yet: the data cache's wait relies on that).
     launch = rundir.decide(plan, overwrite=overwrite, resume_changed=resume_changed)
     _say(launch.message)
     if launch.action == "done":
         return Path(plan.output["dir"])
     stored = rundir.read_stored_plan(plan.output["dir"]) if launch.action == "resume" else None
-    run_dir = rundir.prepare(plan, launch, is_main=is_main)
 
     from transformers import set_seed
 
@@ -129,16 +150,18 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         fast["fused_lora_layers"] = fuse_lora(model)
     if is_main:
         print_parameters(info)
-    pissa_init = None
-    if is_pissa(plan.adapter):
-        pissa_init = str(run_dir / PISSA_INIT_DIR)
-        if is_main:
-            save_pissa_initial(model, pissa_init)
     ref_model = None
     if stage in ("dpo", "kto") and plan.adapter["kind"] != "lora":
         # With an adapter the reference is the base (adapter off); otherwise a frozen copy.
         ref_model = load_model(plan, dtype=dtype, for_training=False)
         _match_tokenizer(ref_model, tokenizer)
+    # Data, tokenizer, template and model are checked and loaded: only now does the directory change.
+    run_dir = rundir.prepare(plan, launch, is_main=is_main)
+    pissa_init = None
+    if is_pissa(plan.adapter):
+        pissa_init = str(run_dir / PISSA_INIT_DIR)
+        if is_main:
+            save_pissa_initial(model, pissa_init)
 
     backend = distributed.concrete_backend(plan, world["world_size"])
     wrap_class = distributed.decoder_layer_class(model) if backend == "fsdp" else None
@@ -211,6 +234,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     trainer = build_trainer(plan, model=model, tokenizer=tokenizer, data=prepared, args=args,
                             collator=TokenCounter(collator) if collator is not None else None,
                             callbacks=[callback, stopper, *callbacks], ref_model=ref_model)
+    if is_main:
+        trainer.add_callback(first_step_callback(run_dir))  # a replaced run goes once this one trains
     if checkpointing is not True and checkpointing:  # an integer: only the first N layers recompute
         trainer.add_callback(fastpath.checkpoint_callback(checkpointing))
     trainer.runner_chunked_loss = fast["chunked_loss"] and stage in ("sft", "pt")
@@ -227,7 +252,8 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
         raise TrainingInterrupted(stopper.stopped_at, str(done[0]) if done else None, stopper.signame)
     final_eval = trainer.evaluate() if has_eval else {}
 
-    save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
+    with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
+        save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
     if is_main:
         _finish_run_dir(plan, run_dir, info, final_eval)
     finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
