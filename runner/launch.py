@@ -144,18 +144,28 @@ def run(args) -> int:
         print("# command")
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0
-    # The run directory is judged once, here, before any worker starts: a refusal starts nothing.
-    launch = rundir.decide(plan, overwrite=args.overwrite)
-    if launch.message:
-        print(launch.message, file=sys.stderr)
-    if launch.action == "done":
-        return 0
-    if launch.action == "fresh" and "--overwrite" not in argv:
-        # Workers judge the directory again, each on its own, while rank 0 clears it and our launch
-        # files sit in it; "fresh" is decided already, so they are told so (the train args come last).
-        argv.append("--overwrite")
-    write_launch_files(settings, cfg, run_dir)
-    return _supervise(argv, env, local_ranks=_local_ranks(m))
+    # The run directory is owned and judged here, before any worker starts: a refusal starts nothing.
+    # Machine 0 holds its lock for the workers' life (they know it by RUNNER_LOCK_HOLDER); the other
+    # machines only write their launch files beside it.
+    from runner.rundir.lock import HOLDER_ENV
+    from runner.rundir.owner import claim, mark
+
+    owner = claim(plan) if m["machine_rank"] == 0 else None
+    try:
+        launch = rundir.decide(plan, overwrite=args.overwrite)
+        if launch.message:
+            print(launch.message, file=sys.stderr)
+        if launch.action == "done":
+            return 0
+        if owner is None:
+            mark(plan)
+        write_launch_files(settings, cfg, run_dir)
+        if owner is not None:
+            env[HOLDER_ENV] = str(os.getpid())
+        return _supervise(argv, env, local_ranks=_local_ranks(m))
+    finally:
+        if owner is not None:
+            owner.release()
 
 
 def _local_ranks(m: dict) -> list[int]:

@@ -98,8 +98,8 @@ def test_full_disk_during_save_is_a_clear_error_and_the_previous_checkpoint_stay
     real_save = torch.save
     hit = []
 
-    def save(obj, f, *args, **kwargs):  # the disk fills up while checkpoint-4 is staged
-        if rundir.STAGING in str(f) and "checkpoint-4" in str(f):
+    def save(obj, f, *args, **kwargs):  # the disk fills up while checkpoint-4 is written
+        if "checkpoint-4" in str(f):
             hit.append(str(f))
             raise OSError(errno.ENOSPC, "No space left on device", str(f))
         return real_save(obj, f, *args, **kwargs)
@@ -113,9 +113,44 @@ def test_full_disk_during_save_is_a_clear_error_and_the_previous_checkpoint_stay
     run_dir = tmp_path / "run"
     (kept,) = rundir.complete_checkpoints(run_dir)
     assert kept.name == "checkpoint-2" and (kept / "optimizer.pt").is_file()
-    assert not (rundir.checkpoints_dir(run_dir) / rundir.STAGING / "checkpoint-4").exists()
+    assert not (rundir.checkpoints_dir(run_dir) / "checkpoint-4").exists()
 
     monkeypatch.setattr(torch, "save", real_save)
     run(make_plan(cfg))  # space freed: resumes from checkpoint-2
     assert (run_dir / rundir.RUN_MARKER).is_file()
     assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]
+
+
+class FirstStep(TrainerCallback):
+    step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "truncated_optimizer", "old_marker_truncated_weights"])
+def test_a_complete_checkpoint_with_truncated_files_is_skipped_for_the_previous_one(tmp_path, model_dir, capsys,
+                                                                                       damage):
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 6}, extra={"output": {"save_every": 2}})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_plan(cfg), callbacks=[Crash(5)])
+    run_dir = tmp_path / "run"
+    newest = rundir.complete_checkpoints(run_dir)[-1]
+    assert newest.name == "checkpoint-4"
+    marker = json.loads((newest / rundir.CHECKPOINT_MARKER).read_text())
+    assert marker["files"]["adapter_model.safetensors"] == (newest / "adapter_model.safetensors").stat().st_size
+    if damage.startswith("old_marker"):  # written before markers held sizes: the files' own headers tell
+        (newest / rundir.CHECKPOINT_MARKER).write_text(json.dumps({"step": 4}))
+    victim = newest / ("optimizer.pt" if damage == "truncated_optimizer" else "adapter_model.safetensors")
+    with open(victim, "r+b") as fh:  # as a disk that lost the end of the write leaves it
+        fh.truncate(victim.stat().st_size // 2)
+
+    first = FirstStep()
+    capsys.readouterr()
+    run(make_plan(cfg), callbacks=[first])
+    err = capsys.readouterr().err
+    assert f"warning: {newest} is damaged ({victim.name}" in err and "resuming from checkpoint-2" in err, err
+    assert first.step == 2
+    assert (run_dir / rundir.RUN_MARKER).is_file()
+    assert steps_logged(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert rundir.checkpoint_problem(rundir.complete_checkpoints(run_dir)[-1]) is None

@@ -32,9 +32,9 @@ OUTPUT = {"save_every": 2, "save_total_limit": 2}
 # (name, where, step): where the child kills itself.
 #   step:      at the end of optimizer step `step` (before any checkpoint of that step)
 #   substep:   after the first micro batch of step `step` (mid accumulation)
-#   staged:    checkpoint-`step` fully written to .staging, marker not yet written
-#   mid_write: checkpoint-`step` half written (model and optimizer in .staging, RNG state not yet)
-#   renamed:   checkpoint-`step` complete and renamed, before the metrics line of that step
+#   staged:    checkpoint-`step` fully written, its completeness marker not yet
+#   mid_write: checkpoint-`step` half written (model and optimizer, RNG state not yet)
+#   renamed:   checkpoint-`step` complete (marker written), before the metrics line of that step
 #   end:       after the last step, before the final adapter is saved
 ALL_KILLS = [
     ("step1", "step", 1),
@@ -65,10 +65,10 @@ def killer(where: str, step: int):
     if where == "staged":
         real = rundir.finish_checkpoint
 
-        def finish(staged, checkpoints, at, *rest):
+        def finish(checkpoints, at, *rest):
             if at == step:
                 _die()
-            return real(staged, checkpoints, at, *rest)
+            return real(checkpoints, at, *rest)
 
         rundir.finish_checkpoint = finish
     if where == "mid_write":

@@ -82,9 +82,9 @@ def test_interrupted_run_resumes_from_newest_complete_checkpoint_to_the_same_res
     run_dir = tmp_path / "b" / "run"
     assert not (run_dir / rundir.RUN_MARKER).exists()
     assert [p.name for p in rundir.complete_checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
-    # A half-written checkpoint (no marker) and a staging leftover are never resumed from.
+    # A half-written checkpoint (no marker) and an older runner's staging leftover are never resumed from.
     (run_dir / "checkpoints" / "checkpoint-6").mkdir()
-    (run_dir / "checkpoints" / rundir.STAGING / "checkpoint-7").mkdir(parents=True)
+    (run_dir / "checkpoints" / ".staging" / "checkpoint-7").mkdir(parents=True)
 
     with pytest.raises(UserError) as err:
         run(make_plan(cfg, ["training.weight_decay=0.1"]))

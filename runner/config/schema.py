@@ -331,6 +331,9 @@ def _explain(err, where) -> list[UserError]:
     if kind == "pattern":
         return [UserError(f"{_dotted(path)}: {_shown(err.instance, path)} does not match {err.validator_value}",
                           where=where(path), hint=(subschema(path) or {}).get("description"))]
+    if kind == "maxLength":  # the value itself may be the problem: never print all of it
+        return [UserError(f"{_dotted(path)}: {len(err.instance)} characters, at most {err.validator_value}",
+                          where=where(path), hint=(subschema(path) or {}).get("description"))]
     if kind == "minItems":
         return [UserError(f"{_dotted(path)}: needs at least {err.validator_value} item(s)", where=where(path))]
     if is_secret(path) or _masked(err.instance, path) != err.instance:  # jsonschema's message quotes the value

@@ -15,7 +15,7 @@ from runner.config.checks import check
 from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
-from runner.plan import hashing, remote_code, sections
+from runner.plan import hashing, output_dir, remote_code, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 
@@ -199,6 +199,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     where = loaded.where
     errors: list[UserError] = []
     name = cfg["name"] or re.sub(r"[^A-Za-z0-9._-]", "-", loaded.path.stem)
+    errors += output_dir.check_name(name, cfg["name"] is not None, where)
     model = _resolve_model(cfg["model"], base, where, errors)
     datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
@@ -267,6 +268,9 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     output = dict(cfg["output"])
     short = hashing.short(hashes["plan"]) or "unresolved"
     output["dir"] = str(Path(os.path.expanduser(output["dir"].replace("{name}", name).replace("{plan_hash}", short))).resolve())
+    path_errors = output_dir.check_output_dir(output["dir"], output_dir.local_inputs(model, data), where)
+    if path_errors:
+        raise ConfigErrors(path_errors)
 
     secrets = {}
     safe_cfg = copy.deepcopy(cfg)

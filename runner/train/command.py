@@ -41,6 +41,11 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
         try:
             run_dir = train(plan, overwrite=target.overwrite,
                             resume_changed=getattr(target, "resume_changed", False))
+        except OSError as err:  # a write outside the checkpoint and final saves (metrics, plan)
+            from runner.rundir.diskfull import raise_if_full
+
+            raise_if_full(err)
+            raise
         except TrainingInterrupted as stop:
             _say(f"interrupted by {stop.signame} after step {stop.step}; checkpoint: {stop.checkpoint}\n"
                  f"  run the same command again to resume (exit code {EXIT_INTERRUPTED})")

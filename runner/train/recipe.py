@@ -17,7 +17,10 @@ from pathlib import Path
 
 from runner import rundir
 from runner.plan.plan import Launch, Plan
+from runner.rundir import diskfull
+from runner.rundir.owner import claim
 from runner.train import distributed, runtime as runtimes, stages
+from runner.train.trainer import checkpoint_failure
 
 
 @dataclass
@@ -46,8 +49,24 @@ def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: 
     stage = stages.get(plan.training.stage)
     stage.check(plan)
     env = runtimes.environment()
-    is_main = env.rank == 0
+    # Rank 0 owns the run directory (marker, lock) before it is judged, for the launch's life; a
+    # launch that stops before training leaves the directory as it found it.
+    owner = claim(plan) if env.rank == 0 else None
+    try:
+        return _train(plan, stage, env, overwrite=overwrite, callbacks=callbacks, resume_changed=resume_changed)
+    except BaseException:
+        if owner is not None:
+            owner.abandon()
+        raise
+    finally:
+        if owner is not None:
+            owner.release()
 
+
+def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed: bool) -> Path:
+    is_main = env.rank == 0
+    # Every rank judges the directory; rank 0 alone sets an earlier run aside, plan.json last, so
+    # that a rank judging while it moves still reaches the same "fresh".
     launch = rundir.decide(plan, overwrite=overwrite, resume_changed=resume_changed)
     say(launch.message, is_main)
     if launch.action == "done":
@@ -59,6 +78,7 @@ def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: 
         say(note if note.startswith("note:") else f"warning: {note}", is_main)
     model = setup_model(plan, stage, data.tokenizer, is_main)
 
+    # Data, tokenizer, template and model are checked and loaded: only now does the directory change.
     run_dir = rundir.prepare(plan, launch, is_main=is_main)
     pissa_init = save_pissa_init(plan, model, run_dir, is_main)
     stored = rundir.read_stored_plan(run_dir) if launch.action == "resume" else None
@@ -69,10 +89,16 @@ def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: 
     if is_main:
         rundir.write_plan(run_dir, plan)
         rundir.write_config_yaml(run_dir, plan)
-        rundir.restart_metrics(run_dir, launch)
+        rundir.restart_metrics(run_dir, launch.checkpoint)
 
     trainer, stopper = setup_trainer(plan, stage, model, data, run_dir, wandb_run, callbacks, is_main)
-    trainer.train(resume_from_checkpoint=launch.checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=launch.checkpoint)
+    except diskfull.save_errors() as err:
+        failure = checkpoint_failure(err, trainer)
+        if failure is None:
+            raise
+        raise failure from err
     if stopper.stopped_at is not None:
         tracking.finish_wandb(wandb_run, None)
         raise _interrupted(run_dir, stopper)
@@ -80,7 +106,8 @@ def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: 
 
     from runner.train import finish
 
-    finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main)
+    with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
+        finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main)
     if is_main:
         finish.finish_run_dir(plan, run_dir, model.info, final_eval)
     tracking.finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
@@ -142,6 +169,7 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
     from runner.train.arguments import common_arguments
     from runner.train.metrics import metrics_callback
     from runner.train.signals import stop_callback
+    from runner.rundir.owner import first_step_callback
     from runner.train.trainer import TrainerOptions, checkpoint_callback
 
     rt = plan.runtime
@@ -159,6 +187,8 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
         nonfinite.guard_callback(options.guard),
         checkpoint_callback(checkpoints, plan.hashes.plan, plan.output.save_total_limit),
     ]
+    if is_main:
+        runner_callbacks.append(first_step_callback(run_dir))  # a replaced run goes once this one trains
     if rt.fast_path.checkpointed_layers and plan.training.gradient_checkpointing is not True:
         from runner.train.fast.checkpointing import checkpoint_callback as selective
 

@@ -125,6 +125,37 @@ class RunnerMixin:
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
+def checkpoint_failure(err: Exception, trainer) -> UserError | None:
+    """The error to show when writing checkpoint-<step> failed (None: the failure was not while
+    writing a checkpoint, or not a disk problem: the original error goes on). The partial
+    checkpoint is removed either way: without its marker it is never resumed from."""
+    import shutil
+    from pathlib import Path
+
+    from runner.rundir import complete_checkpoints, diskfull
+
+    checkpoints = Path(trainer.args.output_dir)
+    partial = checkpoints / f"checkpoint-{trainer.state.global_step}"
+    if not partial.is_dir() or partial in complete_checkpoints(checkpoints.parent):
+        return None
+    done = complete_checkpoints(checkpoints.parent)
+    if done:
+        needed, how = diskfull.tree_bytes(done[-1]), f"the size of {done[-1].name}"
+    else:
+        needed = diskfull.saved_weights(trainer)[0] + diskfull.optimizer_bytes(trainer.optimizer)
+        how = "its weights and optimizer state, besides smaller files"
+    full = diskfull.is_disk_full(err, diskfull.free_bytes(partial), needed)
+    shutil.rmtree(partial, ignore_errors=True)  # frees what it took
+    if not full and not isinstance(err, OSError):
+        return None
+    last = f"the newest complete checkpoint is {done[-1].name}" if done else "there is no complete checkpoint yet"
+    why = (diskfull.full_disk_message(checkpoints, needed, how, diskfull.free_bytes(checkpoints)) if full
+           else (err.strerror or str(err)))
+    return UserError(f"could not write {partial.name}: {why}; {last}",
+                     where=getattr(err, "filename", None) or str(partial),
+                     hint="free space under output.dir (or raise the quota), then run the same command to resume")
+
+
 def checkpoint_callback(checkpoints: str, plan_hash: str | None, keep: int | None):
     """Marks each checkpoint complete once every rank has written its part (the marker is what makes
     a checkpoint resumable: runner.rundir), then keeps the newest `keep`."""
