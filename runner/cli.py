@@ -49,10 +49,9 @@ def _fmt(e: UserError, severity: str) -> str:
 
 
 # PyTorch's CUDA allocator with expandable segments: batches whose shapes change step to step do not
-# fragment its cache into blocks too small to reuse (full1b at micro batch 8 on an H100: 28,593
-# tokens/s on sdpa with the default allocator, 55,902 on varlen with this; bench/RESULTS.md). Read
-# once, when CUDA initialises, so it is set before any command can touch CUDA; a
-# PYTORCH_CUDA_ALLOC_CONF of the user's own is kept.
+# fragment its cache into blocks too small to reuse (measured in docs/performance.md). Read once,
+# when CUDA initialises, so it is set before any command can touch CUDA; a PYTORCH_CUDA_ALLOC_CONF
+# of the user's own is kept.
 CUDA_ALLOC_CONF = "expandable_segments:True"
 
 

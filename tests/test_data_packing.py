@@ -98,12 +98,12 @@ def test_packed_logits_and_loss_equal_unpacked(samples, model):
 
 def test_make_collator_follows_the_plan(samples):
     tok, columns = samples
-    plan = SimpleNamespace(training={"collator": "packed"}, data={"sequence": {"packing": True}})
+    plan = SimpleNamespace(training=SimpleNamespace(collator="packed"))
     assert isinstance(make_collator(plan, tok), PackedCollator)
-    plan = SimpleNamespace(training={"collator": "padded"}, data={"sequence": {"packing": False}})
+    plan = SimpleNamespace(training=SimpleNamespace(collator="padded"))
     collator = make_collator(plan, tok)
     batch = collator([{"input_ids": columns["input_ids"][0], "labels": columns["labels"][0]},
                       {"input_ids": columns["input_ids"][1][:5], "labels": columns["labels"][1][:5]}])
     assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * (batch["input_ids"].shape[1] - 5)
     assert (batch["labels"][1, 5:] == -100).all() and (batch["input_ids"][1, 5:] == tok.pad_token_id).all()
-    assert make_collator(SimpleNamespace(training={"collator": "preference"}, data={"sequence": {}}), tok) is None
+    assert make_collator(SimpleNamespace(training=SimpleNamespace(collator="preference")), tok) is None

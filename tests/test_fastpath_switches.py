@@ -213,6 +213,6 @@ def test_train_with_fused_lora_records_the_layers(tmp_path):
     cfg = write_config(tmp_path, model_dir, training={"fused_lora": True, "max_steps": 2},
                        adapter={"target_modules": "all-linear"})
     assert main(["train", str(cfg)]) == 0
-    fast = json.loads((tmp_path / "run" / "plan.json").read_text())["runtime"]["fast_path"]
-    assert fast["fused_lora_layers"] == 14
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["runtime"]["fast_path"]["fused_lora"] and plan["launch"]["fused_lora_layers"] == 14
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

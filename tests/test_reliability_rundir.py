@@ -11,6 +11,7 @@ training, and lets one launch at a time own a directory.
 - a second real process on a directory in use is refused naming the first; a SIGKILLed holder
   leaves no lock behind."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -136,12 +137,12 @@ def test_output_dir_that_is_a_file_or_too_long_is_an_error(tmp_path, model_dir, 
     assert "300 bytes" in err and "Traceback" not in err
     # Past the resolver (a plan built elsewhere): the run directory's own checks still say it.
     plan = make_plan(cfg)
-    plan.output.dir = str(tmp_path / ("e" * 300) / "run")
+    elsewhere = dataclasses.replace(plan.output, dir=str(tmp_path / ("e" * 300) / "run"))
     with pytest.raises(UserError, match="longer than the filesystem allows"):
-        run(plan)
-    plan.output.dir = str(tmp_path / "afile")
+        run(dataclasses.replace(plan, output=elsewhere))
+    elsewhere = dataclasses.replace(plan.output, dir=str(tmp_path / "afile"))
     with pytest.raises(UserError, match="is a file"):
-        run(plan)
+        run(dataclasses.replace(plan, output=elsewhere))
 
 
 # --- item 2: nothing changes before data and model load; a replaced run comes back ---

@@ -9,14 +9,11 @@ from dataclasses import dataclass
 
 from runner.errors import UserError
 
-PREFERENCE_FORMATS = {"preference"}
-STAGE_FORMATS = {
-    "sft": {"alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
-    "pt": {"text", "alpaca", "sharegpt", "openai", "messages", "dolly", "self_instruct", "prompt_completion"},
-    "dpo": PREFERENCE_FORMATS,
-    "orpo": PREFERENCE_FORMATS,
-    "kto": {"kto"},
-}
+from runner.config.schema import stages
+
+# The formats each stage trains on, from the schema's x-stages table (one table: lint and the
+# pipeline agree).
+STAGE_FORMATS = {name: set(entry["formats"]) for name, entry in stages().items()}
 
 
 @dataclass
@@ -71,7 +68,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     if seq["packing"] and model["trust_remote_code"]:
         warn(("sequence", "packing"), "a model with its own code may ignore per-sample position ids; packed samples "
              "could then attend to each other", "check its attention code, or set sequence.packing: false")
-    if seq["packing"] and stage in ("dpo", "kto", "orpo"):
+    if seq["packing"] and stages()[stage]["rows"] != "sequence":
         error(("sequence", "packing"), f"stage {stage} trains on prompt/answer pairs and cannot pack",
               "set sequence.packing: false")
     if seq["truncation"] == "split" and stage != "pt":

@@ -23,6 +23,13 @@ def _load_schema(name: str) -> dict:
     return json.loads((Path(__file__).parents[1] / "schemas" / f"{name}.schema.json").read_text())
 
 
+def stages() -> dict:
+    """training.stage's table (`x-stages`): for each stage, the dataset formats it trains on and the
+    rows the pipeline makes for it (sequence, preference, kto). Lint, the resolver and the data
+    pipeline read it; the stage's execution lives in runner/train/stages/<name>.py."""
+    return load_schema()["properties"]["training"]["properties"]["stage"]["x-stages"]
+
+
 def _object_branch(node: dict) -> dict | None:
     """The object schema inside `node`, looking through oneOf/anyOf (e.g. wandb: null | object)."""
     if node.get("type") == "object" or "properties" in node:

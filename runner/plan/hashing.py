@@ -1,4 +1,4 @@
-"""Content hashes that make runs reproducible and comparable (see DESIGN.md, "Hashes").
+"""Content hashes that make runs reproducible and comparable (docs/architecture.md, "Hashes").
 
 Files are hashed by their bytes, never by path or mtime. Digests of large files are cached by
 (path, size, mtime_ns) in the data cache directory so that re-planning a 10 GB dataset stays fast;

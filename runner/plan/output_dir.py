@@ -75,13 +75,13 @@ def check_output_dir(output_dir: str, inputs: list[tuple[str, str]], where) -> l
 def local_inputs(model: dict, data: dict) -> list[tuple[str, str]]:
     """(key, path) of the run's inputs that are on this machine."""
     found = []
-    if model.get("source") == "local":
+    if model["source"] == "local":
         found.append(("model.path", model["path"]))
-    tok = (data.get("tokenizer") or {}).get("path")
-    if tok and tok != model.get("path") and os.path.isabs(tok) and os.path.exists(tok):
+    tok = data["tokenizer"]["path"]
+    if tok and tok != model["path"] and os.path.isabs(tok) and os.path.exists(tok):
         found.append(("model.tokenizer", tok))
     for group in ("datasets", "eval_datasets"):
-        for i, ds in enumerate(data.get(group) or []):
+        for i, ds in enumerate(data[group]):
             if ds.get("source") == "local":
                 found.append((f"{group}.{i}.path", ds["path"]))
     return found

@@ -215,8 +215,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
 
     training = dict(cfg["training"])
     stage = training["stage"]
-    training["collator"] = {"dpo": "preference", "orpo": "preference", "kto": "kto"}.get(
-        stage, "packed" if cfg["sequence"]["packing"] else "padded")
+    rows = schema.stages()[stage]["rows"]
+    training["collator"] = ("packed" if cfg["sequence"]["packing"] else "padded") if rows == "sequence" else rows
     # micro x accumulation x world size; the world is known here only when the config names it.
     training["batch_per_process"] = training["micro_batch_size"] * training["gradient_accumulation"]
     nproc = cfg["distributed"]["num_processes"]

@@ -50,7 +50,7 @@ def register() -> str:
 
 def _eager_only():
     """The attention function, kept out of torch.compile's graphs: it syncs once per batch for the
-    sample offsets, and compiled around the varlen kernel the first H100 run hit an illegal memory
+    sample offsets, and compiled around the varlen kernel a run on an H100 hit an illegal memory
     access. The layers around it still compile."""
     import torch
 

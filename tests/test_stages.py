@@ -1,0 +1,79 @@
+"""Stages as objects: every `training.stage` value has its x-stages entry in the schema and its own
+file under runner/train/stages/, and nothing else does; each stage builds its real Trainer arguments
+from a Plan and a Runtime; importing the stages imports no ML library."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from situations import runtime
+
+import runner.train.stages as stages
+from runner.config.schema import load_schema, stages as stage_table
+from runner.plan.resolve import make_plan
+from runner.train.arguments import common_arguments
+
+CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
+ENUM = load_schema()["properties"]["training"]["properties"]["stage"]["enum"]
+FILES = sorted(m.name for m in pkgutil.iter_modules(stages.__path__) if m.name != "base")
+
+
+def test_one_file_and_one_table_entry_per_stage():
+    assert sorted(ENUM) == FILES == sorted(stage_table())
+    for name in ENUM:
+        assert stages.get(name).name == name
+
+
+def test_stage_files_import_no_ml_library():
+    code = ("import sys\nimport runner.train.stages as s\n"
+            f"for n in {FILES!r}: s.get(n)\n"
+            "print([m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("name, config, kind", [
+    ("sft", "lora.yaml", "TrainingArguments"), ("pt", "pretrain_packed.yaml", "TrainingArguments"),
+    ("dpo", "dpo.yaml", "DPOConfig"), ("kto", "kto.yaml", "KTOConfig"), ("orpo", "orpo.yaml", "ORPOConfig"),
+])
+def test_each_stage_builds_its_trainer_arguments(tmp_path, name, config, kind):
+    plan = make_plan(CONFIGS / config, ["training.micro_batch_size=2"])
+    assert plan.training.stage == name
+    stage = stages.get(name)
+    args = stage.arguments(plan, common_arguments(plan, runtime(plan), output_dir=str(tmp_path), has_eval=False))
+    assert type(args).__name__ == kind
+    assert args.learning_rate == plan.training.learning_rate and args.seed == plan.training.seed
+    assert args.per_device_train_batch_size == 2 and args.use_cpu
+    if name == "dpo":
+        assert args.beta == plan.training.dpo.beta and args.max_length is None
+    if name in ("sft", "pt"):
+        assert args.label_names == ["labels"]
+
+
+def test_stage_row_tokens_count_what_goes_through_the_model():
+    assert stages.get("sft").row_tokens({"input_ids": [1, 2, 3]}) == 3
+    assert stages.get("dpo").row_tokens({"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]}) == 7
+    assert stages.get("kto").row_tokens({"prompt_ids": [1], "completion_ids": [2, 3]}) == 3
+    assert stages.get("kto").row_tokens({"prompt_ids": [1], "completion_ids": [2, 3], "KL_completion_ids": [4]}) == 5
+    assert stages.get("orpo").row_tokens({"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3, 4]}) == 5
+
+
+def test_kto_refuses_a_micro_batch_of_one_before_anything_loads():
+    from runner.errors import UserError
+
+    plan = make_plan(CONFIGS / "kto.yaml", ["training.micro_batch_size=1"])
+    with pytest.raises(UserError, match="at least 2"):
+        stages.get("kto").check(plan)
+
+
+def test_references_are_loaded_only_without_an_adapter():
+    for name, config in (("dpo", "dpo.yaml"), ("kto", "kto.yaml")):
+        plan = make_plan(CONFIGS / config)
+        assert stages.get(name).needs_reference(plan) is (plan.adapter.kind != "lora")
+        full = make_plan(CONFIGS / config, ["adapter.kind=full"])
+        assert stages.get(name).needs_reference(full)
+    assert not stages.get("orpo").needs_reference(make_plan(CONFIGS / "orpo.yaml", ["adapter.kind=full"]))
