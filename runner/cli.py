@@ -20,7 +20,7 @@ COMMANDS = {
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
-    "schema": ("runner.config.schema_command", "print the config JSON Schema, or write docs/config.md"),
+    "schema": ("runner.config.docs", "print the config JSON Schema, or write docs/config.md"),
 }
 
 
