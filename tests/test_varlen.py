@@ -12,9 +12,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runner import varlen  # noqa: E402
+from runner.train.fast import varlen  # noqa: E402
+from runner.plan.resolve import make_plan  # noqa: E402
 from runner.cli import main  # noqa: E402
 from runner.errors import UserError  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 
 
 def _model(attn: str, arch: str = "llama", **extra):
@@ -155,10 +159,13 @@ def test_load_for_generation_uses_sdpa():
     assert attn_for_transformers("varlen", for_training=False) == "sdpa"
     assert attn_for_transformers("varlen", for_training=True) == varlen.NAME
     assert attn_for_transformers("eager", for_training=True) == "eager"
-    with pytest.raises(UserError):
-        from runner.train.model import check_varlen_model
+    from situations import gpu
 
-        check_varlen_model(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8))
+    from runner.train.runtime import decide_attention, facts_of
+
+    plan = make_plan(CONFIGS / "lora.yaml", ["model.attn_implementation=varlen"])
+    with pytest.raises(UserError, match="sliding"):
+        decide_attention(plan, gpu(), facts_of(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8)))
 
 
 def test_varlen_under_torch_compile_gives_the_sdpa_loss():
@@ -186,16 +193,22 @@ def test_a_batch_changed_in_place_gets_new_segments():
 
 
 def test_auto_picks_varlen_only_where_it_is_known_to_run():
-    from runner.train.model import auto_attention
+    from situations import env, gpu
+
+    from runner.train.runtime import decide_attention, facts_of
+
+    def auto(model, machine, *overrides):
+        return decide_attention(make_plan(CONFIGS / "lora.yaml", list(overrides)), machine, facts_of(model))
 
     model = _model("sdpa")
+    here = gpu(varlen_missing=varlen.missing())
     if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
-        assert auto_attention(model, "cuda", {}) == ("varlen", None)
-    name, why = auto_attention(model, "cpu", {})
+        assert auto(model, here) == ("varlen", None)
+    name, why = auto(model, env())
     assert name == "sdpa" and "cpu" in why
-    name, why = auto_attention(model, "cuda", {"torch_compile": True})
+    name, why = auto(model, here, "training.torch_compile=true")
     assert name == "sdpa" and "torch_compile" in why
-    name, why = auto_attention(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8), "cuda", {})
+    name, why = auto(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8), here)
     assert name == "sdpa" and "sliding-window" in why
 
 

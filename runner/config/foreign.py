@@ -10,7 +10,7 @@ import functools
 import os
 import re
 
-from runner import schema
+from runner.config import schema
 from runner.errors import UserError
 
 TOOL_NAMES = {"axolotl": "an Axolotl", "llamafactory": "a LLaMA-Factory"}

@@ -205,7 +205,7 @@ class _Builder:
         try:
             return _build_scalar(tag, ev.value, self.source, where)
         except ValueError:
-            from runner.schema import is_secret
+            from runner.config.schema import is_secret
 
             path = self._child_path()
             shown = f"the value of {'.'.join(map(str, path))} (secret: not shown)" if is_secret(path) else repr(ev.value)

@@ -26,7 +26,7 @@ class ImportResult:
 def _read_yaml(path: Path) -> dict:
     import yaml
 
-    from runner.yamlsafe import read_bounded
+    from runner.config.yamlsafe import read_bounded
 
     try:
         text = read_bounded(path, str(path), "file").decode("utf-8")

@@ -89,6 +89,16 @@ def model_facts(plan: Plan) -> ModelFacts:
     config = load_config(plan)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=plan.model.trust_remote_code)
+    return facts_of(model)
+
+
+def facts_of(model) -> ModelFacts:
+    """The facts of a model instance (on the meta device or loaded)."""
+    import torch
+
+    from runner.train.fast import varlen
+
+    config = model.config
     head = model.get_output_embeddings()
     linear = {name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
     stack, layers = _layer_stack(model)
