@@ -203,13 +203,10 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
                 found.append(("error", ("distributed", "deepspeed", key),
                               "NVMe offload needs a folder on a local NVMe disk",
                               "set distributed.deepspeed.nvme_path: /local_nvme/deepspeed (or use cpu)"))
-    stage = ds["zero_stage"] if backend == "deepspeed" else None
     if backend == "deepspeed" and ds["config"]:
-        data, problem = read_user_deepspeed(ds["config"])  # read once: checked, and its stage
+        data, problem = read_user_deepspeed(ds["config"])
         found += _check_user_deepspeed(ds["config"], data, problem, training, nproc * machines if nproc else None)
-        stage = _file_stage(data)
-    sharded = backend == "fsdp" or stage == 3
-    if sharded and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
+    if sharded(cfg) and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
         found.append(("warning", ("adapter", "init"),
                       "a PiSSA adapter trained with sharded parameters is saved unconverted: it applies to the "
                       "residual base, not to the original model", "use backend: ddp for PiSSA, or init: default"))
