@@ -89,7 +89,7 @@ def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared
         assert plan.data.sequence.max_length == 2048
         expected = {"lora": "lora", "dpo_lora": "lora", "full": "full"}[scenario.work]
         assert plan.adapter.kind == expected, scenario.name
-        assert (plan.quantization or {}).get("bits") == (4 if scenario.name == "qlora8b" else None)
+        assert plan.quantization.bits == (4 if scenario.name == "qlora8b" else None)
         assert (plan.training.stage == "dpo") == (scenario.work == "dpo_lora")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import save_tiny_model, write_config
+from tests.tiny_model import save_poisoned_model, save_tiny_model, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / "tests" / "fixtures" / "workers" / "site"
@@ -237,8 +237,9 @@ def _calls_in(path: Path) -> set[str]:
 
 def test_train_makes_the_distributed_calls_itself():
     """The FSDP tests above run the product path: these calls are what make them FSDP2 and saved."""
-    calls = _calls_in(REPO / "runner" / "train.py")
-    assert {"shard_on_cpu", "prepare_final_save", "check_launcher", "trainer_kwargs"} <= calls
+    train = REPO / "runner" / "train"
+    calls = set().union(*(_calls_in(train / f) for f in ("recipe.py", "finish.py", "arguments.py")))
+    assert {"shard_on_cpu", "prepare_final_save", "check_launcher", "backend_arguments"} <= calls
 
 
 def test_fsdp2_sharded_checkpoint_resumes_to_the_same_result(tmp_path, model_dir):
@@ -320,8 +321,9 @@ def test_non_finite_steps_under_ddp_stop_every_rank_with_exit_2(tmp_path, model_
     """The device-side guard under DDP (skip flag all-reduced across ranks): past
     training.max_nonfinite every rank stops at the same logging step, none hangs, the run exits 2
     naming the step, and no finished run is left behind."""
-    cfg = write_config(tmp_path, model_dir, name="nan", adapter={"kind": "full"},
-                       training={"max_steps": STEPS, "micro_batch_size": GLOBAL_BATCH // 2, "learning_rate": 1e30,
+    poisoned = save_poisoned_model(tmp_path / "poisoned")
+    cfg = write_config(tmp_path, poisoned, name="nan", adapter={"kind": "full"},
+                       training={"max_steps": STEPS, "micro_batch_size": GLOBAL_BATCH // 2,
                                  "optimizer": "adamw_torch_fused", "chunked_loss": CHUNKED},
                        extra={"distributed": {"backend": "ddp"}})
     proc = run_cli(["launch", cfg, "--cpu", "--num-processes", "2"], wait=False)

@@ -14,7 +14,7 @@ from runner.errors import UserError
 from runner.train.nonfinite import NonFiniteGuard, supports
 from runner.plan.resolve import make_plan
 from runner.train.command import run
-from tests.tiny_model import save_tiny_model, write_config
+from tests.tiny_model import poison_from, save_tiny_model, write_config
 
 torch.set_num_threads(1)
 
@@ -121,25 +121,11 @@ def _train(tmp_path, model_dir, callbacks=(), **training):
                callbacks=list(callbacks))
 
 
-def _poison_from(step: int):
-    """A callback that makes the weights non-finite from optimizer step `step` on (a learning rate
-    large enough to overflow is refused by the config's own limits)."""
-    from transformers import TrainerCallback
-
-    class Poison(TrainerCallback):
-        def on_step_begin(self, args, state, control, model=None, **kwargs):
-            if state.global_step + 1 == step:
-                with torch.no_grad():
-                    model.get_input_embeddings().weight.fill_(float("inf"))
-
-    return Poison()
-
-
 def test_training_stops_past_max_nonfinite_and_skips_up_to_it(tmp_path, model_dir):
     with pytest.raises(UserError, match=r"non-finite loss or gradients at step \d \(\d so far; training.max_nonfinite is 0\)"):
-        _train(tmp_path / "a", model_dir, callbacks=[_poison_from(2)])
+        _train(tmp_path / "a", model_dir, callbacks=[poison_from(2)])
     assert not (tmp_path / "a" / "run" / "RUN_COMPLETE").exists()
-    run_dir = _train(tmp_path / "b", model_dir, callbacks=[_poison_from(2)], max_nonfinite=4)
+    run_dir = _train(tmp_path / "b", model_dir, callbacks=[poison_from(2)], max_nonfinite=4)
     assert (run_dir / "RUN_COMPLETE").is_file()
 
 

@@ -23,9 +23,12 @@ def _plan(tmp_path, seed):
 
 
 def test_random_init_needs_no_weights_and_follows_the_seed(tmp_path):
-    a = load_model(_plan(tmp_path / "a", 1))
-    b = load_model(_plan(tmp_path / "b", 1))
-    c = load_model(_plan(tmp_path / "c", 2))
+    def load(plan):
+        return load_model(plan, dtype="float32", attn_implementation="sdpa")
+
+    a = load(_plan(tmp_path / "a", 1))
+    b = load(_plan(tmp_path / "b", 1))
+    c = load(_plan(tmp_path / "c", 2))
     wa, wb, wc = (m.model.layers[0].self_attn.q_proj.weight for m in (a, b, c))
     assert torch.isfinite(wa).all() and wa.abs().sum() > 0
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)

@@ -10,7 +10,7 @@ import torch
 from runner import rundir
 from runner.plan.resolve import make_plan
 from runner.train.command import run
-from tests.tiny_model import logits_probe, reload_logits, save_tiny_model, train_losses, write_config
+from tests.tiny_model import logits_probe, poison_from, reload_logits, save_tiny_model, train_losses, write_config
 
 torch.set_num_threads(1)
 STEPS = 24
@@ -21,11 +21,11 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden=48)
 
 
-def train(tmp_path, model_dir, **kw):
+def train(tmp_path, model_dir, callbacks=(), **kw):
     training = {"max_steps": STEPS, "micro_batch_size": 8, "learning_rate": 1e-2, **kw.pop("training", {})}
     plan = make_plan(write_config(tmp_path, model_dir, training=training, **kw))
     probe = logits_probe()
-    run_dir = run(plan, callbacks=[probe])
+    run_dir = run(plan, callbacks=[probe, *callbacks])
     return run_dir, probe
 
 
@@ -136,7 +136,8 @@ def test_non_finite_loss_stops_the_run_or_is_skipped_up_to_max_nonfinite(tmp_pat
     blow_up = {"kind": "full"}
     plain = {"optimizer": "adamw_torch"}  # the per-micro-step check (fused AdamW: tests/test_nonfinite.py)
     with pytest.raises(UserError, match=r"non-finite loss at step \d \(1 so far; training.max_nonfinite is 0\)"):
-        train(tmp_path / "a", model_dir, adapter=blow_up, training={"max_steps": 4, "learning_rate": 1e30, **plain})
-    run_dir, _ = train(tmp_path / "b", model_dir, adapter=blow_up,
-                       training={"max_steps": 4, "learning_rate": 1e30, "max_nonfinite": 3, **plain})
+        train(tmp_path / "a", model_dir, adapter=blow_up, training={"max_steps": 4, **plain},
+              callbacks=[poison_from(2)])
+    run_dir, _ = train(tmp_path / "b", model_dir, adapter=blow_up, training={"max_steps": 4, "max_nonfinite": 3, **plain},
+                       callbacks=[poison_from(2)])
     assert (run_dir / "RUN_COMPLETE").is_file()

@@ -180,3 +180,31 @@ def train_losses(run_dir) -> list[float]:
 
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if r.get("kind") == "train"]
+
+
+def poison_from(step: int):
+    """A TrainerCallback that makes the weights non-finite from optimizer step `step` on: the way to a
+    non-finite loss now that a learning rate large enough to overflow is refused by the config."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Poison(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == step:
+                with torch.no_grad():
+                    model.get_input_embeddings().weight.fill_(float("inf"))
+
+    return Poison()
+
+
+def save_poisoned_model(directory) -> Path:
+    """The tiny model with non-finite embeddings: every loss it gives is non-finite."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory = save_tiny_model(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("inf"))
+    model.save_pretrained(directory)
+    return directory

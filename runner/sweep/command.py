@@ -117,7 +117,7 @@ def run_sweep(config_path, sweep_path, *, engine: str | None = None, trials: int
     count = trial_count(sweep, trials)
     check_metric(sweep, base)
     if engine is None:
-        engine = "wandb" if base.tracking.get("wandb") and wandb_configured() else "local"
+        engine = "wandb" if base.tracking.wandb and wandb_configured() else "local"
         _say(f"sweep: engine {engine}" + (" (W&B is configured)" if engine == "wandb" else ""))
     points = plans = None
     if sweep.method in ("grid", "random"):
