@@ -58,7 +58,7 @@ class _BadRows:
 
 def _reason_kind(reason: str) -> str:
     """A short, stable key for counting skipped rows by kind."""
-    kinds = (("tool call", "bad tool call"), ("invalid JSON", "invalid JSON"), ("not valid JSON", "invalid JSON"),
+    kinds = (("nested more than", "nested too deeply"), ("tool call", "bad tool call"), ("invalid JSON", "invalid JSON"), ("not valid JSON", "invalid JSON"),
              ("not UTF-8", "not UTF-8"), ("missing field", "missing field"), ("unknown role", "unknown role"),
              ("empty assistant", "empty assistant turn"), ("no assistant", "no assistant turn"),
              ("system message may only", "misplaced system message"), ("columns, found", "wrong column count"),
