@@ -229,29 +229,60 @@ def read_jsonl(path: Path, ds: dict):
                 yield where, RowError(f"invalid JSON line: {e}")
 
 
+def _utf8_error(path: Path) -> tuple[int, int] | None:
+    """(byte offset, line) of the first byte that is not UTF-8, read in chunks; None when all is."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the chunk's end
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = max(0, e.start - pending)
+                return offset + at, line + chunk.count(b"\n", 0, at)
+            if not chunk:
+                return None
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+
+
 def read_csv(path: Path, ds: dict):
+    """Rows of a CSV file, read as a stream with the csv module's own line handling: a quoted cell
+    may hold newlines, form feeds or U+2028, and `file:line` is the line its row starts on."""
     import csv
 
-    text = _read_text(path)
-    if isinstance(text, UnicodeDecodeError):
-        yield f"{path}:{_line_of(path.read_bytes(), text.start)}", RowError("not UTF-8; the whole file is unreadable")
+    bad = _utf8_error(path)
+    if bad is not None:
+        yield f"{path}:{bad[1]}", RowError(f"not UTF-8 (byte {bad[0]}); the whole file is unreadable")
         return
-    reader = csv.reader(text.splitlines(keepends=True))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    start = reader.line_num + 1
-    for cells in reader:
-        where = f"{path}:{start}"
-        start = reader.line_num + 1
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            yield where, RowError(f"expected {len(header)} columns, found {len(cells)}")
-            continue
-        # An empty CSV cell is an absent value, not an empty string.
-        yield where, {k: (v if v != "" else None) for k, v in zip(header, cells)}
+    # The default 128 KiB cell limit refuses real long answers; a cell is bounded like a JSON line.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            start = reader.line_num + 1
+            for cells in reader:
+                where = f"{path}:{start}"
+                start = reader.line_num + 1
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    yield where, RowError(f"expected {len(header)} columns, found {len(cells)}")
+                    continue
+                # An empty CSV cell is an absent value, not an empty string.
+                yield where, {k: (v if v != "" else None) for k, v in zip(header, cells)}
+        except csv.Error as e:  # a cell over the limit, or an unreadable quote: the rest cannot be told apart
+            raise DataError(f"CSV file {path} cannot be read from line {start} on: {e}", where=f"{path}:{start}",
+                            hint="fix the file there (a cell over "
+                                 f"{MAX_LINE_BYTES // 2**20} MiB, or a quote that is never closed)") from None
 
 
 def read_parquet(path: Path, ds: dict):
@@ -269,8 +300,11 @@ def read_parquet(path: Path, ds: dict):
 def read_txt(path: Path, ds: dict):
     text_column = ds.get("columns", {}).get("text", "text")
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(_lines(f), 1):
             where = f"{path}:{number}"
+            if raw is None:
+                yield where, RowError(f"line longer than {MAX_LINE_BYTES // 2**20} MiB; not read")
+                continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
