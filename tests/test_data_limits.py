@@ -32,3 +32,36 @@ def test_num_samples_3e9_is_refused_before_allocating(tmp_path, capsys):
                        model=model, template={"name": "chatml"})
     assert main(["preprocess", str(cfg)]) == 0
     assert f"train: {91 * MAX_REPEAT} rows" in capsys.readouterr().out
+
+
+def test_a_template_that_loops_for_ever_stops_with_the_row_and_the_template(tmp_path):
+    """Nested loops of range(100000) (the sandbox's own bound) on one row: 10^10 iterations."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runner.data.render import RENDER_SECONDS
+
+    template = tmp_path / "slow.jinja"
+    template.write_text(
+        "{% for message in messages %}"
+        "{% if 'slow' in message['content'] %}{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% endfor %}{% endfor %}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    data = tmp_path / "rows.jsonl"
+    rows = [{"instruction": "hi", "output": "ho"}, {"instruction": "go slow", "output": "x"}, {"instruction": "a", "output": "b"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for policy in ("error", "skip"):
+        cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca", "on_bad_row": policy}],
+                           model={"path": str(tiny_model_dir(tmp_path))},
+                           template={"name": "jinja", "jinja": str(template)})
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+        done = subprocess.run([sys.executable, "-m", "runner", "preprocess", str(cfg)], capture_output=True,
+                              text=True, env=env, timeout=RENDER_SECONDS * 6 + 60)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert (f"{data}:2: error: template file:{template} took more than {RENDER_SECONDS:g} s to render this row"
+                in done.stderr), done.stderr
+        assert "Traceback" not in done.stderr

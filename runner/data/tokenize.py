@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from runner.data.bounded import encode_bounded, max_token_chars
 from runner.data.formats import RowError
-from runner.data.render import Renderer, TemplateRenderError
+from runner.data.render import Renderer, RenderTimeout, TemplateRenderError
 from runner.errors import DataError, UserError
 
 IGNORE = -100
@@ -94,6 +94,10 @@ def _render_all(items, render_one, progress, desc="rendering"):
         except (TemplateRenderError, RowError) as e:
             refused.add(item, e)
             continue
+        except RenderTimeout as e:  # the template, not the row, is the likely culprit: never skipped
+            raise DataError(f"{e} this row", where=item.origin,
+                            hint="a loop in the chat template that does not end, or one that grows with the row; "
+                                 "fix the template (template.jinja) or the row") from None
         notes.update(set(row_notes))
         kept.append(item)
         out.append(result)
