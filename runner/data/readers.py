@@ -32,28 +32,41 @@ class LoadedDataset:
 
 
 class _BadRows:
-    def __init__(self, policy: str):
-        self.policy = policy
+    def __init__(self, policy: str, fmt: str):
+        self.policy, self.fmt = policy, fmt
         self.found: list[tuple[str, str]] = []
         self.total = 0
         self.by_reason: Counter = Counter()
+        self.looks_like: str | None = None  # another format that reads the bad rows
 
-    def add(self, where: str, reason: str) -> None:
+    def add(self, where: str, reason: str, raw=None) -> None:
         self.total += 1
-        self.by_reason[_reason_kind(reason)] += 1
+        kind = _reason_kind(reason)
+        self.by_reason[kind] += 1
         if len(self.found) < SHOWN_BAD_ROWS:
             self.found.append((where, reason))
+        if self.looks_like is None and self.total <= SHOWN_BAD_ROWS:  # a few rows tell
+            from runner.data.guess import guess_format
 
-    def raise_if_any(self, name: str) -> None:
-        if self.policy == "skip" or not self.total:
+            self.looks_like = guess_format(raw, self.fmt)
+
+    def _looks(self) -> str:
+        return (f"; these rows look like {self.looks_like}: set format: {self.looks_like}"
+                if self.looks_like else "")
+
+    def raise_if_any(self, name: str, kept: int) -> None:
+        if not self.total:
+            return
+        if self.policy == "skip" and (kept or not self.looks_like):
             return
         lines = [f"{w}: {r}" for w, r in self.found]
         more = f"\n  ... and {self.total - len(self.found)} more" if self.total > len(self.found) else ""
-        raise DataError(
-            f"{self.total} malformed row(s) in dataset {name}:\n  " + "\n  ".join(lines) + more,
-            where=self.found[0][0],
-            hint="fix the rows, or set on_bad_row: skip on this dataset to skip and count them",
-        )
+        head = (f"{self.total} malformed row(s) in dataset {name}" if self.policy != "skip"
+                else f"all {self.total} rows of dataset {name} are skipped")
+        hint = ("fix the rows, or set on_bad_row: skip on this dataset to skip and count them" if not self.looks_like
+                else f"set format: {self.looks_like} on this dataset (format {self.fmt} cannot read its rows)")
+        raise DataError(f"{head} (format {self.fmt}){self._looks()}:\n  " + "\n  ".join(lines) + more,
+                        where=self.found[0][0], hint=hint)
 
 
 def _reason_kind(reason: str) -> str:
@@ -74,7 +87,7 @@ def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
     normalise = Normalizer(ds.get("format", "alpaca"), ds.get("columns"), ds.get("roles"),
                            ds.get("substitute"), ds.get("system"))
     out = LoadedDataset(name=ds["path"])
-    bad = _BadRows(ds.get("on_bad_row", "error"))
+    bad = _BadRows(ds.get("on_bad_row", "error"), ds.get("format", "alpaca"))
     for where, raw in iter_raw_rows(ds, base_dir):
         out.rows_read += 1
         if isinstance(raw, RowError):
@@ -83,11 +96,11 @@ def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
         try:
             row = normalise(raw)
         except RowError as e:
-            bad.add(where, str(e))
+            bad.add(where, str(e), raw)
             continue
         out.rows.append(row)
         out.origins.append(where)
-    bad.raise_if_any(ds["path"])
+    bad.raise_if_any(ds["path"], len(out.rows))
     if out.rows_read == 0:
         raise DataError(f"dataset {ds['path']} holds no rows (an empty file or an empty list)",
                         where=f"{ds['path']}:1", hint="check the file, or remove the dataset from the config")
