@@ -2,7 +2,8 @@
 (truncated JSON, wrong types, binary junk, NUL bytes, latin-1 / UTF-16 text, huge numbers, deep
 nesting, JSON nested ~100k deep inside a field, missing fields, empty files) each end in exit 2
 with `file:line` and no traceback (or, with on_bad_row: skip, a printed skip count), and nothing is
-written outside the run and cache dirs. A single ~200 MB JSON line is refused with a clear message while peak memory stays bounded."""
+written outside the run and cache dirs. A single ~200 MB JSON line is refused with a clear message
+while peak memory stays bounded."""
 
 from __future__ import annotations
 
