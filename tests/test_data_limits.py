@@ -65,3 +65,20 @@ def test_a_template_that_loops_for_ever_stops_with_the_row_and_the_template(tmp_
         assert (f"{data}:2: error: template file:{template} took more than {RENDER_SECONDS:g} s to render this row"
                 in done.stderr), done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_template_that_always_loops_is_refused_by_the_template_check(tmp_path, capsys):
+    from runner.data.render import RENDER_SECONDS
+
+    template = tmp_path / "spin.jinja"
+    template.write_text("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+                        "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    data = tmp_path / "identity.json"
+    shutil.copy(SHARED / "identity.json", data)
+    cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca"}], model={"path": str(tiny_model_dir(tmp_path))},
+                       template={"name": "jinja", "jinja": str(template)})
+    for command in (["preprocess"], ["lint", "--deep"]):
+        assert main([*command, str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"template file:{template} took more than {RENDER_SECONDS:g} s to render a two-turn conversation" in err
+        assert "Traceback" not in err
