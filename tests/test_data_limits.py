@@ -82,3 +82,26 @@ def test_a_template_that_always_loops_is_refused_by_the_template_check(tmp_path,
         err = capsys.readouterr().err
         assert f"template file:{template} took more than {RENDER_SECONDS:g} s to render a two-turn conversation" in err
         assert "Traceback" not in err
+
+
+def test_a_row_of_20000_turns_is_bounded_as_a_whole(tmp_path):
+    """Each rendering of it is quick (0.1 s), but masking renders it once per turn: hours in all."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runner.data.render import RENDER_SECONDS
+
+    turns = [m for i in range(10_000) for m in ({"role": "user", "content": f"question {i}"},
+                                                 {"role": "assistant", "content": f"answer {i}"})]
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": turns[:2]}) + "\n" + json.dumps({"messages": turns}) + "\n")
+    cfg = write_config(tmp_path, [{"path": str(data), "format": "openai", "on_bad_row": "skip"}],
+                       model={"path": str(tiny_model_dir(tmp_path))}, template={"name": "chatml"})
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "runner", "preprocess", str(cfg)], capture_output=True, text=True,
+                          env=env, timeout=RENDER_SECONDS * 3 + 60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{data}:2: error: template chatml took more than {RENDER_SECONDS:g} s to render this row" in done.stderr

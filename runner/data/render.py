@@ -44,11 +44,17 @@ class RenderTimeout(BaseException):
     an error naming the row and the template, whatever on_bad_row says."""
 
 
+_bound_active = False
+
+
 @contextmanager
-def _time_bound(name: str):
-    """Raise RenderTimeout in the rendering once RENDER_SECONDS have passed (SIGALRM: the main
-    thread only; elsewhere rendering is unbounded)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+def time_bound(name: str):
+    """Raise RenderTimeout once RENDER_SECONDS have passed (SIGALRM: the main thread only; elsewhere
+    rendering is unbounded). Nested bounds share the outer one: the pipeline bounds all the
+    renderings of a row together, so a row of 50,000 turns cannot take hours one turn at a time."""
+    global _bound_active
+    if (_bound_active or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
         yield
         return
 
@@ -56,12 +62,14 @@ def _time_bound(name: str):
         raise RenderTimeout(f"template {name} took more than {RENDER_SECONDS:g} s to render")
 
     previous = signal.signal(signal.SIGALRM, expired)
+    _bound_active = True
     signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        _bound_active = False
 
 
 def _compile(source: str):
@@ -126,7 +134,7 @@ class Renderer:
 
     def render(self, messages: list, tools=None, add_generation_prompt: bool = False) -> str:
         try:
-            with _time_bound(self.name):
+            with time_bound(self.name):
                 return self.compiled.render(messages=messages, tools=tools, documents=None,
                                             add_generation_prompt=add_generation_prompt, **self.variables)
         except Exception as e:  # jinja raises TemplateError, TypeError, UndefinedError ...
@@ -208,7 +216,7 @@ class Renderer:
         """The rendering and the character spans of its {% generation %} blocks."""
         blocks, spans = [], []
         try:
-            with _time_bound(self.name), self.compiled.environment.activate_tracker(blocks, spans):
+            with time_bound(self.name), self.compiled.environment.activate_tracker(blocks, spans):
                 for block in self.compiled.generate(messages=messages, tools=tools, documents=None,
                                                     add_generation_prompt=False, **self.variables):
                     blocks.append(block)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from runner.data.bounded import encode_bounded, max_token_chars
 from runner.data.formats import RowError
-from runner.data.render import Renderer, RenderTimeout, TemplateRenderError
+from runner.data.render import Renderer, RenderTimeout, TemplateRenderError, time_bound
 from runner.errors import DataError, UserError
 
 IGNORE = -100
@@ -86,11 +86,12 @@ def _progress(iterable, total, enabled, desc):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, unit="row")
 
 
-def _render_all(items, render_one, progress, desc="rendering"):
+def _render_all(items, render_one, progress, renderer, desc="rendering"):
     refused, kept, out, notes = _Refused(), [], [], Counter()
     for item in _progress(items, len(items), progress, desc):
         try:
-            result, row_notes = render_one(item.row)
+            with time_bound(renderer.name):  # every rendering of the row within one bound
+                result, row_notes = render_one(item.row)
         except (TemplateRenderError, RowError) as e:
             refused.add(item, e)
             continue
@@ -183,7 +184,7 @@ def _sft(items, tokenizer, renderer, train_on, seq, progress):
         messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
         return renderer.spans(messages, tools, train_on), notes
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
     texts = [text for text, _ in rendered]
     ids_list, offsets_list, cuts = _encode_bounded(tokenizer, texts, seq, offsets=True)
     end_ids = end_of_turn_ids(tokenizer)
@@ -312,7 +313,7 @@ def _dpo(items, tokenizer, renderer, train_on, seq, progress):
             raise TemplateRenderError("the template renders the prompt differently before chosen and rejected")
         return (prompt, chosen, rejected), notes + notes_r
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
     prompts, _, _ = _encode_bounded(tokenizer, [r[0] for r in rendered], seq, keep="end")
     chosen, _, _ = _encode_bounded(tokenizer, [r[1] for r in rendered], seq)
     rejected, _, _ = _encode_bounded(tokenizer, [r[2] for r in rendered], seq)
@@ -337,7 +338,7 @@ def _kto(items, tokenizer, renderer, train_on, seq, progress):
                                                            row["messages"][-1])
         return (prompt, completion, row["label"]), notes
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
     prompts, _, _ = _encode_bounded(tokenizer, [r[0] for r in rendered], seq, keep="end")
     completions, _, _ = _encode_bounded(tokenizer, [r[1] for r in rendered], seq)
     counts = Counter(notes)
