@@ -219,7 +219,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         "pipeline": hashing.DATA_PIPELINE_VERSION,
         "datasets": [ds_part(d) for d in data["datasets"]],
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
-        **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "sequence", "special_tokens")},
+        **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
+        # allow_all_truncated decides whether a run may start, not what the data holds
+        "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
         "tokenizer": tok_fp,
     }

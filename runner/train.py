@@ -125,6 +125,7 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
     stage = plan.training["stage"]
     tokenizer = pipeline.load_tokenizer(plan)
     prepared = pipeline.build_datasets(plan, tokenizer)
+    pipeline.refuse_untrainable(plan, prepared)  # before the model loads: exit 2 with the reason
     dtype = resolve_dtype(plan.model.get("dtype", "auto"))
     precision = resolve_precision(plan.training.get("precision", "auto"), dtype)
     device = local_device()
