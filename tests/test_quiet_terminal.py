@@ -3,10 +3,12 @@ and nothing from the libraries underneath, unless --debug asks for them. The qui
 real here (the SmolLM2 GGUF from its package, `python -m runner train`), and every line it prints
 must match the allow-list below."""
 
+import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,10 @@ def test_quickstart_prints_only_runner_lines_and_fits_one_screen(tmp_path):
     assert library_lines(text) == [], text[-4000:]
     assert len(text.splitlines()) <= 8, text
     assert "finished: 2 steps, final train loss" in text
+    # The quickstart's second command: the answer on stdout, nothing else anywhere.
+    answer = runner_cli("generate", str(tmp_path / "quickstart"), "-p", "Who are you?", "--max-new-tokens", "8")
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stderr == "" and answer.stdout.strip(), answer.stdout + answer.stderr
 
 
 def test_debug_lets_the_library_lines_through(tmp_path):
@@ -74,3 +80,95 @@ def test_debug_lets_the_library_lines_through(tmp_path):
     loud = runner_cli("train", str(cfg), "output.overwrite=true", "--debug")
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert "Loading weights" in loud.stderr  # transformers' own bar, shown only with --debug
+
+
+def test_two_processes_print_each_line_once(tmp_path):
+    # Before: the plan's warning three times (launcher and each rank), library lines twice.
+    model_dir = save_tiny_model(tmp_path / "model")
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 1, "warmup_steps": 1, "warmup_ratio": 0.1})
+    out = runner_cli("launch", str(cfg), "--cpu", "--num-processes", "2", env_extra={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert text.count("warmup_steps is set and wins over warmup_ratio") == 1, text
+    assert text.count("trainable params:") == 1 and text.count("finished: 1 step,") == 1, text
+    own = [line for line in library_lines(text)
+           if not line.startswith(("warning: ", str(tmp_path / "run")))]  # runner's lines naming the run dir
+    assert own == [], text
+
+
+def test_a_run_without_bitsandbytes_features_never_imports_it(tmp_path):
+    # PEFT imports bitsandbytes whenever it is installed; its import looks up a kernel on the hub
+    # and, on CPUs with AVX512-BF16, prints "Failed to load CPU gemm_4bit_forward ...".
+    model_dir = save_tiny_model(tmp_path / "model")
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 1})
+    probe = ("import sys\nfrom runner.cli import main\ncode = main(['train', sys.argv[1]])\n"
+             "print('bitsandbytes imported:', sys.modules.get('bitsandbytes') is not None)\nsys.exit(code)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", probe, str(cfg)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bitsandbytes imported: False" in out.stdout
+    assert (tmp_path / "run" / "RUN_COMPLETE").is_file()
+
+
+def test_bitsandbytes_counts_as_needed_for_quantization_8bit_optimizers_and_prequantized_bases(tmp_path):
+    from runner.plan import make_plan
+    from runner.quiet import bitsandbytes_needed
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    plain = make_plan(write_config(tmp_path, model_dir))
+    assert not bitsandbytes_needed(plain, training=True)
+    assert not bitsandbytes_needed(make_plan(REPO / "cookbook" / "quickstart.yaml"), training=True)
+    assert bitsandbytes_needed(make_plan(write_config(tmp_path, model_dir, training={"optimizer": "adamw_8bit"})),
+                               training=True)
+    qlora = make_plan(write_config(tmp_path, model_dir, extra={"quantization": {"bits": 4}}))
+    assert bitsandbytes_needed(qlora, training=True)
+    assert not bitsandbytes_needed(qlora, training=False)  # generate / merge load the base unquantized
+    config = json.loads((model_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert bitsandbytes_needed(make_plan(write_config(tmp_path, model_dir)), training=False)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_arguments_use_no_deprecated_name(tmp_path, checkpointing):
+    from runner.plan import make_plan
+    from runner.stages import training_arguments
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    plan = make_plan(write_config(tmp_path, model_dir, training={"gradient_checkpointing": checkpointing}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = training_arguments(plan, output_dir=str(tmp_path / "out"), precision="fp32", has_eval=False,
+                                  extra={"use_cpu": True})
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert args.gradient_checkpointing is checkpointing  # the old name mirrors the new one
+    assert args.activation_checkpointing is checkpointing
+
+
+def test_saving_an_adapter_on_a_gguf_base_asks_peft_nothing(tmp_path, smollm_dir):
+    # PEFT's "auto" looks for the base's config.json to see whether the vocabulary grew; a GGUF
+    # folder has none: "Could not find a config file ... will assume that the vocabulary was not modified".
+    from safetensors import safe_open
+
+    from runner.adapters import apply_adapter, save_adapter
+    from runner.model import load_model
+    from runner.plan import make_plan
+
+    import yaml
+
+    quickstart = yaml.safe_load((REPO / "cookbook" / "quickstart.yaml").read_text())
+    quickstart["adapter"].update(target_modules=["q_proj"], r=2)
+    quickstart["datasets"][0]["path"] = str((REPO / "cookbook" / quickstart["datasets"][0]["path"]).resolve())
+    quickstart["output"]["dir"] = str(tmp_path / "out")
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump(quickstart))
+    plan = make_plan(cfg)
+    model, _ = apply_adapter(load_model(plan, dtype="float32"), plan)
+    for resized in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            save_adapter(model, str(tmp_path / f"adapter-{resized}"), embeddings_resized=resized)
+        assert [str(w.message) for w in caught if "config file" in str(w.message)] == []
+        with safe_open(str(tmp_path / f"adapter-{resized}" / "adapter_model.safetensors"), "pt") as fh:
+            assert any("embed_tokens" in k for k in fh.keys()) is resized
