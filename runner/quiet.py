@@ -11,7 +11,8 @@ What the libraries print on a plain run, and where each is kept off the terminal
   bar of plain tqdm, which `_quiet_gguf_bar` points at transformers' own tqdm (the one private
   name used here; tests/test_quiet_terminal.py runs the real GGUF load to pin it).
 - "[INFO] Running in WANDB offline mode", printed on import by transformers' W&B integration
-  whenever WANDB_MODE=offline, tracking or not: `import_trainer_quietly`.
+  whenever WANDB_MODE=offline, tracking or not: `import_trainer_quietly`. W&B's own banner and
+  summary tables: its `quiet` setting (runner.tracking asks `active()`).
 - bitsandbytes' kernel lookup on import (a hub request, then "Failed to load CPU gemm_4bit_forward"
   on CPUs with AVX512-BF16): PEFT imports bitsandbytes whenever it is installed. A run that uses
   no bitsandbytes feature does not import it (`keep_out_bitsandbytes`)."""
@@ -56,6 +57,11 @@ def quiet_libraries(debug: bool, *, gguf: bool = False) -> None:
     hf_logging.set_tqdm_hook(_hidden_bar)  # weight loading; hub downloads keep their own bars
     if gguf:
         _quiet_gguf_bar(hf_logging.tqdm)
+
+
+def active() -> bool:
+    """Whether a command asked for the quiet terminal (not --debug, not library use)."""
+    return _quiet
 
 
 def _hidden_bar(factory, args, kwargs):

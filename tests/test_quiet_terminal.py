@@ -172,3 +172,16 @@ def test_saving_an_adapter_on_a_gguf_base_asks_peft_nothing(tmp_path, smollm_dir
         assert [str(w.message) for w in caught if "config file" in str(w.message)] == []
         with safe_open(str(tmp_path / f"adapter-{resized}" / "adapter_model.safetensors"), "pt") as fh:
             assert any("embed_tokens" in k for k in fh.keys()) is resized
+
+
+def test_wandb_says_where_its_run_is_and_prints_no_tables(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    cfg = write_config(tmp_path, model_dir, training={"max_steps": 2},
+                       extra={"tracking": {"log_every": 1, "progress_bar": False,
+                                           "wandb": {"project": "runner-tests", "mode": "offline"}}})
+    out = runner_cli("train", str(cfg), env_extra={"WANDB_SILENT": "false"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert f"Run data is saved locally in {tmp_path / 'run' / 'wandb'}" in text  # where the run is
+    assert "Run history" not in text and "Run summary" not in text and "Tracking run with wandb version" not in text
+    assert [line for line in library_lines(text) if not line.startswith("wandb:")] == [], text
