@@ -28,8 +28,8 @@ import warnings
 from pathlib import Path
 
 LIBRARY_MODULES = r"(transformers|peft|trl|accelerate|datasets|huggingface_hub|torch|bitsandbytes|kernels|safetensors)(\.|$)"
-LIBRARY_LOGGERS = ("transformers", "peft", "trl", "accelerate", "datasets", "huggingface_hub", "bitsandbytes",
-                   "kernels", "torch")
+# transformers and datasets configure their loggers from TRANSFORMERS_VERBOSITY / DATASETS_VERBOSITY.
+LIBRARY_LOGGERS = ("peft", "trl", "accelerate", "huggingface_hub", "bitsandbytes", "kernels", "torch")
 WANDB_OFFLINE_NOTICE = "[INFO] Running in WANDB offline mode"
 # Optimizers that transformers builds from bitsandbytes.
 BNB_OPTIMIZER_MARKS = ("8bit", "paged_")
@@ -46,14 +46,16 @@ def quiet_libraries(debug: bool, *, gguf: bool = False) -> None:
         return
     _quiet = True
     warnings.filterwarnings("ignore", module=LIBRARY_MODULES)
+    users_verbosity = os.environ.get("TRANSFORMERS_VERBOSITY")
     for name in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
-        os.environ.setdefault(name, "error")  # read when the library configures its logger
+        os.environ.setdefault(name, "error")  # read when the library first configures its logger
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's per-rank notices, read when torch loads
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    if users_verbosity is None:
+        hf_logging.set_verbosity_error()  # in case transformers configured its logger already
     hf_logging.set_tqdm_hook(_hidden_bar)  # weight loading; hub downloads keep their own bars
     if gguf:
         _quiet_gguf_bar(hf_logging.tqdm)

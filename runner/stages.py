@@ -278,8 +278,8 @@ def _checkpointing_arguments(on: bool) -> dict:
 
     from transformers import TrainingArguments
 
-    name = ("activation_checkpointing" if any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments))
-            else "gradient_checkpointing")
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
     return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 

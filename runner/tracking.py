@@ -37,8 +37,8 @@ def start_wandb(plan, run_dir, *, is_main: bool = True, run_id: str | None = Non
 
     try:
         return wandb.init(
-            # quiet: W&B's run summary tables and version banner only with --debug; where the run
-            # is saved (and how to sync it) is still printed.
+            # quiet: W&B's version banner and summary tables only with --debug; where the run is
+            # saved (offline) or its page (online) is still printed.
             settings=wandb.Settings(quiet=True) if quiet.active() else None,
             project=settings["project"],
             entity=settings.get("entity"),

@@ -246,8 +246,9 @@ def train_plan(plan, *, overwrite: bool = False, callbacks=(), resume_changed: b
     finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
     if is_main:
         _finish_run_dir(plan, run_dir, info, summary)
-        _say(f"finished: {summary['steps']} step{'s' * (summary['steps'] != 1)}, final train loss {summary['final_loss']}"
-             + (f", eval loss {summary['final_eval_loss']}" if summary["final_eval_loss"] is not None else ""))
+        steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
+        _say(f"finished: {steps} step{'s' * (steps != 1)}, final train loss {summary['final_loss']}"
+             + (f", eval loss {summary['final_eval_loss']}" if evaluated else ""))
     if plan.output.get("merge") and is_main:
         from runner.merge import merge_run
 
