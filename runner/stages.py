@@ -241,8 +241,7 @@ def training_arguments(plan, *, output_dir: str, precision: str, has_eval: bool,
         data_seed=t["seed"],
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=bool(t.get("gradient_checkpointing")),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.get("gradient_checkpointing") else None,
+        **_checkpointing_arguments(bool(t.get("gradient_checkpointing"))),
         neftune_noise_alpha=t.get("neftune_noise_alpha"),
         logging_strategy="steps",
         logging_steps=plan.tracking.get("log_every", 10),
@@ -284,6 +283,18 @@ def training_arguments(plan, *, output_dir: str, precision: str, has_eval: bool,
         # max_length only bounds ORPO's own tokenizer, which the pipeline replaces.
         return ORPOConfig(**kwargs, beta=t["orpo"]["beta"], max_length=plan.data["sequence"]["max_length"])
     raise UserError(f"unknown training stage {stage!r}", where="training.stage")
+
+
+def _checkpointing_arguments(on: bool) -> dict:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing and warns on the
+    old name; older 5.x releases know only the old one."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def build_trainer(plan, *, model, tokenizer, data, args, collator, callbacks, ref_model=None):

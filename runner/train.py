@@ -38,8 +38,14 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
 
             overrides += smoke_overrides(target.config, overrides)
         plan = make_plan(target.config, overrides, write_cache=True)
-        for warning in plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        from runner import quiet
+        from runner.launch import EXIT_DIR_ENV
+
+        quiet.quiet_libraries(getattr(target, "debug", False), gguf=bool(plan.model.get("gguf_file")))
+        quiet.keep_out_bitsandbytes(plan, training=True)
+        if _is_main() and EXIT_DIR_ENV not in os.environ:  # `runner launch` printed them once already
+            for warning in plan.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         from runner.signals import EXIT_INTERRUPTED, TrainingInterrupted
 
         try:
@@ -133,7 +139,7 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
     set_seed(plan.training["seed"])  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=dtype)
     attention, attention_auto_reason = training_attention(plan, model)
-    _match_tokenizer(model, tokenizer)
+    embeddings_resized = _match_tokenizer(model, tokenizer)
     fast = _fast_path(plan, model, device)
     # Batches come from pinned host memory and reach the GPU without blocking the host.
     fast["non_blocking_copies"] = device.startswith("cuda")
@@ -192,10 +198,14 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
         runtime["wandb_run_id"] = stored["runtime"]["wandb_run_id"]
     plan = plan.with_runtime(runtime)
 
-    from runner.metrics import TokenCounter, metrics_callback
+    from runner import quiet
+    from runner.metrics import TokenCounter, metrics_callback, run_summary
+    from runner.redaction import redact_argv
     from runner.stages import build_trainer, training_arguments
     from runner.tracking import finish_wandb, start_wandb
 
+    quiet.import_trainer_quietly()
+    redact_argv(plan.secrets)  # trackers record the command line
     wandb_run = start_wandb(plan, run_dir, is_main=is_main, run_id=runtime.get("wandb_run_id"))
     if wandb_run is not None:
         plan.runtime["wandb_run_id"] = wandb_run.id
@@ -249,15 +259,23 @@ def _train(plan, world: dict, *, overwrite: bool, callbacks, resume_changed: boo
     trainer.train(resume_from_checkpoint=launch.checkpoint)
     if stopper.stopped_at is not None:
         finish_wandb(wandb_run, None)
+        if is_main:
+            _check_secrets(plan, run_dir)
         done = [p for p in rundir.complete_checkpoints(run_dir) if p.name == f"checkpoint-{stopper.stopped_at}"]
         raise TrainingInterrupted(stopper.stopped_at, str(done[0]) if done else None, stopper.signame)
     final_eval = trainer.evaluate() if has_eval else {}
+    summary = run_summary(trainer.state, final_eval)
 
     with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
-        save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main)
-    if is_main:
-        _finish_run_dir(plan, run_dir, info, final_eval)
+        save_final(trainer, plan, run_dir, tokenizer, pissa_init=pissa_init, is_main=is_main,
+                   embeddings_resized=embeddings_resized)
+    # The trackers close before the run directory is searched for secrets: they write until then.
     finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    if is_main:
+        _finish_run_dir(plan, run_dir, info, summary)
+        steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
+        _say(f"finished: {steps} step{'s' * (steps != 1)}, final train loss {summary['final_loss']}"
+             + (f", eval loss {summary['final_eval_loss']}" if evaluated else ""))
     if plan.output.get("merge") and is_main:
         from runner.merge import merge_run
 
@@ -301,16 +319,19 @@ def _sharded(plan) -> bool:
     return backend == "fsdp" or (backend == "deepspeed" and zero_stage({"distributed": plan.distributed}) == 3)
 
 
-def _match_tokenizer(model, tokenizer) -> None:
-    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs."""
+def _match_tokenizer(model, tokenizer) -> bool:
+    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs.
+    Returns whether the embeddings grew."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    resized = len(tokenizer) > rows
+    if resized:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         if tokenizer.eos_token_id is not None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return resized
 
 
 def _quiet_default_callbacks(trainer) -> None:
@@ -338,7 +359,8 @@ def _trim_metrics(path: Path, step: int) -> None:
     rundir.write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
-def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool) -> None:
+def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool,
+               embeddings_resized: bool = False) -> None:
     """The trained adapter (or model) and the tokenizer with its training chat template."""
     from runner.adapters import save_adapter
     from runner.model import drop_gguf_quantizer
@@ -357,7 +379,7 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             (run_dir / "training_args.bin").unlink(missing_ok=True)
     elif is_main:
         if hasattr(model, "peft_config"):
-            save_adapter(model, str(run_dir), pissa_initial=pissa_init)
+            save_adapter(model, str(run_dir), pissa_initial=pissa_init, embeddings_resized=embeddings_resized)
         else:
             drop_gguf_quantizer(model)
             model.save_pretrained(str(run_dir), safe_serialization=True)
@@ -369,24 +391,28 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             shutil.rmtree(pissa_init, ignore_errors=True)
 
 
-def _finish_run_dir(plan, run_dir: Path, info, final_eval: dict) -> None:
+def _finish_run_dir(plan, run_dir: Path, info, summary: dict) -> None:
     from runner.card import write_model_card
-    from runner.metrics import plot_losses, read_metrics
+    from runner.metrics import plot_losses
 
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    train_rows = [r for r in rows if r.get("kind") == "train"]
-    summary = {
-        "steps": train_rows[-1]["step"] if train_rows else 0,
-        "final_loss": train_rows[-1]["loss"] if train_rows else None,
-        "final_eval_loss": final_eval.get("eval_loss"),
-    }
     rundir.write_plan(run_dir, plan)
     write_model_card(run_dir, plan, info, summary)
-    # Short values could match weight bytes by chance; real tokens and keys are long.
-    secrets = [v for v in (plan.secrets or {}).values() if isinstance(v, str) and len(v) >= 8]
-    leaked = rundir.files_containing(run_dir, secrets) if secrets else []
-    if leaked:
-        raise UserError(f"a secret value was found in {', '.join(leaked)}; delete these files",
-                        where="output.dir", hint="this is a bug in runner: please report it")
+    _check_secrets(plan, run_dir)
     rundir.mark_complete(run_dir, {**summary, "plan_hash": plan.hashes.get("plan")})
+
+
+def _check_secrets(plan, run_dir: Path) -> None:
+    """The last guard on secrets (runner.redaction): a file that holds one is scrubbed, and the run
+    fails without its completion marker, naming the files."""
+    from runner.redaction import leaked_files, scrub
+
+    leaked = leaked_files(run_dir, plan.secrets or {})
+    if leaked:
+        scrub(leaked, plan.secrets)
+        names = ", ".join(str(p.relative_to(run_dir)) for p in leaked)
+        raise UserError(f"a secret value was written into {names} under {run_dir}; it has been overwritten "
+                        "with '*' there, but anything these files were sent to has seen it",
+                        where="output.dir",
+                        hint="this is a bug in runner: please report it; revoke the token or key if a tracker "
+                             "synced these files, then run the same command again")
