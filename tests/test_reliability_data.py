@@ -1,8 +1,9 @@
 """Hostile data through `runner preprocess` in-process: >= 100 seeded mutations of valid rows
 (truncated JSON, wrong types, binary junk, NUL bytes, latin-1 / UTF-16 text, huge numbers, deep
-nesting, missing fields, empty files) each end in exit 2 with `file:line` and no traceback (or, with
-on_bad_row: skip, a printed skip count), and nothing is written outside the run and cache dirs.
-A single ~200 MB JSON line is refused with a clear message while peak memory stays bounded."""
+nesting, JSON nested ~100k deep inside a field, missing fields, empty files) each end in exit 2
+with `file:line` and no traceback (or, with on_bad_row: skip, a printed skip count), and nothing is
+written outside the run and cache dirs. A single ~200 MB JSON line is refused with a clear message
+while peak memory stays bounded."""
 
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ def mutate(fmt: str, suffix: str, kind: str, rng: random.Random) -> bytes:
         return ("[" * depth + "]" * depth + "\n").encode() + good
     if kind == "empty":
         return rng.choice([b"", b"\n\n", b"   ", b"[]", b"{}\n"])
+    if kind == "deep_field":  # JSON text nested ~100k deep inside a field the reader parses
+        field = "conversations" if fmt == "sharegpt" else "history"
+        rows[rng.randrange(len(rows))] = {**rows[0], field: "[" * 100_000 + "]" * 100_000}
+        return _rows_text(rows, suffix).encode()
     raise ValueError(kind)
 
 
@@ -97,6 +102,7 @@ def test_malformed_files_exit_2_with_a_location_and_write_nowhere_else(tmp_path,
     cases = [(fmt, suffix, kind, i) for i in range(5) for fmt in VALID for suffix in (".jsonl", ".json")
              for kind in KINDS]
     cases = cases[:: max(1, len(cases) // 120)]
+    cases += [(fmt, suffix, "deep_field", 0) for fmt in VALID for suffix in (".jsonl", ".json") for _ in range(2)]
     assert len(cases) >= 100
     cwd_before = {p.name for p in Path.cwd().iterdir()}
     failures = []

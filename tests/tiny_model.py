@@ -95,7 +95,8 @@ def write_config(
         "adapter": {"kind": "lora", "r": 8, "dropout": 0.0, **(adapter or {})},
         "datasets": [ds],
         "template": {"name": "tokenizer"},
-        "sequence": {"max_length": 128, **(sequence or {})},
+        # Short slices of long rows on purpose: every sample may lose its end-of-turn token.
+        "sequence": {"max_length": 128, "allow_all_truncated": True, **(sequence or {})},
         "data": {"cache_dir": str(directory / "cache")},
         "training": {
             "stage": stage,

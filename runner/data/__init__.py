@@ -3,6 +3,7 @@
 The hand-off to training (see each function's docstring):
     load_tokenizer(plan) -> tokenizer with overrides, pad token and training chat template
     build_datasets(plan, tokenizer=None) -> PreparedData(train, eval, stats)
+    refuse_untrainable(plan, prepared) -> warnings; UserError when the data would train nothing useful
     make_collator(plan, tokenizer) -> callable(list[row]) -> dict of tensors (sft / pt)
     check_template(plan, tokenizer) -> ["error: ...", "warning: ..."] for runner lint
 
@@ -20,6 +21,12 @@ def build_datasets(plan, tokenizer=None, progress: bool = True):
     from runner.data.build import build_datasets as _build
 
     return _build(plan, tokenizer, progress)
+
+
+def refuse_untrainable(plan, prepared) -> list[str]:
+    from runner.data.build import refuse_untrainable as _refuse
+
+    return _refuse(plan, prepared)
 
 
 def make_collator(plan, tokenizer):

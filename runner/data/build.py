@@ -1,5 +1,5 @@
 """build_datasets(plan): read, normalise, mix, render, tokenize, apply the length policy, pack,
-and cache — or load the cached result when plan.hashes["data"] matches (no tokenizer needed)."""
+and cache — or load the cached result when plan.hashes.data matches (no tokenizer needed)."""
 
 from __future__ import annotations
 
@@ -82,9 +82,10 @@ def _build(plan, tokenizer, progress):
     tok = _get_tokenizer(plan, tokenizer)
     renderer, template_info = None, {"name": None, "origin": None}
     if stage != "pt":
+        template_info["warnings"] = refuse_bad_template(plan, tok)
         template = resolve_template(data["template"], tok)
         renderer = Renderer.for_tokenizer(template, tok)
-        template_info = {"name": template.name, "origin": template.origin}
+        template_info.update(name=template.name, origin=template.origin)
     seq = data["sequence"]
     stats = {"data_hash": plan.hashes.data, "stage": stage, "template": template_info, "datasets": ds_stats}
     splits = {}
@@ -94,6 +95,7 @@ def _build(plan, tokenizer, progress):
             continue
         encoded = tokenize_items(items, stage, tok, renderer, data["template"], seq, progress)
         part = summarize(encoded.columns, stage)
+        part["rows_in"] = encoded.rows_in
         part["counts"] = dict(encoded.counts)
         part["template_refused_skipped"] = sum(encoded.skipped.values())
         if part["template_refused_skipped"]:
@@ -106,6 +108,42 @@ def _build(plan, tokenizer, progress):
                             hint="see the counts of dropped rows; raise max_length or change truncation")
         splits[split], stats[split] = datasets.Dataset.from_dict(columns), part
     return splits["train"], splits["eval"], stats
+
+
+def refuse_bad_template(plan, tokenizer) -> list[str]:
+    """`runner lint --deep`'s template check, before anything is tokenized: its errors stop the run
+    (UserError, exit 2); its warnings are returned."""
+    from runner.data.checks import check_template
+
+    found = check_template(plan, tokenizer)
+    errors = [f[len("error: "):] for f in found if f.startswith("error: ")]
+    if errors:
+        raise UserError("\n  ".join(errors), where="template",
+                        hint="`runner lint --deep CONFIG` runs this check without preparing the data")
+    return [f.partition(": ")[2] for f in found if not f.startswith("error: ")]
+
+
+def refuse_untrainable(plan, prepared: PreparedData) -> list[str]:
+    """Stop (UserError, exit 2) a run whose prepared data would train nothing useful: most rows
+    without a trained token or end-of-turn, or every sample's end-of-turn cut by truncation. The
+    warnings (rows truncated or dropped above a threshold, end-of-turn tokens cut) are printed
+    once, kept in the statistics (plan.json's launch.data_stats.warnings) and returned."""
+    import os
+    import sys
+
+    from runner.data.stats import findings
+
+    from runner.plan.sections import to_dict
+
+    errors, warnings = findings(prepared.stats, to_dict(plan.data.sequence))
+    prepared.stats["warnings"] = warnings
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    if errors:
+        raise UserError("\n  ".join(errors), where="datasets",
+                        hint="`runner preprocess CONFIG --show 3` prints what trains in each row")
+    return warnings
 
 
 def _load_items(entries, data, mix: bool):

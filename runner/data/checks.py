@@ -38,7 +38,7 @@ def template_literals(source: str) -> set[str]:
 
 
 def check_template(plan, tokenizer) -> list[str]:
-    from runner.data.render import Renderer, TemplateRenderError
+    from runner.data.render import RenderTimeout
     from runner.data.templates import resolve_template
     from runner.errors import UserError
 
@@ -47,11 +47,21 @@ def check_template(plan, tokenizer) -> list[str]:
     data = to_dict(plan.data)
     if data.get("stage") == "pt":
         return []
-    out = []
     try:
         template = resolve_template(data["template"], tokenizer)
     except UserError as e:
         return [f"error: {e.message}"]
+    try:
+        return _check(data, template, tokenizer)
+    except RenderTimeout as e:  # a template that loops for ever on a two-turn conversation
+        return [f"error: {e} a two-turn conversation: a loop in it does not end"]
+
+
+def _check(data, template, tokenizer) -> list[str]:
+    from runner.data.render import Renderer, TemplateRenderError
+    from runner.errors import UserError
+
+    out = []
     vocab = tokenizer.get_vocab()
     missing = sorted(t for t in template_literals(template.source) if t not in vocab)
     if missing:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from runner.data.rowjson import MAX_DEPTH, RowError, check_depth, loads  # noqa: F401 (RowError re-exported)
+
 STANDARD_ROLES = ("system", "user", "assistant", "tool", "tool_call")
 
 # File role names seen in the wild -> standard roles; `roles:` entries are merged over these.
@@ -44,10 +46,6 @@ FIELDS["messages"] = FIELDS["openai"]
 _CONVERSATION_COLUMNS = (("conversations", "from", "value"), ("messages", "role", "content"))
 
 
-class RowError(ValueError):
-    """A malformed row; the message is the reason shown to the user."""
-
-
 class Normalizer:
     """Turns raw rows of one dataset into the internal form."""
 
@@ -65,6 +63,7 @@ class Normalizer:
     def __call__(self, row) -> dict:
         if not isinstance(row, dict):
             raise RowError(f"expected an object with fields, got {type(row).__name__}")
+        check_depth(row, "the row")
         if self.fmt == "text":
             return {"text": self._text(row, "text", required=True)}
         out = getattr(self, "_" + ("openai" if self.fmt == "messages" else self.fmt))(row)
@@ -220,10 +219,7 @@ class Normalizer:
         if tools is None or tools == "":
             return None
         if isinstance(tools, str):
-            try:
-                tools = json.loads(tools)
-            except ValueError as e:
-                raise RowError(f"field {self.col['tools']!r} is not valid JSON: {e}") from None
+            tools = loads(tools, f"field {self.col['tools']!r}")
         if isinstance(tools, dict):
             tools = [tools]
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
@@ -275,6 +271,9 @@ class Normalizer:
         else:
             if isinstance(value, dict):
                 value = [value]
+            if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+                raise RowError(f"field {self.col[side]!r} must be a string or one assistant message, "
+                               f"got {_shape(value)}")
             keys = (role_key, content_key) if value and role_key in value[0] else ("role", "content")
             if not value or not all(isinstance(v, dict) and keys[0] in v for v in value):
                 keys = ("from", "value")
@@ -315,21 +314,27 @@ def assistant(content: str, tool_calls: list | None = None) -> dict:
     return message
 
 
+def _shape(value) -> str:
+    if isinstance(value, list):
+        return "an empty list" if not value else f"a list of {type(value[0]).__name__}"
+    return type(value).__name__
+
+
 def _maybe_json(value, column):
     """CSV and parquet files often hold nested fields as JSON text."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except ValueError as e:
-            raise RowError(f"field {column!r} is not valid JSON: {e}") from None
+        return loads(value, f"field {column!r}")
     return value
 
 
 def _parse_tool_calls(text: str, i: int) -> list:
     try:
         calls = json.loads(text)
+    except RecursionError:
+        raise RowError(f"message {i}: tool call: nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as e:
         raise RowError(f"message {i}: tool call is not valid JSON: {e}") from None
+    check_depth(calls, f"message {i}: tool call")
     return _normalise_tool_calls(calls if isinstance(calls, list) else [calls], i)
 
 
@@ -343,10 +348,12 @@ def _normalise_tool_calls(calls, i: int) -> list:
             raise RowError(f"message {i}: a tool call needs a 'name'")
         args = fn.get("arguments", {})
         if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except ValueError:
-                raise RowError(f"message {i}: tool call arguments are not valid JSON") from None
+            args = loads(args, f"message {i}: tool call arguments",
+                         f"message {i}: tool call arguments are not valid JSON") if args.strip() else {}
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise RowError(f"message {i}: tool call arguments must be an object, got {_shape(args)}")
         out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
     return out
 

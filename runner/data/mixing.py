@@ -8,11 +8,26 @@ from __future__ import annotations
 import math
 import random
 
+from runner.errors import UserError
 
-def sample_rows(items: list, num_samples: int | None, weight: float, rng: random.Random) -> list:
+# Upsampling repeats rows in memory and tokenizes each copy: more passes than this over one
+# dataset are what training.epochs is for, and a typo (3e9) must not exhaust memory.
+MAX_REPEAT = 100
+
+
+def sample_rows(items: list, num_samples: int | None, weight: float, rng: random.Random, name: str = "") -> list:
     """num_samples rows (repeating the file when it is smaller), then scaled by weight."""
+    size = len(items) if num_samples is None else int(num_samples)
+    size = int(math.floor(size * weight + 0.5)) if weight != 1.0 else size
+    if items and size > MAX_REPEAT * len(items):
+        asked = " and ".join(x for x in (f"num_samples {int(num_samples)}" if num_samples is not None else "",
+                                         f"weight {weight:g}" if weight != 1.0 else "") if x)
+        raise UserError(f"{asked} would repeat the {len(items)} rows of dataset {name} {size / len(items):,.0f} times; "
+                        f"a dataset is repeated at most {MAX_REPEAT} times ({MAX_REPEAT * len(items)} rows)",
+                        where=f"datasets: {name}",
+                        hint="lower num_samples or weight, or train more passes with training.epochs")
     if num_samples is not None:
-        items = _resize(items, num_samples, rng)
+        items = _resize(items, int(num_samples), rng)
     if weight != 1.0:
         items = _resize(items, int(math.floor(len(items) * weight + 0.5)), rng)
     return items
@@ -30,7 +45,8 @@ def mix(datasets: list[tuple[list, dict]], seed: int, shuffle: bool) -> list:
     rng = random.Random(seed)
     mixed = []
     for items, entry in datasets:
-        mixed += sample_rows(items, entry.get("num_samples"), float(entry.get("weight", 1.0)), rng)
+        mixed += sample_rows(items, entry.get("num_samples"), float(entry.get("weight", 1.0)), rng,
+                             entry.get("path", ""))
     if shuffle:
         rng.shuffle(mixed)
     return mixed

@@ -23,8 +23,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from runner.data import build_datasets, load_tokenizer
+    from runner.data import build_datasets, load_tokenizer, refuse_untrainable
     from runner.data.stats import format_stats, show_samples
+    from runner.errors import UserError
     from runner.plan.resolve import make_plan
 
     plan = make_plan(args.config, args.overrides, write_cache=True)
@@ -38,6 +39,11 @@ def run(args) -> int:
         return loaded["tok"]
 
     prepared = build_datasets(plan, tokenizer, progress=sys.stderr.isatty())
+    try:
+        refuse_untrainable(plan, prepared)
+        refused = None
+    except UserError as e:  # shown after the statistics, which say where the rows went
+        refused = e
     if args.show:
         dataset = prepared.train if args.split == "train" else prepared.eval
         if dataset is None:
@@ -48,4 +54,6 @@ def run(args) -> int:
             print()
     print(json.dumps(prepared.stats, indent=1, sort_keys=True) if args.json else format_stats(prepared.stats))
     print(f"cache: {prepared.stats['cache']} {prepared.stats['cache_dir']}", file=sys.stderr)
+    if refused is not None:
+        raise refused
     return 0

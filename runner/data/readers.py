@@ -32,33 +32,46 @@ class LoadedDataset:
 
 
 class _BadRows:
-    def __init__(self, policy: str):
-        self.policy = policy
+    def __init__(self, policy: str, fmt: str):
+        self.policy, self.fmt = policy, fmt
         self.found: list[tuple[str, str]] = []
         self.total = 0
         self.by_reason: Counter = Counter()
+        self.looks_like: str | None = None  # another format that reads the bad rows
 
-    def add(self, where: str, reason: str) -> None:
+    def add(self, where: str, reason: str, raw=None) -> None:
         self.total += 1
-        self.by_reason[_reason_kind(reason)] += 1
+        kind = _reason_kind(reason)
+        self.by_reason[kind] += 1
         if len(self.found) < SHOWN_BAD_ROWS:
             self.found.append((where, reason))
+        if self.looks_like is None and self.total <= SHOWN_BAD_ROWS:  # a few rows tell
+            from runner.data.guess import guess_format
 
-    def raise_if_any(self, name: str) -> None:
-        if self.policy == "skip" or not self.total:
+            self.looks_like = guess_format(raw, self.fmt)
+
+    def _looks(self) -> str:
+        return (f"; these rows look like {self.looks_like}: set format: {self.looks_like}"
+                if self.looks_like else "")
+
+    def raise_if_any(self, name: str, kept: int) -> None:
+        if not self.total:
+            return
+        if self.policy == "skip" and (kept or not self.looks_like):
             return
         lines = [f"{w}: {r}" for w, r in self.found]
         more = f"\n  ... and {self.total - len(self.found)} more" if self.total > len(self.found) else ""
-        raise DataError(
-            f"{self.total} malformed row(s) in dataset {name}:\n  " + "\n  ".join(lines) + more,
-            where=self.found[0][0],
-            hint="fix the rows, or set on_bad_row: skip on this dataset to skip and count them",
-        )
+        head = (f"{self.total} malformed row(s) in dataset {name}" if self.policy != "skip"
+                else f"all {self.total} rows of dataset {name} are skipped")
+        hint = ("fix the rows, or set on_bad_row: skip on this dataset to skip and count them" if not self.looks_like
+                else f"set format: {self.looks_like} on this dataset (format {self.fmt} cannot read its rows)")
+        raise DataError(f"{head} (format {self.fmt}){self._looks()}:\n  " + "\n  ".join(lines) + more,
+                        where=self.found[0][0], hint=hint)
 
 
 def _reason_kind(reason: str) -> str:
     """A short, stable key for counting skipped rows by kind."""
-    kinds = (("tool call", "bad tool call"), ("invalid JSON", "invalid JSON"), ("not valid JSON", "invalid JSON"),
+    kinds = (("nested more than", "nested too deeply"), ("tool call", "bad tool call"), ("invalid JSON", "invalid JSON"), ("not valid JSON", "invalid JSON"),
              ("not UTF-8", "not UTF-8"), ("missing field", "missing field"), ("unknown role", "unknown role"),
              ("empty assistant", "empty assistant turn"), ("no assistant", "no assistant turn"),
              ("system message may only", "misplaced system message"), ("columns, found", "wrong column count"),
@@ -74,7 +87,7 @@ def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
     normalise = Normalizer(ds.get("format", "alpaca"), ds.get("columns"), ds.get("roles"),
                            ds.get("substitute"), ds.get("system"))
     out = LoadedDataset(name=ds["path"])
-    bad = _BadRows(ds.get("on_bad_row", "error"))
+    bad = _BadRows(ds.get("on_bad_row", "error"), ds.get("format", "alpaca"))
     for where, raw in iter_raw_rows(ds, base_dir):
         out.rows_read += 1
         if isinstance(raw, RowError):
@@ -83,11 +96,11 @@ def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
         try:
             row = normalise(raw)
         except RowError as e:
-            bad.add(where, str(e))
+            bad.add(where, str(e), raw)
             continue
         out.rows.append(row)
         out.origins.append(where)
-    bad.raise_if_any(ds["path"])
+    bad.raise_if_any(ds["path"], len(out.rows))
     if out.rows_read == 0:
         raise DataError(f"dataset {ds['path']} holds no rows (an empty file or an empty list)",
                         where=f"{ds['path']}:1", hint="check the file, or remove the dataset from the config")
@@ -229,29 +242,60 @@ def read_jsonl(path: Path, ds: dict):
                 yield where, RowError(f"invalid JSON line: {e}")
 
 
+def _utf8_error(path: Path) -> tuple[int, int] | None:
+    """(byte offset, line) of the first byte that is not UTF-8, read in chunks; None when all is."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut at the chunk's end
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = max(0, e.start - pending)
+                return offset + at, line + chunk.count(b"\n", 0, at)
+            if not chunk:
+                return None
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+
+
 def read_csv(path: Path, ds: dict):
+    """Rows of a CSV file, read as a stream with the csv module's own line handling: a quoted cell
+    may hold newlines, form feeds or U+2028, and `file:line` is the line its row starts on."""
     import csv
 
-    text = _read_text(path)
-    if isinstance(text, UnicodeDecodeError):
-        yield f"{path}:{_line_of(path.read_bytes(), text.start)}", RowError("not UTF-8; the whole file is unreadable")
+    bad = _utf8_error(path)
+    if bad is not None:
+        yield f"{path}:{bad[1]}", RowError(f"not UTF-8 (byte {bad[0]}); the whole file is unreadable")
         return
-    reader = csv.reader(text.splitlines(keepends=True))
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    start = reader.line_num + 1
-    for cells in reader:
-        where = f"{path}:{start}"
-        start = reader.line_num + 1
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            yield where, RowError(f"expected {len(header)} columns, found {len(cells)}")
-            continue
-        # An empty CSV cell is an absent value, not an empty string.
-        yield where, {k: (v if v != "" else None) for k, v in zip(header, cells)}
+    # The default 128 KiB cell limit refuses real long answers; a cell is bounded like a JSON line.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            start = reader.line_num + 1
+            for cells in reader:
+                where = f"{path}:{start}"
+                start = reader.line_num + 1
+                if not any(c.strip() for c in cells):
+                    continue
+                if len(cells) != len(header):
+                    yield where, RowError(f"expected {len(header)} columns, found {len(cells)}")
+                    continue
+                # An empty CSV cell is an absent value, not an empty string.
+                yield where, {k: (v if v != "" else None) for k, v in zip(header, cells)}
+        except csv.Error as e:  # a cell over the limit, or an unreadable quote: the rest cannot be told apart
+            raise DataError(f"CSV file {path} cannot be read from line {start} on: {e}", where=f"{path}:{start}",
+                            hint="fix the file there (a cell over "
+                                 f"{MAX_LINE_BYTES // 2**20} MiB, or a quote that is never closed)") from None
 
 
 def read_parquet(path: Path, ds: dict):
@@ -269,8 +313,11 @@ def read_parquet(path: Path, ds: dict):
 def read_txt(path: Path, ds: dict):
     text_column = ds.get("columns", {}).get("text", "text")
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(_lines(f), 1):
             where = f"{path}:{number}"
+            if raw is None:
+                yield where, RowError(f"line longer than {MAX_LINE_BYTES // 2**20} MiB; not read")
+                continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:

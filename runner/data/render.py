@@ -19,15 +19,57 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
+from contextlib import contextmanager
 
 from runner.data.formats import RowError
 from runner.errors import UserError
 
 _SENTINEL_NAME, _SENTINEL_ARG, _SENTINEL_RESULT = "tool_name_q7x", "arg_key_q7x", "tool_result_q7x"
 
+# Wall-clock bound of one rendering. Real templates render a row in milliseconds; the sandbox
+# bounds range() to 100k items, but nested loops (or a loop over a huge row) can still run for
+# hours, and no row is worth that.
+RENDER_SECONDS = 10.0
+
 
 class TemplateRenderError(RowError):
     """The template refused this row (e.g. roles that do not alternate)."""
+
+
+class RenderTimeout(BaseException):
+    """A rendering ran past RENDER_SECONDS. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` inside the template engine (or ours) swallows it; the pipeline turns it into
+    an error naming the row and the template, whatever on_bad_row says."""
+
+
+_bound_active = False
+
+
+@contextmanager
+def time_bound(name: str):
+    """Raise RenderTimeout once RENDER_SECONDS have passed (SIGALRM: the main thread only; elsewhere
+    rendering is unbounded). Nested bounds share the outer one: the pipeline bounds all the
+    renderings of a row together, so a row of 50,000 turns cannot take hours one turn at a time."""
+    global _bound_active
+    if (_bound_active or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def expired(signum, frame):
+        raise RenderTimeout(f"template {name} took more than {RENDER_SECONDS:g} s to render")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    _bound_active = True
+    signal.setitimer(signal.ITIMER_REAL, RENDER_SECONDS)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _bound_active = False
 
 
 def _compile(source: str):
@@ -77,7 +119,8 @@ class Renderer:
     @classmethod
     def for_tokenizer(cls, template, tokenizer):
         tokens = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        return cls(template.source, tokens, template.kwargs, template.name, tokenizer.get_added_vocab())
+        name = template.origin if template.name == "jinja" else template.name  # the user's file by its path
+        return cls(template.source, tokens, template.kwargs, name, tokenizer.get_added_vocab())
 
     def _snap(self, text: str, pos: int) -> int:
         """pos, or the start of an added token of `text` that pos falls inside."""
@@ -91,8 +134,9 @@ class Renderer:
 
     def render(self, messages: list, tools=None, add_generation_prompt: bool = False) -> str:
         try:
-            return self.compiled.render(messages=messages, tools=tools, documents=None,
-                                        add_generation_prompt=add_generation_prompt, **self.variables)
+            with time_bound(self.name):
+                return self.compiled.render(messages=messages, tools=tools, documents=None,
+                                            add_generation_prompt=add_generation_prompt, **self.variables)
         except Exception as e:  # jinja raises TemplateError, TypeError, UndefinedError ...
             raise TemplateRenderError(f"template {self.name} cannot render this conversation: {e}") from None
 
@@ -172,7 +216,7 @@ class Renderer:
         """The rendering and the character spans of its {% generation %} blocks."""
         blocks, spans = [], []
         try:
-            with self.compiled.environment.activate_tracker(blocks, spans):
+            with time_bound(self.name), self.compiled.environment.activate_tracker(blocks, spans):
                 for block in self.compiled.generate(messages=messages, tools=tools, documents=None,
                                                     add_generation_prompt=False, **self.variables):
                     blocks.append(block)

@@ -120,3 +120,57 @@ def format_stats(stats: dict) -> str:
             p = part["packing"]
             lines.append(f"  packed {p['samples']} samples into {p['rows']} rows, efficiency {p['efficiency']:.1%}")
     return "\n".join(lines)
+
+
+# Above this share of rows truncated or dropped, a run starts with a warning; above REFUSE_SHARE of
+# rows without a trained token (or without a trained end-of-turn), it does not start.
+WARN_SHARE = 0.10
+REFUSE_SHARE = 0.5
+
+
+def findings(stats: dict, sequence: dict) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about what the prepared data would train, from the statistics alone (no
+    tokenizer, no torch): `runner plan` reads them from the cache entry, train and preprocess act
+    on them before any model loads."""
+    errors, warnings = [], []
+    max_length = sequence.get("max_length")
+    used = stats.get("template") or {}
+    template = used.get("origin") if used.get("name") == "jinja" else used.get("name")  # a user's file by its path
+    for split in ("train", "eval"):
+        part = stats.get(split)
+        if not part:
+            continue
+        counts, rows_in, rows = part.get("counts", {}), part.get("rows_in") or part.get("rows", 0), part.get("rows", 0)
+        if not rows_in:
+            continue
+
+        def share(n):
+            return f"{n} of {rows_in} {split} rows ({n / rows_in:.0%})"
+
+        refuse = (errors if split == "train" else warnings).append
+        allowed = sequence.get("allow_all_truncated")
+        no_trained, eot_missing = counts.get("dropped_no_trained_tokens", 0), counts.get("eot_not_trained", 0)
+        if no_trained > REFUSE_SHARE * rows_in and not allowed:
+            refuse(f"{share(no_trained)} have no trained token left once cut to sequence.max_length={max_length}: "
+                   "the run would train on few rows (raise max_length, or set sequence.allow_all_truncated: true)")
+        elif no_trained > WARN_SHARE * rows_in:
+            warnings.append(f"{share(no_trained)} are dropped: no trained token is left in them")
+        if eot_missing > REFUSE_SHARE * rows_in:
+            refuse(f"template {template} trains no end-of-turn token in {share(eot_missing)}: the model would "
+                   "not learn to stop (pick the template of this model's family, or template.name: tokenizer)")
+        elif eot_missing:
+            warnings.append(f"template {template} trains no end-of-turn token in {share(eot_missing)}")
+        cut = counts.get("eot_cut", 0)
+        lose = f"{cut} of them lose their end-of-turn token" if cut else "their end-of-turn tokens are kept"
+        for key, verb in (("truncated", f"are truncated ({lose})"), ("dropped_too_long", "are dropped as too long"),
+                          ("split", "are split into pieces")):
+            if counts.get(key, 0) > WARN_SHARE * rows_in:
+                warnings.append(f"{share(counts[key])} {verb} at sequence.max_length={max_length}")
+        if cut and cut >= rows and split == "train" and not allowed:
+            errors.append(f"every one of the {rows} train samples loses its end-of-turn token to truncation at "
+                          f"sequence.max_length={max_length}: the model would never see where an answer ends "
+                          "(raise max_length, set sequence.truncation: drop, or sequence.allow_all_truncated: true)")
+        elif cut and counts.get("truncated", 0) <= WARN_SHARE * rows_in:
+            warnings.append(f"{cut} of {rows} {split} samples lose their end-of-turn token to truncation at "
+                            f"sequence.max_length={max_length}")
+    return errors, warnings

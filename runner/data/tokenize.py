@@ -15,8 +15,9 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from runner.data.bounded import encode_bounded, max_token_chars
 from runner.data.formats import RowError
-from runner.data.render import Renderer, TemplateRenderError
+from runner.data.render import Renderer, RenderTimeout, TemplateRenderError, time_bound
 from runner.errors import DataError, UserError
 
 IGNORE = -100
@@ -42,6 +43,7 @@ class Encoded:
     origins: list
     counts: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    rows_in: int = 0   # samples that reached the length policy
 
 
 def tokenize_items(items: list[Item], stage: str, tokenizer, renderer: Renderer | None, template_cfg: dict,
@@ -84,19 +86,35 @@ def _progress(iterable, total, enabled, desc):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, unit="row")
 
 
-def _render_all(items, render_one, progress, desc="rendering"):
+def _render_all(items, render_one, progress, renderer, desc="rendering"):
     refused, kept, out, notes = _Refused(), [], [], Counter()
     for item in _progress(items, len(items), progress, desc):
         try:
-            result, row_notes = render_one(item.row)
+            with time_bound(renderer.name):  # every rendering of the row within one bound
+                result, row_notes = render_one(item.row)
         except (TemplateRenderError, RowError) as e:
             refused.add(item, e)
             continue
+        except RenderTimeout as e:  # the template, not the row, is the likely culprit: never skipped
+            raise DataError(f"{e} this row", where=item.origin,
+                            hint="a loop in the chat template that does not end, or one that grows with the row; "
+                                 "fix the template (template.jinja) or the row") from None
         notes.update(set(row_notes))
         kept.append(item)
         out.append(result)
     refused.raise_if_any()
     return kept, out, notes, refused.skipped
+
+
+# Length policies that keep a prefix of a long sample: the rest of a long text need not be tokenized.
+_CUTTABLE = ("truncate", "drop", "error")
+
+
+def _encode_bounded(tokenizer, texts, seq, offsets=False, add_special_tokens=False, keep="start"):
+    """_encode, with each text certainly longer than max_length cut first (see bounded.py)."""
+    limit = seq.get("max_length", 2048) if seq.get("truncation", "truncate") in _CUTTABLE else None
+    return encode_bounded(lambda chunk: _encode(tokenizer, chunk, offsets, add_special_tokens), texts, limit,
+                          max_token_chars(tokenizer) if limit else 1, keep)
 
 
 def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
@@ -166,18 +184,21 @@ def _sft(items, tokenizer, renderer, train_on, seq, progress):
         messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
         return renderer.spans(messages, tools, train_on), notes
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
     texts = [text for text, _ in rendered]
-    ids_list, offsets_list = _encode(tokenizer, texts, offsets=True)
+    ids_list, offsets_list, cuts = _encode_bounded(tokenizer, texts, seq, offsets=True)
     end_ids = end_of_turn_ids(tokenizer)
     counts = Counter(notes)
     samples = []
-    for (text, spans), ids, offsets in zip(rendered, ids_list, offsets_list):
+    for (text, spans), ids, offsets, cut in zip(rendered, ids_list, offsets_list, cuts):
+        if cut is not None:  # spans past the cut are beyond max_length: truncation decides about them
+            spans = [(a, min(b, cut)) for a, b in spans if a < cut]
         labels = labels_from_spans(ids, offsets, spans)
-        if train_on != "all" and not eot_trained(ids, offsets, labels, spans, text, end_ids):
+        whole = [s for s in spans if cut is None or s[1] < cut]
+        if train_on != "all" and not eot_trained(ids, offsets, labels, whole, text, end_ids):
             counts["eot_not_trained"] += 1
         samples.append((ids, labels))
-    return _apply_length_policy(samples, kept, seq, counts, skipped)
+    return _apply_length_policy(samples, kept, seq, counts, skipped, cuts=cuts)
 
 
 def labels_from_spans(ids: list, offsets, spans: list) -> list:
@@ -210,16 +231,18 @@ def eot_trained(ids, offsets, labels, spans, text, end_ids) -> bool:
     return True
 
 
-def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True) -> Encoded:
+def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True, cuts=None) -> Encoded:
     max_length, policy = seq.get("max_length", 2048), seq.get("truncation", "truncate")
-    too_long = [(kept[i].origin, len(ids)) for i, (ids, _) in enumerate(samples) if len(ids) > max_length]
+    cuts = cuts or [None] * len(samples)
+    too_long = [(kept[i].origin, f"{len(ids)} tokens" if cuts[i] is None else f"over {len(ids)} tokens")
+                for i, (ids, _) in enumerate(samples) if len(ids) > max_length]
     if too_long and policy == "error":
-        shown = "\n  ".join(f"{o}: {n} tokens" for o, n in too_long[:SHOWN])
+        shown = "\n  ".join(f"{o}: {n}" for o, n in too_long[:SHOWN])
         raise UserError(f"{len(too_long)} sample(s) longer than sequence.max_length={max_length}:\n  {shown}",
                         where=too_long[0][0], hint="raise max_length, or set sequence.truncation: truncate | drop")
     input_ids, labels, origins = [], [], []
     for (ids, labs), item in zip(samples, kept):
-        pieces = [(ids, labs)]
+        pieces, end_cut = [(ids, labs)], False
         if len(ids) > max_length:
             if policy == "drop":
                 counts["dropped_too_long"] += 1
@@ -230,14 +253,17 @@ def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True) 
             else:
                 pieces = [(ids[:max_length], labs[:max_length])]
                 counts["truncated"] += 1
+                end_cut = any(x != IGNORE for x in labs[max_length:])  # a trained turn loses its end
         for ids, labs in pieces:
             if trained_key and all(x == IGNORE for x in labs):
                 counts["dropped_no_trained_tokens"] += 1
                 continue
+            if end_cut:
+                counts["eot_cut"] += 1
             input_ids.append(ids)
             labels.append(labs)
             origins.append(item.origin)
-    return Encoded({"input_ids": input_ids, "labels": labels}, origins, counts, skipped)
+    return Encoded({"input_ids": input_ids, "labels": labels}, origins, counts, skipped, len(samples))
 
 
 def split_sample(ids: list, labels: list, max_length: int) -> list[tuple[list, list]]:
@@ -256,13 +282,13 @@ def split_sample(ids: list, labels: list, max_length: int) -> list[tuple[list, l
 # ---- pt ------------------------------------------------------------------------------------------
 def _pt(items, tokenizer, renderer, train_on, seq, progress):
     texts = [item.row["text"] if "text" in item.row else _plain_text(item.row) for item in items]
-    ids_list, _ = _encode(tokenizer, texts, add_special_tokens=True)
+    ids_list, _, cuts = _encode_bounded(tokenizer, texts, seq, add_special_tokens=True)
     eos = tokenizer.eos_token_id
     samples = []
     for ids in ids_list:
         ids = ids + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
         samples.append((ids, [IGNORE] + ids[1:]))
-    return _apply_length_policy(samples, items, seq, Counter(), Counter())
+    return _apply_length_policy(samples, items, seq, Counter(), Counter(), cuts=cuts)
 
 
 def _plain_text(row) -> str:
@@ -287,10 +313,10 @@ def _dpo(items, tokenizer, renderer, train_on, seq, progress):
             raise TemplateRenderError("the template renders the prompt differently before chosen and rejected")
         return (prompt, chosen, rejected), notes + notes_r
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
-    prompts, _ = _encode(tokenizer, [r[0] for r in rendered])
-    chosen, _ = _encode(tokenizer, [r[1] for r in rendered])
-    rejected, _ = _encode(tokenizer, [r[2] for r in rendered])
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
+    prompts, _, _ = _encode_bounded(tokenizer, [r[0] for r in rendered], seq, keep="end")
+    chosen, _, _ = _encode_bounded(tokenizer, [r[1] for r in rendered], seq)
+    rejected, _, _ = _encode_bounded(tokenizer, [r[2] for r in rendered], seq)
     counts = Counter(notes)
     columns = {"prompt_input_ids": [], "chosen_input_ids": [], "rejected_input_ids": []}
     origins = []
@@ -303,7 +329,7 @@ def _dpo(items, tokenizer, renderer, train_on, seq, progress):
         columns["chosen_input_ids"].append(c)
         columns["rejected_input_ids"].append(r)
         origins.append(item.origin)
-    return Encoded(columns, origins, counts, skipped)
+    return Encoded(columns, origins, counts, skipped, len(kept))
 
 
 def _kto(items, tokenizer, renderer, train_on, seq, progress):
@@ -312,9 +338,9 @@ def _kto(items, tokenizer, renderer, train_on, seq, progress):
                                                            row["messages"][-1])
         return (prompt, completion, row["label"]), notes
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress)
-    prompts, _ = _encode(tokenizer, [r[0] for r in rendered])
-    completions, _ = _encode(tokenizer, [r[1] for r in rendered])
+    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
+    prompts, _, _ = _encode_bounded(tokenizer, [r[0] for r in rendered], seq, keep="end")
+    completions, _, _ = _encode_bounded(tokenizer, [r[1] for r in rendered], seq)
     counts = Counter(notes)
     columns = {"prompt_input_ids": [], "completion_input_ids": [], "label": []}
     origins = []
@@ -327,7 +353,7 @@ def _kto(items, tokenizer, renderer, train_on, seq, progress):
         columns["completion_input_ids"].append(c)
         columns["label"].append(bool(label))
         origins.append(item.origin)
-    return Encoded(columns, origins, counts, skipped)
+    return Encoded(columns, origins, counts, skipped, len(kept))
 
 
 def _fit_pair(prompt, completions, seq, counts, origin):
@@ -337,12 +363,15 @@ def _fit_pair(prompt, completions, seq, counts, origin):
     if len(prompt) + longest <= max_length:
         return prompt, completions
     if policy == "error":
-        raise UserError(f"preference sample is {len(prompt) + longest} tokens, longer than sequence.max_length="
-                        f"{max_length}", where=origin, hint="raise max_length, or set sequence.truncation")
+        raise UserError(f"preference sample is {len(prompt) + longest} tokens or more, longer than "
+                        f"sequence.max_length={max_length}", where=origin, hint="raise max_length, or set sequence.truncation")
     if policy == "drop":
         counts["dropped_too_long"] += 1
         return None
     counts["truncated"] += 1
     keep_prompt = max(max_length - longest, max_length // 2)
     prompt = prompt[-keep_prompt:] if len(prompt) > keep_prompt else prompt
-    return prompt, [c[: max_length - len(prompt)] for c in completions]
+    fitted = [c[: max_length - len(prompt)] for c in completions]
+    if any(len(f) < len(c) for f, c in zip(fitted, completions)):  # a completion loses its end-of-turn
+        counts["eot_cut"] += 1
+    return prompt, fitted

@@ -71,7 +71,7 @@ def _resolve_model(model: dict, base: Path, where, errors: list) -> dict:
     return out
 
 
-def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
+def model_dirs(model: dict) -> tuple[Path | None, Path | None]:
     """(model files dir, tokenizer files dir) when available here; None for a hub id not cached."""
     if model.get("source") == "local":
         mdir = Path(model["path"])
@@ -88,7 +88,7 @@ def _model_dirs(model: dict) -> tuple[Path | None, Path | None]:
 
 def _remote_code_errors(model: dict, trust: bool, where) -> list:
     """A model (or tokenizer) folder that needs its own code while model.trust_remote_code is false."""
-    mdir, tdir = _model_dirs(model)
+    mdir, tdir = model_dirs(model)
     out, seen = [], set()
     for directory, key in ((mdir, "path"), (tdir, "tokenizer" if model["tokenizer"] else "path")):
         if directory is not None and directory not in seen:
@@ -155,7 +155,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
     weights["template"] = _strip(cfg["template"], ("jinja",))
     config_hash = hashing.digest_text(weights)
 
-    mdir, tdir = _model_dirs(model)
+    mdir, tdir = model_dirs(model)
     gguf = model["gguf_file"] if not model["tokenizer"] else None
     tok_fp = hashing.tree_digest(hashing.tokenizer_files(tdir, gguf), cache, tdir) if tdir else None
     files = hashing.model_files(mdir, model["gguf_file"]) if mdir else []
@@ -179,7 +179,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         "pipeline": hashing.DATA_PIPELINE_VERSION,
         "datasets": [ds_part(d) for d in data["datasets"]],
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
-        **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "sequence", "special_tokens")},
+        **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
+        # allow_all_truncated decides whether a run may start, not what the data holds
+        "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
         "tokenizer": tok_fp,
     }

@@ -87,6 +87,7 @@ class Sequence:
     max_length: int
     packing: bool
     truncation: str
+    allow_all_truncated: bool
 
 
 @dataclass(frozen=True)

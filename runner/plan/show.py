@@ -48,6 +48,7 @@ def render(plan: Plan) -> str:
               f"  output: {plan.output.dir}"]
     if plan.deferred:
         lines.append(f"  deferred to launch: {', '.join(plan.deferred)}")
+    lines += prepared_data(plan)
     sections = ("model", "adapter", "quantization", "data", "training", "distributed", "tracking", "output")
     for section in sections:
         value = getattr(plan, section)
@@ -58,3 +59,28 @@ def render(plan: Plan) -> str:
         for key, v in _flat(to_dict(value)):
             lines.append(f"  {key} = {v!r}" if not isinstance(v, str) else f"  {key} = {v}")
     return "\n".join(lines)
+
+
+def prepared_data(plan: Plan) -> list[str]:
+    """What the data cache entry of this data_hash says about the rows (truncated, dropped, what
+    train would refuse), read from its stats.json: no tokenizer, no torch."""
+    import json
+    from pathlib import Path
+
+    from runner.data.cache import CHECKSUMS_FILE, STATS_FILE
+    from runner.data.stats import findings, format_stats
+
+    if not plan.hashes.data:
+        return ["  prepared data: unknown until the data_hash is resolved"]
+    entry = Path(plan.data.cache_dir) / plan.hashes.data
+    try:
+        if not (entry / CHECKSUMS_FILE).is_file():
+            raise FileNotFoundError
+        stats = json.loads((entry / STATS_FILE).read_text())
+    except (OSError, ValueError):
+        return [f"  prepared data: not prepared for this data_hash yet ({entry} does not exist or is incomplete); "
+                "`runner preprocess` counts truncated and dropped rows"]
+    errors, warnings = findings(stats, to_dict(plan.data.sequence))
+    lines = [f"  prepared data: {entry}"] + ["    " + line for line in format_stats(stats).splitlines()[1:]]
+    lines += [f"    error (train refuses): {e}" for e in errors] + [f"    warning: {w}" for w in warnings]
+    return lines

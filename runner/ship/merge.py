@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from runner.quiet import quiet_for_run_dir
+
+    quiet_for_run_dir(args.run_dir, getattr(args, "debug", False))
     out = merge_run(args.run_dir, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype)
     print(f"merged model: {out}", file=sys.stderr)
     return 0

@@ -163,8 +163,21 @@ def save_pissa_initial(model, directory: str) -> None:
         config.init_lora_weights = original
 
 
-def save_adapter(model, directory: str, *, pissa_initial: str | None = None) -> None:
-    kwargs = {"selected_adapters": ["default"]}
+def save_adapter(model, directory: str, *, pissa_initial: str | None = None, embeddings_resized: bool = False) -> None:
+    """The adapter, with the full embedding layers too where PEFT's "auto" would save them: when the
+    vocabulary grew (runner knows; PEFT would look for the base's config.json, which a GGUF base has
+    not, and warn) or when the adapter targets them."""
+    kwargs = {"selected_adapters": ["default"],
+              "save_embedding_layers": embeddings_resized or embeddings_adapted(model)}
     if pissa_initial:
         kwargs["path_initial_model_for_weight_conversion"] = pissa_initial
     model.save_pretrained(directory, **kwargs)
+
+
+def embeddings_adapted(model) -> bool:
+    """Whether an adapter layer wraps the input embeddings or the output head."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    return any(isinstance(module, BaseTunerLayer) and name.split(".")[-1] in EMBEDDING_LAYER_NAMES
+               for name, module in model.named_modules())

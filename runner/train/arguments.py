@@ -31,8 +31,7 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         data_seed=t.seed,
         bf16=runtime.precision == "bf16",
         fp16=runtime.precision == "fp16",
-        gradient_checkpointing=bool(t.gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **checkpointing_arguments(bool(t.gradient_checkpointing)),
         neftune_noise_alpha=t.neftune_noise_alpha,
         logging_strategy="steps",
         logging_steps=plan.tracking.log_every,
@@ -56,6 +55,18 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         # Batches come from pinned host memory and reach the GPU without blocking the host.
         args["accelerator_config"] = {"non_blocking": True}
     return args
+
+
+def checkpointing_arguments(on: bool) -> dict:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing and warns on the
+    old name; older 5.x releases know only the old one."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def backend_arguments(plan: Plan, runtime: Runtime) -> dict:

@@ -34,8 +34,14 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
 
             overrides += smoke_overrides(target.config, overrides)
         plan = make_plan(target.config, overrides, write_cache=True)
-        for warning in plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        from runner import quiet
+        from runner.launch import EXIT_DIR_ENV
+
+        quiet.quiet_libraries(getattr(target, "debug", False), gguf=bool(plan.model.gguf_file))
+        quiet.keep_out_bitsandbytes(plan, training=True)
+        if _is_main() and EXIT_DIR_ENV not in os.environ:  # `runner launch` printed them once already
+            for warning in plan.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         from runner.train.signals import EXIT_INTERRUPTED, TrainingInterrupted
 
         try:

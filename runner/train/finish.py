@@ -11,7 +11,8 @@ from runner import rundir
 from runner.errors import UserError
 
 
-def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool) -> None:
+def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool,
+               embeddings_resized: bool = False) -> None:
     """The trained adapter (or model) and the tokenizer with its training chat template."""
     from runner.train.adapters import save_adapter
     from runner.train.model import drop_gguf_quantizer
@@ -31,7 +32,7 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             (run_dir / "training_args.bin").unlink(missing_ok=True)
     elif is_main:
         if hasattr(model, "peft_config"):
-            save_adapter(model, str(run_dir), pissa_initial=pissa_init)
+            save_adapter(model, str(run_dir), pissa_initial=pissa_init, embeddings_resized=embeddings_resized)
         else:
             drop_gguf_quantizer(model)
             model.save_pretrained(str(run_dir), safe_serialization=True)
@@ -41,23 +42,29 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             shutil.rmtree(pissa_init, ignore_errors=True)
 
 
-def finish_run_dir(plan, run_dir: Path, info, final_eval: dict) -> None:
+def finish_run_dir(plan, run_dir: Path, info, summary: dict) -> None:
+    """After the trackers have closed (they write into the run directory until then)."""
     from runner.train.card import write_model_card
-    from runner.train.metrics import plot_losses, read_metrics
+    from runner.train.metrics import plot_losses
 
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    train_rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
-    summary = {
-        "steps": train_rows[-1]["step"] if train_rows else 0,
-        "final_loss": train_rows[-1]["loss"] if train_rows else None,
-        "final_eval_loss": final_eval.get("eval_loss"),
-    }
     rundir.write_plan(run_dir, plan)
     write_model_card(run_dir, plan, info, summary)
-    # Short values could match weight bytes by chance; real tokens and keys are long.
-    secrets = [v for v in plan.secrets.values() if isinstance(v, str) and len(v) >= 8]
-    leaked = rundir.files_containing(run_dir, secrets) if secrets else []
-    if leaked:
-        raise UserError(f"a secret value was found in {', '.join(leaked)}; delete these files",
-                        where="output.dir", hint="this is a bug in runner: please report it")
+    check_secrets(plan, run_dir)
     rundir.mark_complete(run_dir, {**summary, "plan_hash": plan.hashes.plan})
+
+
+def check_secrets(plan, run_dir: Path) -> None:
+    """The last guard on secrets (runner.train.redaction): a file that holds one is scrubbed, and the
+    run fails without its completion marker, naming the files."""
+    from runner.train.redaction import leaked_files, scrub
+
+    leaked = leaked_files(run_dir, plan.secrets)
+    if leaked:
+        scrub(leaked, plan.secrets)
+        names = ", ".join(str(p.relative_to(run_dir)) for p in leaked)
+        raise UserError(f"a secret value was written into {names} under {run_dir}; it has been overwritten "
+                        "with '*' there, but anything these files were sent to has seen it",
+                        where="output.dir",
+                        hint="this is a bug in runner: please report it; revoke the token or key if a tracker "
+                             "synced these files, then run the same command again")

@@ -54,6 +54,10 @@ def metrics_callback(path, tally, *, prefixes=(), wandb_run=None, progress: bool
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
                 self.bar.update(state.global_step - self.bar.n)
+            if state.max_steps and state.global_step >= state.max_steps:
+                # The last step is logged whatever log_every says: metrics.jsonl, loss.png and the
+                # summary end where training ended.
+                control.should_log = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
@@ -100,6 +104,26 @@ def metrics_callback(path, tally, *, prefixes=(), wandb_run=None, progress: bool
     return MetricsCallback()
 
 
+def _rounded(value):
+    """Four significant digits (a loss of 0.000123 stays visible); non-finite values as text."""
+    if not isinstance(value, (int, float)):
+        return value
+    return float(f"{value:.4g}") if math.isfinite(value) else str(value)
+
+
+def run_summary(state, final_eval: dict) -> dict:
+    """What a finished run reports (RUN_COMPLETE, model card): the optimizer steps taken and the
+    last training loss logged, from the trainer's own state; with the final step always logged,
+    that loss is the mean over the steps since the log before it."""
+    losses = [row for row in state.log_history if "loss" in row]
+    return {
+        "steps": state.global_step,
+        "final_loss": _rounded(losses[-1]["loss"]) if losses else None,
+        "final_loss_step": losses[-1].get("step") if losses else None,
+        "final_eval_loss": _rounded((final_eval or {}).get("eval_loss")),
+    }
+
+
 def read_metrics(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -120,8 +144,8 @@ def plot_losses(metrics_path, png_path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if train:  # a marker per point on a short run: a single point draws no line
+        ax.plot(*zip(*train), marker="o" if len(train) < 20 else None, label="train loss", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.2)
     ax.set_xlabel("optimizer step")

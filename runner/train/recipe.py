@@ -37,6 +37,7 @@ class Model:
     reference: object | None       # a frozen copy of the base, for stages that compare against one
     info: object                   # runner.train.adapters.AdapterInfo
     fused_lora_layers: int = 0
+    embeddings_resized: bool = False   # special_tokens.add grew the vocabulary
 
 
 def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
@@ -72,6 +73,9 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     if launch.action == "done":
         return Path(plan.output.dir)
     data = setup_data(plan)
+    from runner import data as pipeline
+
+    pipeline.refuse_untrainable(plan, data)  # before the model loads: exit 2 with the reason
     decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), len(data.train))
     plan = plan.with_runtime(decided)
     for note in notes:
@@ -82,8 +86,12 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     run_dir = rundir.prepare(plan, launch, is_main=is_main)
     pissa_init = save_pissa_init(plan, model, run_dir, is_main)
     stored = rundir.read_stored_plan(run_dir) if launch.action == "resume" else None
+    from runner import quiet
     from runner.train import tracking
+    from runner.train.redaction import redact_argv
 
+    quiet.import_trainer_quietly()
+    redact_argv(plan.secrets)  # trackers record the command line
     wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
     plan = plan.with_launch(launch_record(data, model, wandb_run))
     if is_main:
@@ -99,18 +107,27 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
         if failure is None:
             raise
         raise failure from err
-    if stopper.stopped_at is not None:
-        tracking.finish_wandb(wandb_run, None)
-        raise _interrupted(run_dir, stopper)
-    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
-
     from runner.train import finish
 
+    if stopper.stopped_at is not None:
+        tracking.finish_wandb(wandb_run, None)
+        if is_main:
+            finish.check_secrets(plan, run_dir)
+        raise _interrupted(run_dir, stopper)
+    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
+    from runner.train.metrics import run_summary
+
+    summary = run_summary(trainer.state, final_eval)
     with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
-        finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main)
-    if is_main:
-        finish.finish_run_dir(plan, run_dir, model.info, final_eval)
+        finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main,
+                          embeddings_resized=model.embeddings_resized)
+    # The trackers close before the run directory is searched for secrets: they write until then.
     tracking.finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    if is_main:
+        finish.finish_run_dir(plan, run_dir, model.info, summary)
+        steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
+        say(f"finished: {steps} step{'s' * (steps != 1)}, final train loss {summary['final_loss']}"
+            + (f", eval loss {summary['final_eval_loss']}" if evaluated else ""), is_main)
     if plan.output.merge and is_main:
         from runner.ship.merge import merge_run
 
@@ -140,7 +157,7 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
     set_seed(plan.training.seed)  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation,
                        gradient_checkpointing=bool(plan.training.gradient_checkpointing))
-    match_tokenizer(model, tokenizer)
+    resized = match_tokenizer(model, tokenizer)
     if rt.fast_path.liger:
         from runner.train.fast.liger import apply_liger
 
@@ -159,7 +176,7 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
     if stage.needs_reference(plan):
         reference = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation, for_training=False)
         match_tokenizer(reference, tokenizer)
-    return Model(model, reference, info, fused)
+    return Model(model, reference, info, fused, resized)
 
 
 def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wandb_run, callbacks,
@@ -241,16 +258,19 @@ def save_pissa_init(plan: Plan, model: Model, run_dir: Path, is_main: bool) -> s
     return path
 
 
-def match_tokenizer(model, tokenizer) -> None:
-    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs."""
+def match_tokenizer(model, tokenizer) -> bool:
+    """Tokens added by special_tokens.add need embedding rows; pad/eos ids go into the configs.
+    Returns whether the embeddings grew."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    resized = len(tokenizer) > rows
+    if resized:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         if tokenizer.eos_token_id is not None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return resized
 
 
 def quiet_default_callbacks(trainer) -> None:

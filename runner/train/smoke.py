@@ -93,6 +93,7 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
     out = [f"model.path={tiny}", "model.gguf_file=null", "model.revision=null", "model.tokenizer=null",
            "model.dtype=float32", "training.precision=fp32", f"training.max_steps={steps}",
            "training.micro_batch_size=1", "training.gradient_accumulation=2", "sequence.max_length=128",
+           "sequence.allow_all_truncated=true",  # rows cut to 128 tokens on purpose: the code path is the point
            "distributed.backend=single", "distributed.num_processes=null", "distributed.num_machines=1",
            "tracking.wandb=null", "tracking.log_every=1", "output.save_every=null", "output.overwrite=true",
            f"output.dir={Path(plan.data.cache_dir) / 'smoke-runs' / plan.name}"]

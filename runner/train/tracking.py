@@ -34,8 +34,13 @@ def start_wandb(plan, run_dir, *, is_main: bool = True, run_id: str | None = Non
         "hashes": {k: v for k, v in to_dict(plan.hashes).items() if isinstance(v, str)},
         "run_dir": str(run_dir),
     }
+    from runner import quiet
+
     try:
         return wandb.init(
+            # quiet: W&B's version banner and summary tables only with --debug; where the run is
+            # saved (offline) or its page (online) is still printed.
+            settings=wandb.Settings(quiet=True) if quiet.active() else None,
             project=settings.project,
             entity=settings.entity,
             name=settings.name or plan.name,
