@@ -23,11 +23,12 @@ def test_num_samples_3e9_is_refused_before_allocating(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"datasets: {data}: error: num_samples 3000000000 would repeat the 91 rows" in err
     assert f"at most {MAX_REPEAT} times" in err and "training.epochs" in err and "Traceback" not in err
-    # weight is bounded the same way; upsampling within the bound still works
-    cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca", "weight": 1e9}], model=model,
+    # weight is bounded the same way (the schema allows up to 1000, the data 100 repeats);
+    # upsampling within the bound still works
+    cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca", "weight": 1000}], model=model,
                        template={"name": "chatml"})
     assert main(["preprocess", str(cfg)]) == 2
-    assert "weight 1e+09 would repeat the 91 rows" in capsys.readouterr().err
+    assert "weight 1000 would repeat the 91 rows" in capsys.readouterr().err
     cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca", "num_samples": 91 * MAX_REPEAT}],
                        model=model, template={"name": "chatml"})
     assert main(["preprocess", str(cfg)]) == 0

@@ -84,7 +84,7 @@ def test_grid_runs_every_trial_and_writes_table_best_config_and_plot(tmp_path, s
     trials = CheapTrials()
     result = run_sweep(cfg, sweep_file(tmp_path, GRID), out=tmp_path / "sweep", trial_fn=trials)
     assert len(trials.plans) == 4 and len(result.trials) == 4
-    assert {(p.adapter["r"], p.training["learning_rate"]) for p in trials.plans} == {
+    assert {(p.adapter.r, p.training.learning_rate) for p in trials.plans} == {
         (4, 1e-4), (4, 1e-3), (16, 1e-4), (16, 1e-3)}
     # Each trial is a normal run directory named by its own plan hash.
     hashes = {p.hashes.plan for p in trials.plans}
@@ -135,7 +135,7 @@ def test_grid_over_integer_and_quantized_ranges_trains_the_listed_values(tmp_pat
                                  "  training.warmup_ratio: {distribution: q_uniform, min: 0.0, max: 0.1, q: 0.05}\n")
     trials = CheapTrials()
     result = run_sweep(base_config(tmp_path, shared_data), sweep, out=tmp_path / "sweep", trial_fn=trials)
-    assert sorted((p.adapter["r"], p.training["warmup_ratio"]) for p in trials.plans) == [
+    assert sorted((p.adapter.r, p.training.warmup_ratio) for p in trials.plans) == [
         (r, w) for r in (3, 4, 5) for w in (0, 0.05, 0.1)]
     assert sorted((t.params["adapter.r"], t.params["training.warmup_ratio"]) for t in result.trials) == [
         (r, w) for r in (3, 4, 5) for w in (0, 0.05, 0.1)]
@@ -234,7 +234,7 @@ def test_target_stops_new_trials_and_a_failed_trial_does_not_end_the_sweep(tmp_p
     assert len(trials.plans) == 2  # trial 1 (r=4, lr=1e-3) ends at 1.79 <= 2.0
     assert result.trials[-1].metric <= 2.0 < result.trials[0].metric
 
-    failing = CheapTrials(fail_on=lambda p: p.adapter["r"] == 4 and p.training["learning_rate"] == 1e-4)
+    failing = CheapTrials(fail_on=lambda p: p.adapter.r == 4 and p.training.learning_rate == 1e-4)
     result = run_sweep(cfg, sweep_file(tmp_path, GRID), out=tmp_path / "f", trial_fn=failing)
     assert [t.status for t in sorted(result.trials, key=lambda t: t.index)] == ["failed"] + ["finished"] * 3
     assert "out of memory" in result.failed[0].error

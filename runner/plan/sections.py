@@ -280,6 +280,8 @@ def _build(kind, value, where: str):
         return dict(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # JSON Schema's integers include 3e9 written as a float
     if kind in (str, int, bool, float):
         if type(value) is not kind:
             raise TypeError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")

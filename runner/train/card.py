@@ -59,8 +59,8 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         *([f"- final eval loss: {summary['final_eval_loss']}"] if summary.get("final_eval_loss") is not None else []),
         f"- {info.summary()}",
         f"- datasets: {', '.join(datasets)}",
-        f"- runtime: {plan.runtime.device} x{plan.runtime.world_size}, dtype {plan.runtime.dtype}, "
-        f"precision {plan.runtime.precision}",
+        *([f"- runtime: {plan.runtime.device} x{plan.runtime.world_size}, dtype {plan.runtime.dtype}, "
+           f"precision {plan.runtime.precision}"] if plan.runtime else []),
         "",
         "## Hashes",
         "",

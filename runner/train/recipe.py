@@ -1,7 +1,7 @@
 """The training recipe: a Plan carried out, top to bottom.
 
-    judge the run directory -> set up data -> decide the runtime -> set up the model
-    -> claim the run directory -> set up the trainer -> train -> save
+    claim and judge the run directory -> set up data -> decide the runtime -> set up the model
+    -> open the run (directory, trackers, plan.json) -> set up the trainer -> train -> save
 
 Everything that can be checked (config, data, template, the model's architecture and files) is
 checked before the run directory is touched. Every launch-time decision is made once, in
@@ -15,11 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import rundir
+from runner import quiet, rundir
 from runner.plan.plan import Launch, Plan
 from runner.rundir import diskfull
 from runner.rundir.owner import claim
-from runner.train import distributed, runtime as runtimes, stages
+from runner.train import distributed, finish, runtime as runtimes, stages, tracking
+from runner.train.metrics import run_summary
+from runner.train.redaction import redact_argv
 from runner.train.trainer import checkpoint_failure
 
 
@@ -38,6 +40,14 @@ class Model:
     info: object                   # runner.train.adapters.AdapterInfo
     fused_lora_layers: int = 0
     embeddings_resized: bool = False   # special_tokens.add grew the vocabulary
+
+
+@dataclass
+class Run:
+    plan: Plan                     # with the Runtime and this launch's record
+    dir: Path
+    wandb: object                  # the open W&B run, or None
+    pissa_init: str | None         # PiSSA's adapter as initialised, for the final conversion
 
 
 def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: bool = False) -> Path:
@@ -73,66 +83,13 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     if launch.action == "done":
         return Path(plan.output.dir)
     data = setup_data(plan)
-    from runner import data as pipeline
-
-    pipeline.refuse_untrainable(plan, data)  # before the model loads: exit 2 with the reason
-    decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), len(data.train))
-    plan = plan.with_runtime(decided)
-    for note in notes:
-        say(note if note.startswith("note:") else f"warning: {note}", is_main)
+    plan = decide(plan, env, data, is_main)
     model = setup_model(plan, stage, data.tokenizer, is_main)
-
-    # Data, tokenizer, template and model are checked and loaded: only now does the directory change.
-    run_dir = rundir.prepare(plan, launch, is_main=is_main)
-    pissa_init = save_pissa_init(plan, model, run_dir, is_main)
-    stored = rundir.read_stored_plan(run_dir) if launch.action == "resume" else None
-    from runner import quiet
-    from runner.train import tracking
-    from runner.train.redaction import redact_argv
-
-    quiet.import_trainer_quietly()
-    redact_argv(plan.secrets)  # trackers record the command line
-    wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
-    plan = plan.with_launch(launch_record(data, model, wandb_run))
-    if is_main:
-        rundir.write_plan(run_dir, plan)
-        rundir.write_config_yaml(run_dir, plan)
-        rundir.restart_metrics(run_dir, launch.checkpoint)
-
-    trainer, stopper = setup_trainer(plan, stage, model, data, run_dir, wandb_run, callbacks, is_main)
-    try:
-        trainer.train(resume_from_checkpoint=launch.checkpoint)
-    except diskfull.save_errors() as err:
-        failure = checkpoint_failure(err, trainer)
-        if failure is None:
-            raise
-        raise failure from err
-    from runner.train import finish
-
-    if stopper.stopped_at is not None:
-        tracking.finish_wandb(wandb_run, None)
-        if is_main:
-            finish.check_secrets(plan, run_dir)
-        raise _interrupted(run_dir, stopper)
-    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
-    from runner.train.metrics import run_summary
-
-    summary = run_summary(trainer.state, final_eval)
-    with diskfull.guard(run_dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
-        finish.save_final(trainer, plan, run_dir, data.tokenizer, pissa_init=pissa_init, is_main=is_main,
-                          embeddings_resized=model.embeddings_resized)
-    # The trackers close before the run directory is searched for secrets: they write until then.
-    tracking.finish_wandb(wandb_run, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
-    if is_main:
-        finish.finish_run_dir(plan, run_dir, model.info, summary)
-        steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
-        say(f"finished: {steps} step{'s' * (steps != 1)}, final train loss {summary['final_loss']}"
-            + (f", eval loss {summary['final_eval_loss']}" if evaluated else ""), is_main)
-    if plan.output.merge and is_main:
-        from runner.ship.merge import merge_run
-
-        merge_run(run_dir, run_dir / "merged")
-    return run_dir
+    run = open_run(plan, launch, data, model, is_main)
+    trainer, stopper = setup_trainer(run.plan, stage, model, data, run.dir, run.wandb, callbacks, is_main)
+    train_steps(trainer, launch, stopper, run, is_main)
+    save(trainer, run, data, model, is_main)
+    return run.dir
 
 
 def setup_data(plan: Plan) -> Data:
@@ -143,6 +100,18 @@ def setup_data(plan: Plan) -> Data:
     tokenizer = pipeline.load_tokenizer(plan)
     prepared = pipeline.build_datasets(plan, tokenizer)
     return Data(tokenizer, prepared.train, prepared.eval, prepared.stats)
+
+
+def decide(plan: Plan, env, data: Data, is_main: bool) -> Plan:
+    """Refuse data that would train nothing, then make every launch decision (the Runtime joins the
+    Plan and its hash)."""
+    from runner import data as pipeline
+
+    pipeline.refuse_untrainable(plan, data)  # before the model loads: exit 2 with the reason
+    decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), len(data.train))
+    for note in notes:
+        say(note if note.startswith("note:") else f"warning: {note}", is_main)
+    return plan.with_runtime(decided)
 
 
 def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
@@ -177,6 +146,23 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
         reference = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation, for_training=False)
         match_tokenizer(reference, tokenizer)
     return Model(model, reference, info, fused, resized)
+
+
+def open_run(plan: Plan, launch, data: Data, model: Model, is_main: bool) -> Run:
+    """Data and model are checked and loaded: only now does the run directory change. Trackers start
+    with the command line's secrets redacted; plan.json records the launch."""
+    run_dir = rundir.prepare(plan, launch, is_main=is_main)
+    pissa_init = save_pissa_init(plan, model, run_dir, is_main)
+    stored = rundir.read_stored_plan(run_dir) if launch.action == "resume" else None
+    quiet.import_trainer_quietly()
+    redact_argv(plan.secrets)  # trackers record the command line
+    wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
+    plan = plan.with_launch(launch_record(data, model, wandb_run))
+    if is_main:
+        rundir.write_plan(run_dir, plan)
+        rundir.write_config_yaml(run_dir, plan)
+        rundir.restart_metrics(run_dir, launch.checkpoint)
+    return Run(plan, run_dir, wandb_run, pissa_init)
 
 
 def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wandb_run, callbacks,
@@ -218,6 +204,43 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
     distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
     quiet_default_callbacks(trainer)
     return trainer, stopper
+
+
+def train_steps(trainer, launch, stopper, run: Run, is_main: bool) -> None:
+    """Train from the launch's checkpoint. A signal: a complete checkpoint and TrainingInterrupted; a
+    full disk while writing a checkpoint: a UserError saying how much room it needs."""
+    try:
+        trainer.train(resume_from_checkpoint=launch.checkpoint)
+    except diskfull.save_errors() as err:
+        failure = checkpoint_failure(err, trainer)
+        if failure is None:
+            raise
+        raise failure from err
+    if stopper.stopped_at is not None:
+        tracking.finish_wandb(run.wandb, None)
+        if is_main:
+            finish.check_secrets(run.plan, run.dir)
+        raise _interrupted(run.dir, stopper)
+
+
+def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
+    """The final evaluation, the trained weights and tokenizer, then (the trackers closed, since they
+    write into the run directory until then) the card, the secret check and RUN_COMPLETE."""
+    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
+    summary = run_summary(trainer.state, final_eval)
+    with diskfull.guard(run.dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
+        finish.save_final(trainer, run.plan, run.dir, data.tokenizer, pissa_init=run.pissa_init, is_main=is_main,
+                          embeddings_resized=model.embeddings_resized)
+    tracking.finish_wandb(run.wandb, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    if is_main:
+        finish.finish_run_dir(run.plan, run.dir, model.info, summary)
+        steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
+        say(f"finished: {steps} step{'s' * (steps != 1)}, final train loss {summary['final_loss']}"
+            + (f", eval loss {summary['final_eval_loss']}" if evaluated else ""), is_main)
+    if run.plan.output.merge and is_main:
+        from runner.ship.merge import merge_run
+
+        merge_run(run.dir, run.dir / "merged")
 
 
 def loraplus_groups(plan: Plan, args):
