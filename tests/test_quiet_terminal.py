@@ -24,6 +24,7 @@ RUNNER_LINES = [
     r"trainable params: [\d,]+ / total [\d,]+ \(\d+\.\d+%\)",  # adapters.print_parameters
     r"finished: \d+ steps?, final train loss \S+(, eval loss \S+)?",  # train.run's summary
     r"run directory: \S+",
+    r"warning: \d+ of \d+ train (rows|samples) .*",  # data.stats: rows cut by sequence.max_length
 ]
 
 
