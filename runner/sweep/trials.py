@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner.plan import hashing
+from runner.plan.output_dir import MAX_NAME
 
 from runner.config import schema
 from runner.errors import ConfigErrors, UserError
@@ -102,7 +103,9 @@ def trial_plan(config_path, params: dict, trials_dir: Path | None = None):
             return plan
         key = trial_key(plan)
         # Named like the W&B engine's `{plan_hash}` directories.
-        return build({"output.dir": str(Path(trials_dir) / hashing.short(key)), "name": f"{plan.name}-{key[:8]}"})
+        # A trial's name stays within the schema's limit on names, whatever the base name's length.
+        name = f"{plan.name[:MAX_NAME - 9]}-{key[:8]}"
+        return build({"output.dir": str(Path(trials_dir) / hashing.short(key)), "name": name})
     except ConfigErrors as err:
         lines = "\n  ".join(str(e) for e in err.errors)
         raise UserError(f"the trial {_describe(params)} is not a valid config:\n  {lines}",
