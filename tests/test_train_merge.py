@@ -82,3 +82,13 @@ def test_generate_cli_answers_with_p_and_interactively(qlora_run, capsys, monkey
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["generate", str(qlora_run), "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.count("model>") == 2
+
+
+def test_a_plan_json_this_runner_cannot_read_is_a_clear_error(tmp_path):
+    from runner.cli import main
+
+    (tmp_path / "plan.json").write_text('{"name": "old", "training": {"trainer": "sft"}}')
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert main(["merge", str(tmp_path)]) == 2
+    (tmp_path / "plan.json").write_text("{not json")
+    assert main(["merge", str(tmp_path)]) == 2

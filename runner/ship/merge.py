@@ -37,7 +37,12 @@ def load_run_plan(run_dir):
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no plan.json)", where=str(run_dir),
                         hint="pass the output.dir of a runner training run")
-    return Plan.from_dict(json.loads(path.read_text()))
+    try:
+        return Plan.from_dict(json.loads(path.read_text()))
+    except (TypeError, ValueError) as err:  # a plan.json of another runner version, or damaged
+        raise UserError(f"{path} is not a plan this runner can read: {err}", where=str(path),
+                        hint="use the runner version that trained this run (plan.json's launch.versions names it), "
+                             "or train it again") from None
 
 
 def load_base_for_adapter(plan, run_dir, tokenizer, dtype: str | None = None):
