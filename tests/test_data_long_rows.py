@@ -69,8 +69,10 @@ def test_a_50_mb_valid_row_is_read_in_bounded_memory_and_time(tmp_path):
     cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca"}],
                        model={"path": str(tiny_model_dir(tmp_path))}, template={"name": "chatml"},
                        sequence={"max_length": 512})
-    code = ("import resource, sys; from runner.cli import main; code = main(['preprocess', sys.argv[1], '--json']); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr); sys.exit(code)")
+    # VmHWM: this process's own peak (getrusage's maxrss would carry the parent's size at fork).
+    code = ("import re, sys; from runner.cli import main; code = main(['preprocess', sys.argv[1], '--json']); "
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print('PEAK', hwm // 1024, file=sys.stderr); sys.exit(code)")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -158,9 +158,11 @@ def test_a_200_mb_line_is_refused_with_bounded_memory(tmp_path, capsys):
     assert data.stat().st_size > 200 * 2**20 > MAX_LINE_BYTES
     model = {"path": str(tiny_model_dir(tmp_path))}
     cfg = write_config(tmp_path, [{"path": str(data), "format": "alpaca"}], model=model, template={"name": "chatml"})
-    # In a process of its own: the peak it reports is this command's alone, whatever ran before.
-    probe = ("import resource, sys\nfrom runner.cli import main\ncode = main(['preprocess', sys.argv[1]])\n"
-             "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(code)\n")
+    # In a process of its own, reporting its own address space's peak (VmHWM starts afresh at exec;
+    # getrusage's maxrss would carry the parent's size at fork, i.e. whatever the tests before took).
+    probe = ("import re, sys\nfrom runner.cli import main\ncode = main(['preprocess', sys.argv[1]])\n"
+             "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+             "print('peak_kb', hwm)\nsys.exit(code)\n")
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", probe, str(cfg)], capture_output=True, text=True, cwd=repo,
                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=600)
