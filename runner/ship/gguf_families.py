@@ -61,7 +61,12 @@ def write_hparams(writer, config, family: Family, vocab_size: int) -> list:
     """The architecture's keys; returns extra tensors [(gguf name, float32 array)] (rope factors)."""
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     hd = head_dim(config)
-    writer.add_context_length(int(config.max_position_embeddings))
+    # Within its window, sliding attention is full attention: the llama architecture (Mistral)
+    # has no window, so the file's context stops there.
+    context = int(config.max_position_embeddings)
+    if family.model_type == "mistral" and _windowed(config):
+        context = int(config.sliding_window)
+    writer.add_context_length(context)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
@@ -81,9 +86,6 @@ def write_hparams(writer, config, family: Family, vocab_size: int) -> list:
         raise _refuse(config, "projection biases")
     if getattr(config, "mlp_bias", False):
         raise _refuse(config, "mlp biases")
-    if family.model_type == "mistral" and _windowed(config):
-        raise _refuse(config, f"sliding_window {config.sliding_window} (the llama architecture attends to the "
-                              "whole context)")
     if family.model_type in ("qwen2", "qwen3") and getattr(config, "use_sliding_window", False):
         raise _refuse(config, "use_sliding_window")
     if family.norm_shift:
