@@ -272,7 +272,9 @@ def hub_error(err: Exception, repo: str) -> UserError:
     if status in (401, 403):
         return UserError(f"the Hub refused the token for {repo} (HTTP {status})", where="HF_TOKEN",
                          hint="use a token with write access to this namespace: `huggingface-cli login` or HF_TOKEN")
+    from huggingface_hub import constants
+
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return UserError(f"the upload to {repo} failed: {first}", where="--repo",
+    return UserError(f"the upload to {repo} failed: {first}", where=constants.ENDPOINT,
                      hint="check the network and the repository name, then run the same command again "
                           "(the commit is all or nothing)")
