@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from runner.data.render import Renderer
-from runner.data.templates import NAMED, read_template, resolve_template, trl_templates_dir
+from runner.data.templates import NAMED, read_template, resolve_template
 from runner.ship.prompt import jinja_string, strip_prelude, template_for_run, with_training_defaults
 from tests.tiny_tokenizer import tiny_tokenizer
 

@@ -74,7 +74,7 @@ def _readme_facts(path: Path) -> dict:
     return {"license": data.license, "language": data.language}
 
 
-def card_data(plan, card: Card, summary: dict | None = None):
+def card_data(plan, card: Card):
     from huggingface_hub import ModelCardData
 
     facts = base_facts(plan)
@@ -94,7 +94,7 @@ def card_data(plan, card: Card, summary: dict | None = None):
 
 def card_text(plan, card: Card, summary: dict | None = None) -> str:
     """The whole README.md: front matter from card_data, then the body."""
-    data = card_data(plan, card, summary)
+    data = card_data(plan, card)
     lines = ["---", data.to_yaml(), "---", f"# {plan.name}" + (" (merged)" if card.kind == "merged" else ""), ""]
     lines += [_what(plan, card), ""]
     lines += system_prompt_section(plan)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -111,7 +110,7 @@ def collect(run_dir, *, merged: bool, repo: str, base_model: str | None, license
             scratch: Path) -> tuple[list[Upload], str]:
     """(the files to upload, the card's text)."""
     from runner.ship.card import Card, card_text, run_summary
-    from runner.ship.scan import local_folders, local_path_free
+    from runner.ship.scan import local_folders
     from runner.train.card import base_model_id
 
     run_dir = Path(run_dir)

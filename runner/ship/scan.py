@@ -101,14 +101,14 @@ def scan(path_in_repo: str, data: bytes, *, folders, secrets) -> list[Finding]:
             continue
         at = data.find(folder.encode() + b"/") if len(folder) < SHORTEST_OPAQUE_MATCH else data.find(folder.encode())
         if at >= 0:
-            found.append(Finding(path_in_repo, _line(data, at), f"a local path ({_kind(folder, folders)})"))
+            found.append(Finding(path_in_repo, _line(data, at), f"a local path ({_kind(folder)})"))
     if not opaque:
         for m in GENERIC_PATH.finditer(data):
             found.append(Finding(path_in_repo, _line(data, m.start()), "an absolute local path"))
     return _dedupe(found)
 
 
-def _kind(folder: str, folders) -> str:
+def _kind(folder: str) -> str:
     return "the home directory" if folder == str(Path.home()) else "a folder of this machine"
 
 
