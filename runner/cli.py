@@ -18,6 +18,7 @@ COMMANDS = {
     "launch": ("runner.launch", "plan, then start the workers through Accelerate (multi-GPU / multi-node)"),
     "merge": ("runner.ship.merge", "merge a run's adapter into its base model"),
     "export": ("runner.ship.export", "write a run's merged model as GGUF (llama.cpp) or for Ollama"),
+    "push": ("runner.ship.push", "upload a run (adapter or --merged model, card, template) to the Hugging Face Hub"),
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),

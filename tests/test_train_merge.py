@@ -13,6 +13,7 @@ from runner.cli import main
 from runner.errors import UserError
 from runner.serve.generate import load_for_generation, prompt_inputs
 from runner.ship.merge import merge_run
+from runner.ship.prompt import strip_prelude, template_for_run
 from runner.plan.resolve import make_plan
 from runner.train.command import run
 from tests.tiny_model import logits_of, probe_ids, reload_logits, save_tiny_model, train_losses, write_config
@@ -67,7 +68,9 @@ def test_generate_uses_the_training_template_and_system_prompt(qlora_run):
     model, tokenizer, plan = load_for_generation(qlora_run)
     assert not model.training and model.config.use_cache
     trained = pipeline.load_tokenizer(plan)
-    assert tokenizer.chat_template == trained.chat_template
+    # The training template, behind the prelude that applies the training system prompt (runner.ship.prompt).
+    assert strip_prelude(tokenizer.chat_template) == trained.chat_template
+    assert tokenizer.chat_template == template_for_run(plan, trained)
     ids = prompt_inputs(tokenizer, [{"role": "user", "content": "Who are you?"}],
                         system=plan.data.template.system_prompt, plan=plan)["input_ids"][0]
     text = tokenizer.decode(ids)

@@ -54,7 +54,7 @@ def export_run(run_dir, fmt: str = "gguf", quant: str = "f16", out=None, *, forc
     out.parent.mkdir(parents=True, exist_ok=True)
     model, tokenizer = merged_in_memory(run_dir)
     system = plan.data.template.system_prompt
-    template = chat_template(tokenizer, system)
+    template = chat_template(plan, tokenizer)
     source = _source_gguf(plan)
     _write_atomic(out, lambda tmp: _write_model(model, tokenizer, tmp, quant, template, plan, source))
     if fmt == "ollama":
@@ -73,13 +73,13 @@ def merged_in_memory(run_dir: Path):
     return model.to("cpu"), tokenizer
 
 
-def chat_template(tokenizer, system: str | None) -> str | None:
-    from runner.ship.prompt import deployable_template, with_system_prompt
+def chat_template(plan, tokenizer) -> str | None:
+    """The template the run ships with (the training template with its system-prompt prelude,
+    runner.ship.prompt), in a form GGUF runtimes can render."""
+    from runner.ship.prompt import deployable_template, template_for_run
 
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    return with_system_prompt(tokenizer, deployable_template(template), system) if template else None
+    template = template_for_run(plan, tokenizer)
+    return deployable_template(template) if template else None
 
 
 def _source_gguf(plan) -> Path | None:

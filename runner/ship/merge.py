@@ -1,7 +1,8 @@
 """`runner merge RUN_DIR [--out DIR]`: the run's adapter merged into its base model, written as
 sharded safetensors that AutoModelForCausalLM.from_pretrained loads. A QLoRA adapter is merged
 into the unquantized base, reloaded in the plan's dtype (merging into 4-bit weights would round
-the update away)."""
+the update away). The folder gets the run's tokenizer, its chat template with the training
+system prompt (runner.ship.prompt) and a model card of its own (README.md, written last)."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,8 @@ def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str 
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from runner.ship.card import write_merged_card
+    from runner.ship.prompt import save_tokenizer
     from runner.train.model import drop_gguf_quantizer
 
     run_dir = Path(run_dir)
@@ -75,5 +78,6 @@ def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str 
     merged.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, plan, out_dir)
+    write_merged_card(out_dir, plan, run_dir)
     return out_dir

@@ -74,12 +74,15 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         lines.append(f"| {path.name} | `{file_sha256(path)}` |")
     lines += [
         "",
+        *_system_prompt_section(plan),
         "## Use",
         "",
         "```python",
         *(_usage_adapter(run_dir, model, written, hub_id) if is_adapter else _usage_full(run_dir)),
         "```",
         "",
+        *(["`AutoPeftModelForCausalLM.from_pretrained(run)` does both steps: adapter_config.json names the base "
+           "model.", ""] if is_adapter and not model.gguf_file else []),
         f"Or: `runner generate {_run_dir_shown(run_dir)} -p \"Hello\"`; `runner merge {_run_dir_shown(run_dir)}` "
         "writes a standalone model.",
         "",
@@ -93,6 +96,12 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
     path = run_dir / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _system_prompt_section(plan) -> list[str]:
+    from runner.ship.card import system_prompt_section
+
+    return system_prompt_section(plan)
 
 
 def base_model_id(model, written: str) -> str | None:

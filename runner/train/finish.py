@@ -13,7 +13,8 @@ from runner.errors import UserError
 
 def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | None, is_main: bool,
                embeddings_resized: bool = False) -> None:
-    """The trained adapter (or model) and the tokenizer with its training chat template."""
+    """The trained adapter (or model) and the tokenizer with its training chat template, behind the
+    training defaults (system prompt) that other tools must apply too (runner.ship.prompt)."""
     from runner.train.adapters import save_adapter
     from runner.train.model import drop_gguf_quantizer
 
@@ -37,7 +38,9 @@ def save_final(trainer, plan, run_dir: Path, tokenizer, *, pissa_init: str | Non
             drop_gguf_quantizer(model)
             model.save_pretrained(str(run_dir), safe_serialization=True)
     if is_main:
-        tokenizer.save_pretrained(str(run_dir))
+        from runner.ship.prompt import save_tokenizer
+
+        save_tokenizer(tokenizer, plan, run_dir)
         if pissa_init:
             shutil.rmtree(pissa_init, ignore_errors=True)
 
