@@ -98,7 +98,7 @@ def test_languages_are_decided_per_row_from_the_reference():
 # ---- the command ----------------------------------------------------------------------------------
 
 def test_predict_on_the_quickstart_run_over_identity_questions(quickstart_copy):
-    done = runner("predict", quickstart_copy, "--data", QUESTIONS, "--max-new-tokens", 64, "--batch-size", 4)
+    done = runner("predict", quickstart_copy, "--data", QUESTIONS, "--max-new-tokens", 48, "--batch-size", 4)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     rows = read_jsonl(quickstart_copy / "predict" / "predictions.jsonl")

@@ -225,7 +225,8 @@ def generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_s
         for i, tokens in zip(chosen, new):
             ended = next((n for n, t in enumerate(tokens) if t in stop), None)
             unfinished += ended is None
-            answers[i] = tokenizer.decode(tokens[:ended], skip_special_tokens=True).strip()
+            # An answer cut at max_new_tokens may end inside a character's bytes: drop the half.
+            answers[i] = tokenizer.decode(tokens[:ended], skip_special_tokens=True).rstrip("\ufffd").strip()
         bar.update(len(chosen))
     bar.close()
     return answers, unfinished
