@@ -264,6 +264,10 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         deferred.append("runtime.total_steps")
     if training["effective_batch_size"] is None:
         deferred.append("runtime.effective_batch_size")
+    if training["evals_per_epoch"]:
+        deferred.append("runtime.eval_steps")
+    if cfg["output"]["saves_per_epoch"] or (cfg["output"]["keep_best"] and training["evals_per_epoch"]):
+        deferred.append("runtime.save_steps")
     distributed = dict(cfg["distributed"])
     distributed["accelerate"] = accelerate_settings(cfg)
     if distributed["backend"] == "fsdp" and not distributed["fsdp"]["wrap_class"]:
