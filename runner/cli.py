@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("runner.ship.export", "write a run's merged model as GGUF (llama.cpp) or for Ollama"),
     "push": ("runner.ship.push", "upload a run (adapter or --merged model, card, template) to the Hugging Face Hub"),
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
+    "predict": ("runner.evaluate.predict", "answer a dataset's prompts with a run; exact match, BLEU, ROUGE-L"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
     "schema": ("runner.config.docs", "print the config JSON Schema, or write docs/config.md"),

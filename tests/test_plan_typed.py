@@ -26,7 +26,8 @@ MOVED = {"datasets": ("data", "datasets"), "eval_datasets": ("data", "eval_datas
          "special_tokens": ("data", "special_tokens")}
 # Keys the resolver derives from their config value (their schema default is checked through the rule).
 DERIVED = {("adapter", "alpha"), ("output", "dir"), ("name",), ("model", "path"), ("data", "cache_dir")}
-NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb")}  # secret / meta / null section
+NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"),
+               ("training", "early_stopping")}  # secret / meta / null section
 
 
 def schema_keys(node=None, prefix=()):
@@ -97,7 +98,7 @@ def test_every_schema_key_has_a_field():
                   "special_tokens": sections.SpecialTokens, "datasets": sections.Dataset}
     nested = {("training", "dpo"): sections.DPO, ("training", "kto"): sections.KTO, ("training", "orpo"): sections.ORPO,
               ("distributed", "fsdp"): sections.FSDP, ("distributed", "deepspeed"): sections.DeepSpeed,
-              ("tracking", "wandb"): sections.WandB}
+              ("tracking", "wandb"): sections.WandB, ("training", "early_stopping"): sections.EarlyStopping}
     schema = load_schema()["properties"]
     missing = []
     for name, cls in section_of.items():

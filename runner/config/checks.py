@@ -75,9 +75,11 @@ def check(cfg: dict, raw: dict, where) -> Findings:
         error(("sequence", "truncation"), f"split cuts long samples into pieces for continued pretraining; stage {stage} "
               "would train pieces of a conversation without their prompt", "use truncate, drop or error")
     has_eval = bool(cfg["eval_datasets"]) or cfg["val_size"] > 0
-    if training["eval_every"] and not has_eval:
-        error(("training", "eval_every"), "evaluation is asked for but there is no eval data",
-              "add eval_datasets or val_size (e.g. val_size: 0.1)")
+    for key in ("eval_every", "evals_per_epoch"):
+        if training[key] and not has_eval:
+            error(("training", key), "evaluation is asked for but there is no eval data",
+                  "add eval_datasets or val_size (e.g. val_size: 0.1)")
+    check_evaluation(cfg, has_eval, error)
     if cfg["val_size"] >= 1 and cfg["val_size"] != int(cfg["val_size"]):
         error(("val_size",), "a val_size of 1 or more counts rows and must be a whole number")
 
@@ -134,3 +136,64 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     for severity, path, message, *hint in check_distributed(cfg, raw):
         (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
     return Findings(errors, warnings)
+
+
+# Metric names whose best value is the lowest / the highest (early stopping and keep_best).
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error")
+HIGHER_IS_BETTER = ("accurac", "reward", "margin", "score", "bleu", "rouge", "exact_match", "f1", "precision", "recall")
+
+
+def eval_metric_name(metric: str) -> str:
+    """The name the Trainer logs an evaluation metric under: with its `eval_` prefix."""
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def best_direction(metric: str) -> str | None:
+    """min or max for a metric's name (a rewards margin is better high, a loss low); None: unknown."""
+    name = metric.lower()
+    if any(word in name for word in LOWER_IS_BETTER):
+        return "min"
+    if any(word in name for word in HIGHER_IS_BETTER):
+        return "max"
+    return None
+
+
+def check_evaluation(cfg: dict, has_eval: bool, error) -> None:
+    """Evaluation and checkpoint cadences (steps or per epoch, one of each), early stopping and
+    keep_best: what each needs, before anything loads."""
+    training, output = cfg["training"], cfg["output"]
+    if training["eval_every"] and training["evals_per_epoch"]:
+        error(("training", "evals_per_epoch"), "eval_every and evals_per_epoch are both set",
+              "keep one: eval_every counts optimizer steps, evals_per_epoch evaluations per epoch")
+    if output["save_every"] and output["saves_per_epoch"]:
+        error(("output", "saves_per_epoch"), "save_every and saves_per_epoch are both set",
+              "keep one: save_every counts optimizer steps, saves_per_epoch checkpoints per epoch")
+    evaluates = bool(training["eval_every"] or training["evals_per_epoch"])
+    stopping = training["early_stopping"]
+    for path, wanted in ((("training", "early_stopping"), stopping is not None),
+                         (("output", "keep_best"), output["keep_best"])):
+        if not wanted:
+            continue
+        if not has_eval:
+            error(path, "needs evaluations, and there is no eval data",
+                  "add eval_datasets or val_size (e.g. val_size: 0.1), and training.eval_every or evals_per_epoch")
+        elif not evaluates:
+            error(path, "needs evaluations during training, and none are asked for",
+                  "set training.eval_every (steps) or training.evals_per_epoch")
+    if stopping is not None:
+        metric = eval_metric_name(stopping["metric"])
+        if stopping["mode"] == "auto" and best_direction(metric) is None:
+            error(("training", "early_stopping", "mode"), f"cannot tell whether a higher {metric} is better",
+                  "set mode: min (lower is better) or mode: max")
+        if training["stage"] in ("sft", "pt") and metric != "eval_loss":
+            error(("training", "early_stopping", "metric"),
+                  f"stage {training['stage']} evaluates eval_loss only, not {metric}",
+                  "use metric: eval_loss (generation metrics come after training: `runner predict`)")
+    if output["keep_best"]:
+        cadences = ((output["save_every"], training["eval_every"], "save_every", "eval_every"),
+                    (output["saves_per_epoch"], training["evals_per_epoch"], "saves_per_epoch", "evals_per_epoch"))
+        for save, evaluate, save_key, eval_key in cadences:
+            if save and save != evaluate:
+                error(("output", save_key), f"keep_best checkpoints at every evaluation (training.{eval_key}); "
+                      f"output.{save_key} asks for another cadence",
+                      f"remove output.{save_key}: the checkpoints follow the evaluations")

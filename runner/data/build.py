@@ -146,6 +146,20 @@ def refuse_untrainable(plan, prepared: PreparedData) -> list[str]:
     return warnings
 
 
+def eval_items(plan) -> list:
+    """The eval split's rows before tokenizing (runner.data.tokenize.Item: the normalised row and
+    its file:line), split as build_datasets splits them: eval_datasets, else val_size of the mixed
+    training rows (same seed). Empty when the run has no eval split."""
+    from runner.data.mixing import split_validation
+    from runner.plan.sections import to_dict
+
+    data = to_dict(plan.data)
+    if data.get("eval_datasets"):
+        return _load_items(data["eval_datasets"], data, mix=False)[0]
+    train_items, _ = _load_items(data["datasets"], data, mix=True)
+    return split_validation(train_items, data.get("val_size") or 0, data.get("seed", 0))[1]
+
+
 def _load_items(entries, data, mix: bool):
     from runner.data.mixing import mix as mix_items
     from runner.data.readers import load_rows

@@ -50,7 +50,10 @@ class Normalizer:
     """Turns raw rows of one dataset into the internal form."""
 
     def __init__(self, fmt: str, columns: dict | None = None, roles: dict | None = None,
-                 substitute: dict | None = None, system: str | None = None):
+                 substitute: dict | None = None, system: str | None = None, need_answer: bool = True):
+        """`need_answer=False` (prompts to answer, `runner predict`): a row may lack its answer (the
+        output, response or completion; a conversation's last assistant turn; a preference row's
+        chosen), and is then a prompt without a reference."""
         if fmt not in FIELDS:
             raise ValueError(f"unknown format {fmt!r}")
         self.fmt = fmt
@@ -59,6 +62,7 @@ class Normalizer:
         self.roles = {**DEFAULT_ROLES, **(roles or {})}
         self.substitute = {"{{" + k + "}}": v for k, v in (substitute or {}).items()}
         self.system = system
+        self.need_answer = need_answer
 
     def __call__(self, row) -> dict:
         if not isinstance(row, dict):
@@ -114,8 +118,8 @@ class Normalizer:
         extra = self._text(row, input_field)
         if extra and extra.strip():
             prompt = prompt + "\n" + extra
-        answer = self._text(row, output_field, required=True)
-        messages = self._history(row) + [user(prompt), assistant(answer)]
+        answer = self._text(row, output_field, required=self.need_answer)
+        messages = self._history(row) + [user(prompt)] + ([assistant(answer)] if answer and answer.strip() else [])
         return {"messages": self._system_first(messages, self._text(row, "system")), "tools": None}
 
     def _history(self, row) -> list:
@@ -147,13 +151,14 @@ class Normalizer:
         return self._instruction(row, "context", "response")
 
     def _prompt_completion(self, row):
-        prompt, completion = self._get(row, "prompt", True), self._get(row, "completion", True)
-        if isinstance(prompt, list) and isinstance(completion, list):  # TRL conversational form
-            messages = self._messages(prompt, "role", "content") + self._messages(completion, "role", "content")
+        prompt, completion = self._get(row, "prompt", True), self._get(row, "completion", self.need_answer)
+        if isinstance(prompt, list) and isinstance(completion, (list, type(None))):  # TRL conversational form
+            messages = self._messages(prompt, "role", "content") + (
+                self._messages(completion, "role", "content") if completion else [])
         else:
-            prompt, completion = self._text(row, "prompt", True), self._text(row, "completion", True)
-            messages = [user(prompt), assistant(completion)]
-        checked = _check_conversation(messages)
+            prompt, completion = self._text(row, "prompt", True), self._text(row, "completion", self.need_answer)
+            messages = [user(prompt)] + ([assistant(completion)] if completion and completion.strip() else [])
+        checked = self._checked(messages)
         return {"messages": self._system_first(checked, self._text(row, "system")), "tools": None}
 
     # ---- conversation formats -----------------------------------------------------------------
@@ -162,7 +167,7 @@ class Normalizer:
         messages = self._messages(raw, role_key, content_key)
         messages = self._system_first(messages, self._text(row, "system") if "system" in self.col else None)
         if need_assistant:
-            messages = _check_conversation(messages)
+            messages = self._checked(messages)
         return {"messages": messages, "tools": self._tools(row)}
 
     def _conversation_column(self, row):
@@ -229,6 +234,13 @@ class Normalizer:
                  for t in tools]
         return tools or None
 
+    def _checked(self, messages: list) -> list:
+        """A training row's rules; a prompt without its answer (need_answer=False) has no assistant
+        turn to check."""
+        if self.need_answer or any(m["role"] == "assistant" for m in messages):
+            return _check_conversation(messages)
+        return messages
+
     def _sharegpt(self, row):
         return self._conversation(row)
 
@@ -260,6 +272,10 @@ class Normalizer:
         if not messages or messages[-1]["role"] not in ("user", "tool"):
             raise RowError("the prompt of a preference row must end with a user (or tool) turn")
         out = {"messages": messages, "tools": tools}
+        if not self.need_answer:  # a prompt to answer: the chosen answer is its reference, when given
+            if self._get(row, "chosen") not in (None, ""):
+                out["chosen"] = self._answer(row, "chosen", role_key, content_key)
+            return out
         for side in ("chosen", "rejected"):
             out[side] = self._answer(row, side, role_key, content_key)
         return out

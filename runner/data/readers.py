@@ -82,10 +82,11 @@ def _reason_kind(reason: str) -> str:
     return "other"
 
 
-def load_rows(ds: dict, base_dir: str | None = None) -> LoadedDataset:
-    """Read and normalise one dataset entry of the plan (`path`, `format`, `columns`, ...)."""
+def load_rows(ds: dict, base_dir: str | None = None, need_answer: bool = True) -> LoadedDataset:
+    """Read and normalise one dataset entry of the plan (`path`, `format`, `columns`, ...);
+    `need_answer=False` reads prompts whose answer may be missing (runner.data.formats.Normalizer)."""
     normalise = Normalizer(ds.get("format", "alpaca"), ds.get("columns"), ds.get("roles"),
-                           ds.get("substitute"), ds.get("system"))
+                           ds.get("substitute"), ds.get("system"), need_answer=need_answer)
     out = LoadedDataset(name=ds["path"])
     bad = _BadRows(ds.get("on_bad_row", "error"), ds.get("format", "alpaca"))
     for where, raw in iter_raw_rows(ds, base_dir):

@@ -55,6 +55,9 @@ class Runtime:
     trained_layers: tuple[str, ...]    # freeze: the decoder blocks it trains
     effective_batch_size: int
     total_steps: int                   # optimizer steps, as the Trainer counts them
+    steps_per_epoch: int               # optimizer steps one pass over the training data takes
+    eval_steps: int | None             # evaluate every N steps (eval_every, or evals_per_epoch made steps)
+    save_steps: int | None             # checkpoint every N steps (save_every, saves_per_epoch; keep_best: eval_steps)
     cuda_alloc_conf: str | None        # allocator settings: speed and memory, never the numbers
 
     def reproducible(self) -> dict:
@@ -75,6 +78,7 @@ class Launch:
     data_stats: dict
     versions: dict
     wandb_run_id: str | None
+    outcome: dict | None = None        # how training ended: early stopping's step, keep_best's checkpoint
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from runner.config import schema
-from runner.config.checks import check
+from runner.config.checks import best_direction, check, eval_metric_name
 from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load
 from runner.errors import ConfigErrors, UserError
@@ -140,6 +140,8 @@ def _strip(d: dict, keys) -> dict:
 def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> tuple[dict, list]:
     unresolved = []
     weights = _strip(cfg, NOT_IN_CONFIG_HASH)
+    # The final weights are the best checkpoint's rather than the last step's.
+    weights["keep_best"] = cfg["output"]["keep_best"]
     weights["datasets"] = [_strip(d, ("path",)) for d in cfg["datasets"]]
     weights["eval_datasets"] = [_strip(d, ("path",)) for d in cfg["eval_datasets"]]
     weights["data"] = _strip(cfg["data"], ("cache_dir",))
@@ -216,6 +218,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         raise ConfigErrors(errors)
 
     training = dict(cfg["training"])
+    if training["early_stopping"] is not None:
+        training["early_stopping"] = resolve_early_stopping(training["early_stopping"])
     stage = training["stage"]
     rows = schema.stages()[stage]["rows"]
     training["collator"] = ("packed" if cfg["sequence"]["packing"] else "padded") if rows == "sequence" else rows
@@ -260,6 +264,10 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         deferred.append("runtime.total_steps")
     if training["effective_batch_size"] is None:
         deferred.append("runtime.effective_batch_size")
+    if training["evals_per_epoch"]:
+        deferred.append("runtime.eval_steps")
+    if cfg["output"]["saves_per_epoch"] or (cfg["output"]["keep_best"] and training["evals_per_epoch"]):
+        deferred.append("runtime.save_steps")
     distributed = dict(cfg["distributed"])
     distributed["accelerate"] = accelerate_settings(cfg)
     if distributed["backend"] == "fsdp" and not distributed["fsdp"]["wrap_class"]:
@@ -297,6 +305,14 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         hashes=sections.build(Hashes, hashes),
         deferred=tuple(deferred), warnings=tuple(str(w) for w in warnings), secrets=secrets,
     )
+
+
+def resolve_early_stopping(stopping: dict) -> dict:
+    """The metric under the name the Trainer logs it (`eval_` prefixed) and `mode: auto` decided
+    from that name (runner.config.checks has refused a name it cannot decide)."""
+    metric = eval_metric_name(stopping["metric"])
+    mode = stopping["mode"] if stopping["mode"] != "auto" else best_direction(metric)
+    return {**stopping, "metric": metric, "mode": mode}
 
 
 def validated(loaded: Loaded) -> tuple[dict, list]:

@@ -142,6 +142,14 @@ class ORPO:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    metric: str                    # resolved: always with its `eval_` prefix
+    patience: int
+    min_delta: float
+    mode: str                      # resolved: min | max (auto is decided from the metric's name)
+
+
+@dataclass(frozen=True)
 class Training:
     stage: str
     epochs: float
@@ -161,6 +169,8 @@ class Training:
     gradient_checkpointing: Union[bool, int]
     precision: str
     eval_every: int | None
+    evals_per_epoch: int | None
+    early_stopping: EarlyStopping | None
     seed: int
     neftune_noise_alpha: float | None
     max_nonfinite: int
@@ -232,7 +242,9 @@ class Output:
     resume: str
     overwrite: bool
     save_every: int | None
+    saves_per_epoch: int | None
     save_total_limit: int | None
+    keep_best: bool
     merge: bool
 
 

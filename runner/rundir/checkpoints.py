@@ -105,13 +105,16 @@ def newest_usable_checkpoint(run_dir) -> tuple[Path | None, list[str]]:
     return None, warnings
 
 
-def rotate_checkpoints(checkpoints: str, keep: int | None) -> None:
-    """Keep the newest `keep` complete checkpoints; drop any checkpoint without its marker (a
-    leftover of an interrupted copy: never resumed from, only in the way)."""
+def rotate_checkpoints(checkpoints: str, keep: int | None, best: str | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints, and `best` (output.keep_best's, whatever its
+    age); drop any checkpoint without its marker (a leftover of an interrupted copy: never resumed
+    from, only in the way)."""
     complete = complete_checkpoints(Path(checkpoints).parent)
     for path in Path(checkpoints).glob("checkpoint-*"):
         if path.is_dir() and path not in complete:
             shutil.rmtree(path, ignore_errors=True)
     if keep:
+        kept = Path(best).name if best else None
         for old in complete[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name != kept:
+                shutil.rmtree(old, ignore_errors=True)

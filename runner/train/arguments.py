@@ -10,7 +10,7 @@ from runner.plan.plan import Plan, Runtime
 
 def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval: bool) -> dict:
     t, out = plan.training, plan.output
-    evaluate = has_eval and bool(t.eval_every)
+    evaluate = has_eval and bool(runtime.eval_steps)
     args = dict(
         output_dir=output_dir,
         per_device_train_batch_size=t.micro_batch_size,
@@ -36,10 +36,11 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         logging_strategy="steps",
         logging_steps=plan.tracking.log_every,
         eval_strategy="steps" if evaluate else "no",
-        eval_steps=t.eval_every if evaluate else None,
-        save_strategy="steps" if out.save_every else "no",
-        save_steps=out.save_every or 500,
+        eval_steps=runtime.eval_steps if evaluate else None,
+        save_strategy="steps" if runtime.save_steps else "no",
+        save_steps=runtime.save_steps or 500,
         save_total_limit=None,  # runner.train.trainer.checkpoint_callback rotates complete checkpoints only
+        **best_model_arguments(plan, evaluate),
         report_to="none",  # runner.train.tracking logs to W&B itself: the run config holds the plan, no key is written
         disable_tqdm=True,  # runner.train.metrics draws the progress bar
         remove_unused_columns=False,
@@ -55,6 +56,20 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         # Batches come from pinned host memory and reach the GPU without blocking the host.
         args["accelerator_config"] = {"non_blocking": True}
     return args
+
+
+def best_model_arguments(plan: Plan, evaluate: bool) -> dict:
+    """The Trainer's own best-metric tracking (state.best_metric, best_global_step,
+    best_model_checkpoint) for early stopping and keep_best; with keep_best it also loads the best
+    checkpoint's weights when training ends, and the final save writes those. Early stopping's
+    patience counter lives in TrainerState's stateful_callbacks: restored on resume."""
+    stopping, keep_best = plan.training.early_stopping, plan.output.keep_best
+    if not evaluate or not (stopping or keep_best):
+        return {}
+    return dict(metric_for_best_model=stopping.metric if stopping else "eval_loss",
+                greater_is_better=bool(stopping and stopping.mode == "max"),
+                load_best_model_at_end=keep_best,
+                restore_callback_states_from_checkpoint=True)
 
 
 def checkpointing_arguments(on: bool) -> dict:

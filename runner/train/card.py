@@ -57,6 +57,7 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         f"- optimizer steps: {summary.get('steps')}",
         f"- final train loss: {summary.get('final_loss')}",
         *([f"- final eval loss: {summary['final_eval_loss']}"] if summary.get("final_eval_loss") is not None else []),
+        *_outcome_lines(plan, summary),
         f"- {info.summary()}",
         f"- datasets: {', '.join(datasets)}",
         *([f"- runtime: {plan.runtime.device} x{plan.runtime.world_size}, dtype {plan.runtime.dtype}, "
@@ -102,6 +103,21 @@ def _system_prompt_section(plan) -> list[str]:
     from runner.ship.card import system_prompt_section
 
     return system_prompt_section(plan)
+
+
+def _outcome_lines(plan, summary: dict) -> list[str]:
+    """Early stopping's step and keep_best's checkpoint: which weights these are."""
+    lines = []
+    stopping = plan.training.early_stopping
+    if stopping is not None and summary.get("stopped_early_at") is not None:
+        lines.append(f"- stopped early at step {summary['stopped_early_at']}: {stopping.metric} did not improve by "
+                     f"more than {stopping.min_delta:g} for {stopping.patience} evaluation"
+                     f"{'s' * (stopping.patience != 1)}")
+    best = summary.get("best") or {}
+    if best.get("step") is not None:
+        lines.append(f"- final weights: the best checkpoint, step {best['step']} of {summary.get('steps')} "
+                     f"({best['metric']} {best['value']}; output.keep_best)")
+    return lines
 
 
 def base_model_id(model, written: str) -> str | None:

@@ -10,6 +10,7 @@ writes the run's shared files."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -188,8 +189,12 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
                          wandb_run=wandb_run, progress=plan.tracking.progress_bar, is_main=is_main),
         stopper,
         nonfinite.guard_callback(options.guard),
-        checkpoint_callback(checkpoints, plan.hashes.plan, plan.output.save_total_limit),
+        checkpoint_callback(checkpoints, plan.hashes.plan, plan.output.save_total_limit, plan.output.keep_best),
     ]
+    if plan.training.early_stopping is not None and args.eval_strategy != "no":
+        from runner.train.stopping import early_stopping_callback
+
+        runner_callbacks.append(early_stopping_callback(plan, is_main))
     if is_main:
         runner_callbacks.append(first_step_callback(run_dir))  # a replaced run goes once this one trains
     if rt.fast_path.checkpointed_layers and plan.training.gradient_checkpointing is not True:
@@ -226,8 +231,17 @@ def train_steps(trainer, launch, stopper, run: Run, is_main: bool) -> None:
 def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
     """The final evaluation, the trained weights and tokenizer, then (the trackers closed, since they
     write into the run directory until then) the card, the secret check and RUN_COMPLETE."""
-    final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
-    summary = run_summary(trainer.state, final_eval)
+    from runner.train.stopping import outcome
+
+    ended = outcome(run.plan, trainer)
+    best = ended.get("best") or {}
+    if best.get("step") is not None:  # keep_best: the final weights were evaluated at their step
+        final_eval = {"eval_loss": best["eval_loss"]}
+    else:
+        final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
+    summary = {**run_summary(trainer.state, final_eval), **ended}
+    if ended:
+        run = dataclasses.replace(run, plan=run.plan.with_launch(dataclasses.replace(run.plan.launch, outcome=ended)))
     with diskfull.guard(run.dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
         finish.save_final(trainer, run.plan, run.dir, data.tokenizer, pissa_init=run.pissa_init, is_main=is_main,
                           embeddings_resized=model.embeddings_resized)

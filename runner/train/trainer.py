@@ -156,9 +156,10 @@ def checkpoint_failure(err: Exception, trainer) -> UserError | None:
                      hint="free space under output.dir (or raise the quota), then run the same command to resume")
 
 
-def checkpoint_callback(checkpoints: str, plan_hash: str | None, keep: int | None):
+def checkpoint_callback(checkpoints: str, plan_hash: str | None, keep: int | None, keep_best: bool = False):
     """Marks each checkpoint complete once every rank has written its part (the marker is what makes
-    a checkpoint resumable: runner.rundir), then keeps the newest `keep`."""
+    a checkpoint resumable: runner.rundir), then keeps the newest `keep` and the best one the Trainer
+    tracks (output.keep_best: its weights become the run's final weights)."""
     from transformers import TrainerCallback
 
     from runner import rundir
@@ -168,7 +169,7 @@ def checkpoint_callback(checkpoints: str, plan_hash: str | None, keep: int | Non
             _barrier()
             if args.should_save:
                 rundir.finish_checkpoint(checkpoints, state.global_step, plan_hash)
-                rundir.rotate_checkpoints(checkpoints, keep)
+                rundir.rotate_checkpoints(checkpoints, keep, best=state.best_model_checkpoint if keep_best else None)
             _barrier()
 
     return CompleteCheckpoints()
