@@ -164,3 +164,18 @@ def test_config_and_plan_packages_import_no_ml_library():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
     assert len(modules) >= 10
+
+
+def test_an_earlier_runners_plan_json_reads_with_later_settings_off():
+    """A run trained before a setting existed stays usable (generate, export, serve): the missing
+    optional settings read as None and flags as False; anything else missing is still refused."""
+    data = json.loads(make_plan(CONFIGS / "lora.yaml").to_json())
+    del data["training"]["early_stopping"], data["output"]["keep_best"], data["training"]["evals_per_epoch"]
+    with pytest.raises(TypeError, match="misses"):
+        Plan.from_dict(data)
+    earlier = Plan.from_dict(data, earlier=True)
+    assert earlier.training.early_stopping is None and earlier.output.keep_best is False
+    assert earlier.training.evals_per_epoch is None
+    del data["training"]["learning_rate"]
+    with pytest.raises(TypeError, match="learning_rate"):
+        Plan.from_dict(data, earlier=True)

@@ -55,7 +55,7 @@ class Runtime:
     trained_layers: tuple[str, ...]    # freeze: the decoder blocks it trains
     effective_batch_size: int
     total_steps: int                   # optimizer steps, as the Trainer counts them
-    steps_per_epoch: int               # optimizer steps one pass over the training data takes
+    steps_per_epoch: int | None        # optimizer steps per pass over the data (None: an earlier plan.json)
     eval_steps: int | None             # evaluate every N steps (eval_every, or evals_per_epoch made steps)
     save_steps: int | None             # checkpoint every N steps (save_every, saves_per_epoch; keep_best: eval_steps)
     cuda_alloc_conf: str | None        # allocator settings: speed and memory, never the numbers
@@ -109,9 +109,10 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        """A Plan read back from plan.json (secrets are never stored)."""
-        return build(cls, {k: v for k, v in d.items() if k != "secrets"})
+    def from_dict(cls, d: dict, *, earlier: bool = False) -> "Plan":
+        """A Plan read back from plan.json (secrets are never stored); `earlier`: written by an
+        earlier runner, settings added since read as off (sections.build)."""
+        return build(cls, {k: v for k, v in d.items() if k != "secrets"}, earlier=earlier)
 
     def secret(self, key: str) -> str | None:
         """A secret key's value ("model.token"): given to the library that needs it, never written."""

@@ -248,13 +248,25 @@ class Output:
     merge: bool
 
 
-def build(cls, value):
+def build(cls, value, *, earlier: bool = False):
     """`value` (plain dicts and lists, as in plan.json) as an instance of the annotated type
-    `cls`. Unknown and missing keys are errors: a section and the schema must not drift apart."""
-    return _build(cls, value, cls.__name__ if isinstance(cls, type) else str(cls))
+    `cls`. Unknown and missing keys are errors: a section and the schema must not drift apart.
+    `earlier`: a plan.json written by an earlier runner, which lacks the settings added since;
+    each was off there, so a missing optional field reads as None and a missing flag as False
+    (any other missing field is still an error)."""
+    return _build(cls, value, cls.__name__ if isinstance(cls, type) else str(cls), earlier)
 
 
-def _build(kind, value, where: str):
+def _absent(kind):
+    """What a setting added after a plan.json was written meant there, or MISSING."""
+    if kind is bool:
+        return False
+    if typing.get_origin(kind) in (Union, types.UnionType) and type(None) in typing.get_args(kind):
+        return None
+    return dataclasses.MISSING
+
+
+def _build(kind, value, where: str, earlier: bool = False):
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
@@ -265,10 +277,13 @@ def _build(kind, value, where: str):
         required = {f.name for f in fields
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         extra, missing = set(value) - names, required - set(value)
+        if earlier:
+            value = {**value, **{n: _absent(hints[n]) for n in missing if _absent(hints[n]) is not dataclasses.MISSING}}
+            missing = required - set(value)
         if extra or missing:
             raise TypeError(f"{where}: {kind.__name__} has no field(s) {sorted(extra)}" if extra
                             else f"{where}: {kind.__name__} misses field(s) {sorted(missing)}")
-        return kind(**{n: _build(hints[n], v, f"{where}.{n}") for n, v in value.items()})
+        return kind(**{n: _build(hints[n], v, f"{where}.{n}", earlier) for n, v in value.items()})
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -277,7 +292,7 @@ def _build(kind, value, where: str):
             if option is type(None):
                 continue
             try:
-                return _build(option, value, where)
+                return _build(option, value, where, earlier)
             except (TypeError, ValueError):
                 continue
         raise TypeError(f"{where}: {value!r} fits none of {kind}")
@@ -285,7 +300,7 @@ def _build(kind, value, where: str):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{where}: expected a list, got {type(value).__name__}")
         item = typing.get_args(kind)[0]
-        return tuple(_build(item, v, f"{where}.{i}") for i, v in enumerate(value))
+        return tuple(_build(item, v, f"{where}.{i}", earlier) for i, v in enumerate(value))
     if kind is dict:
         if not isinstance(value, dict):
             raise TypeError(f"{where}: expected a mapping, got {type(value).__name__}")

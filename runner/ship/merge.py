@@ -39,7 +39,7 @@ def load_run_plan(run_dir):
         raise UserError(f"{run_dir} is not a run directory (no plan.json)", where=str(run_dir),
                         hint="pass the output.dir of a runner training run")
     try:
-        return Plan.from_dict(json.loads(path.read_text()))
+        return Plan.from_dict(json.loads(path.read_text()), earlier=True)
     except (TypeError, ValueError) as err:  # a plan.json of another runner version, or damaged
         raise UserError(f"{path} is not a plan this runner can read: {err}", where=str(path),
                         hint="use the runner version that trained this run (plan.json's launch.versions names it), "
