@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 
@@ -64,6 +65,10 @@ def run(args) -> int:
     config = uvicorn.Config(app, log_level="debug" if args.debug else "warning", access_log=bool(args.debug),
                             timeout_graceful_shutdown=args.grace, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal into the handler
+    # that was installed before it: ours, so a requested stop ends with exit 0, not a signal death.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
     if not server.started:
         return 1
