@@ -45,6 +45,7 @@ def run(args) -> int:
     if args.max_batch is not None and args.max_batch < 1:
         raise UserError("--max-batch must be at least 1", where="runner serve --max-batch")
     sock = _bind(args.host, args.port)
+    signal.signal(signal.SIGTERM, _stop_while_loading)
 
     from runner.quiet import quiet_for_run_dir
 
@@ -74,6 +75,10 @@ def run(args) -> int:
         return 1
     print("server stopped", file=sys.stderr)
     return 0
+
+
+def _stop_while_loading(signum, frame):
+    raise SystemExit(0)  # nothing served yet: a stop asked for is a clean exit
 
 
 def _bind(host: str, port: int) -> socket.socket:
