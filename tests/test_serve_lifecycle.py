@@ -42,7 +42,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_dir):
     events, started = [], threading.Event()
 
     def stream():
-        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 80,
                 "temperature": 0.9, "stream": True}
         with httpx.stream("POST", f"{server.url}/chat/completions", json=body, timeout=120) as reply:
             for line in reply.iter_lines():
@@ -91,3 +91,18 @@ def test_chat_loop_keeps_history_and_obeys_commands(monkeypatch):
     assert sent[2][0] == {"role": "system", "content": "Be brief."} and len(sent[2]) == 6
     assert [m["content"] for m in sent[3]] == ["Be brief.", "fourth"]
     assert [m["content"] for m in sent[4]] == ["fourth", "answer 4", "fifth"]
+
+
+def test_serve_bench_smoke(tmp_path, shared_data):
+    """bench/serve_bench.py on the CPU: a plain model folder served, the same requests concurrent
+    and one by one, both figures recorded with the device and versions."""
+    done = subprocess.run([sys.executable, "bench/serve_bench.py", "--smoke", "--data", str(shared_data),
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=runner_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "serve-smoke.json").read_text())
+    for side in ("concurrent", "sequential"):
+        assert result[side]["completion_tokens"] > 0 and result[side]["tokens_per_s"] > 0
+    assert result["concurrent"]["workers"] == result["requests"] == 4 and result["sequential"]["workers"] == 1
+    assert result["server_exit_code"] == 0 and result["versions"]["transformers"] and result["device"]
+    assert (tmp_path / "out" / "serve-smoke.md").read_text().startswith("| serve serve-tiny |")

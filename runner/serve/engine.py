@@ -27,8 +27,8 @@ from runner.errors import UserError
 from runner.serve.protocol import Answer, ApiError, Sampling, Usage
 from runner.serve.stops import IncrementalDecoder, StopScanner
 
-CPU_CACHE_TOKENS = 16384  # KV cache on a CPU: a few long conversations of a small model
-CPU_BATCH_TOKENS = 1024  # tokens per forward on a CPU (prefills are split into chunks of this size)
+CPU_CACHE_TOKENS = 8192  # KV cache on a CPU: a few long conversations of a small model
+CPU_BATCH_TOKENS = 512  # tokens per forward on a CPU (prefills are split into chunks of this size)
 PAGE_SIZE = 256
 
 
