@@ -35,8 +35,8 @@ def test_not_a_model_folder_is_exit_2(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_dir):
-    server = Server(tiny_dir)
+def test_overload_503_and_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_dir):
+    server = Server(tiny_dir, "--max-pending", "1")
     assert server.name == "tiny-llama" and server.url.startswith("http://127.0.0.1:")
     assert len([l for l in server.lines if l.strip()]) == 1  # one quiet line at start
     events, started = [], threading.Event()
@@ -53,6 +53,9 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_dir):
     worker = threading.Thread(target=stream)
     worker.start()
     assert started.wait(60)
+    busy = httpx.post(f"{server.url}/chat/completions", timeout=60,
+                      json={"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]})
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "overloaded"
     assert server.terminate(timeout=90) == 0, server.stderr
     worker.join(30)
     assert events[-1] == "[DONE]"
@@ -106,3 +109,41 @@ def test_serve_bench_smoke(tmp_path, shared_data):
     assert result["concurrent"]["workers"] == result["requests"] == 4 and result["sequential"]["workers"] == 1
     assert result["server_exit_code"] == 0 and result["versions"]["transformers"] and result["device"]
     assert (tmp_path / "out" / "serve-smoke.md").read_text().startswith("| serve serve-tiny |")
+
+
+def test_engine_greedy_equals_generate_and_sampling_samples(tiny_dir):
+    """The engine's per-request settings: temperature 0 gives exactly transformers' greedy
+    `generate`, batched or alone; temperature > 0 really samples (answers differ)."""
+    import asyncio
+
+    import torch
+
+    from runner.serve.engine import Engine, load_served
+    from runner.serve.protocol import Answer, Sampling
+
+    served = load_served(tiny_dir)
+    prompt = served.tokenizer("hello there, how are you", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        out = served.model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                    eos_token_id=list(served.eos_ids), pad_token_id=served.tokenizer.pad_token_id)
+    expected = out[0, len(prompt):].tolist()
+    engine = Engine(served, max_batch=8)
+    engine.start()
+
+    async def one(sampling):
+        answer = Answer()
+        async for _ in engine.generate(prompt, sampling, answer):
+            pass
+        return answer
+
+    async def many(sampling, k):
+        return await asyncio.gather(*[one(sampling) for _ in range(k)])
+
+    try:
+        greedy = asyncio.run(many(Sampling(max_tokens=12, temperature=0.0), 4))
+        sampled = asyncio.run(many(Sampling(max_tokens=12, temperature=1.5), 6))
+    finally:
+        engine.stop()
+    text = served.tokenizer.decode(expected, skip_special_tokens=True)
+    assert all(a.text == text for a in greedy), (text, [a.text for a in greedy])
+    assert len({a.text for a in sampled}) > 1

@@ -29,7 +29,7 @@ from runner.serve.stops import IncrementalDecoder, StopScanner
 
 CPU_CACHE_TOKENS = 8192  # KV cache on a CPU: a few long conversations of a small model
 CPU_BATCH_TOKENS = 512  # tokens per forward on a CPU (prefills are split into chunks of this size)
-PAGE_SIZE = 256
+PAGE_SIZE = 256  # the engine's default page (tokens per cache block)
 
 
 @dataclass
@@ -88,7 +88,8 @@ class Engine:
         settings = dict(per_request_processors=True, seed=seed, max_requests_per_batch=max_batch)
         if model.device.type == "cpu":
             settings.update(num_blocks=-(-max(served.context, CPU_CACHE_TOKENS) // PAGE_SIZE) + 1,
-                            max_batch_tokens=CPU_BATCH_TOKENS, page_size=PAGE_SIZE)
+                            max_batch_tokens=CPU_BATCH_TOKENS)
+        self.vocab = int(model.config.get_text_config().vocab_size)
         self.manager = model.init_continuous_batching(generation_config=generation,
                                                       continuous_batching_config=ContinuousBatchingConfig(**settings))
         self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -159,8 +160,8 @@ class Engine:
             raise ApiError(503, "the server is shutting down", code="unavailable")
         if sampling.temperature == 0.0:
             per_request = dict(temperature=1.0, top_p=1.0, top_k=1)
-        else:
-            per_request = dict(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0)
+        else:  # top_k = the vocabulary: no cut (the engine reads top_k 0 as 1)
+            per_request = dict(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=self.vocab)
         rid = f"r{next(self._ids)}"
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
