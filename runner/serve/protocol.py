@@ -120,14 +120,14 @@ def parse_completion(body: dict, known: dict[str, str]) -> CompletionRequest:
 
 
 def _refuse_unknown(body: dict, allowed: set[str]) -> None:
+    for name in ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs"):
+        if name in body and name not in allowed:  # refused, never silently ignored
+            raise ApiError(400, f"'{name}' is not supported by this server", param=name)
     for name in body:
         if name not in allowed:
             raise ApiError(400, f"unknown field '{name}'", param=name, code="unknown_parameter")
     if body.get("n") not in (None, 1):
         raise ApiError(400, "'n' must be 1: this server answers one choice per request", param="n")
-    for name in ("tools", "functions", "response_format"):  # refused, never silently ignored
-        if name in body:
-            raise ApiError(400, f"'{name}' is not supported by this server", param=name)
 
 
 def _model(body: dict, known: dict[str, str]) -> str:
