@@ -10,9 +10,9 @@ MODEL_DIR is any Hugging Face model folder with a chat template (a run directory
 tokenizer (bench/modeldir.py): no hub access needed, and a random model rarely says end-of-turn, so
 nearly every answer runs to --max-tokens and both sides generate the same amount of work.
 
-Requests are greedy (temperature 0) and identical on both sides; the server gets one untimed
-warm-up request first. The client is the standard library (threads and urllib), so nothing beyond
-runner's own `serve` extra is needed on the GPU box. Writes OUT/serve.json (both figures, token
+Requests are greedy (temperature 0) and identical on both sides; the server gets an untimed
+warm-up first (one request, then one short concurrent round). The client is the standard library
+(threads and urllib), so nothing beyond runner's own `serve` extra is needed on the GPU box. Writes OUT/serve.json (both figures, token
 counts, device, versions, date, command) and OUT/serve.md (one table row)."""
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def main(argv=None) -> int:
 
     server = start_server(model_dir, args.max_batch or args.requests)
     try:
-        chat(server, prompts[0], args.max_tokens)  # warm-up: first-call allocations and kernels
+        # Warm-up, untimed: first-call allocations and kernels, and the batch shapes (graphs) of a full round.
+        chat(server, prompts[0], args.max_tokens)
+        timed(server, prompts, min(args.max_tokens, 16), workers=len(prompts))
         concurrent = timed(server, prompts, args.max_tokens, workers=len(prompts))
         sequential = timed(server, prompts, args.max_tokens, workers=1)
     finally:
