@@ -7,8 +7,9 @@ How the manager's settings map to OpenAI requests:
   request (`per_request_processors`). So the manager always samples, and a greedy request
   (temperature 0) asks for top_k=1: one token keeps all the probability and the draw is the argmax.
 - An adapter run is served with its LoRA merged into an in-memory copy of the base
-  (`load_for_generation`): the same outputs as the adapter, plain Linear layers the paged-attention
-  path runs at full speed. The files on disk are not touched.
+  (`load_for_generation`): the same outputs as the adapter, and plain Linear layers, so a step costs
+  what the base costs. (The manager also runs an unmerged PeftModel, whose LoRA layers it calls like
+  any module, at the adapter's extra cost per step.) The files on disk are not touched.
 - The manager draws samples from one generator shared by every request in the batch, so a
   request's `seed` cannot make its own draws reproducible while other requests run beside it: the
   server's `--seed` seeds that generator once; greedy answers are deterministic regardless.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +91,8 @@ class Engine:
         if model.device.type == "cpu":
             settings.update(num_blocks=-(-max(served.context, CPU_CACHE_TOKENS) // PAGE_SIZE) + 1,
                             max_batch_tokens=CPU_BATCH_TOKENS)
-        self.vocab = int(model.config.get_text_config().vocab_size)
+        # Rows of the logits: the largest top_k (transformers 5.17 does not clamp a larger one).
+        self.vocab = int(model.get_output_embeddings().weight.shape[0])
         self.manager = model.init_continuous_batching(generation_config=generation,
                                                       continuous_batching_config=ContinuousBatchingConfig(**settings))
         self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -127,8 +130,10 @@ class Engine:
         while self._running or self.manager.is_running():
             output = self.manager.get_result(timeout=0.1)
             if output is None:
-                if not self.manager.is_running() and not self._running:
-                    return
+                if not self.manager.is_running():
+                    if not self._running:
+                        return
+                    time.sleep(0.1)  # the device loop died: get_result no longer waits
                 continue
             with self._lock:
                 route = self._routes.get(output.request_id)
