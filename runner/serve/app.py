@@ -138,6 +138,9 @@ def build_app(engine, *, api_key: str | None = None, max_pending: int = 256, ban
                                            code="method_not_allowed"))
         return error_response(ApiError(err.status_code, str(err.detail)))
 
+    async def on_error(request: Request, err: Exception):  # a bug of ours: still OpenAI's shape
+        return error_response(ApiError(500, f"internal error: {type(err).__name__}", code="internal_error"))
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         engine.start()
@@ -157,7 +160,8 @@ def build_app(engine, *, api_key: str | None = None, max_pending: int = 256, ban
         Route("/health", health, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})
+                    exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
+                                                      Exception: on_error})
     app.state.serving = state
     return app
 
