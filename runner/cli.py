@@ -21,6 +21,8 @@ COMMANDS = {
     "push": ("runner.ship.push", "upload a run (adapter or --merged model, card, template) to the Hugging Face Hub"),
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
     "predict": ("runner.evaluate.predict", "answer a dataset's prompts with a run; exact match, BLEU, ROUGE-L"),
+    "serve": ("runner.serve.command", "an OpenAI-compatible HTTP API for a run or model folder"),
+    "chat": ("runner.serve.chat_cli", "chat in the terminal, streaming (in-process or against runner serve)"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
     "schema": ("runner.config.docs", "print the config JSON Schema, or write docs/config.md"),

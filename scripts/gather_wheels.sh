@@ -5,7 +5,8 @@
 #
 #   scripts/gather_wheels.sh [--dest DIR] [NAME ...]
 #
-# NAME: any of trl datasets bitsandbytes jsonschema wandb optuna deepspeed liger-kernel runner (default: all).
+# NAME: any of trl datasets bitsandbytes jsonschema wandb optuna deepspeed liger-kernel runner, or starlette
+# uvicorn (runner serve; default: all but these two).
 # Versions are pinned to this machine's .venv where it has the package, so the GPU box runs what the
 # tests ran. Requirements the box's image lacks are fetched too (its package list: KINDS.md of the
 # device tool, 2026-11-17). deepspeed has no wheel on PyPI: `pip wheel --no-deps deepspeed` builds a
@@ -40,7 +41,8 @@ from packaging.utils import canonicalize_name as canon
 from packaging.version import Version
 
 dest, wanted = sys.argv[1], sys.argv[2:]
-KNOWN = {"trl", "datasets", "bitsandbytes", "jsonschema", "wandb", "optuna", "deepspeed", "liger-kernel", "runner"}
+KNOWN = {"trl", "datasets", "bitsandbytes", "jsonschema", "wandb", "optuna", "deepspeed", "liger-kernel", "runner",
+         "starlette", "uvicorn"}
 unknown = [n for n in wanted if n not in KNOWN]
 if unknown:
     sys.exit(f"unknown package(s) {unknown}: choose from {sorted(KNOWN)}")
