@@ -18,6 +18,7 @@ COMMANDS = {
     "launch": ("runner.launch", "plan, then start the workers through Accelerate (multi-GPU / multi-node)"),
     "merge": ("runner.ship.merge", "merge a run's adapter into its base model"),
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
+    "eval": ("runner.evaluate.command", "score a run (or a config's base) on benchmarks with lm-evaluation-harness"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
     "schema": ("runner.config.docs", "print the config JSON Schema, or write docs/config.md"),
