@@ -102,12 +102,11 @@ def evaluate_target(plan, run_dir: Path | None, settings, *, out: Path, task_bas
     from runner.evaluate import harness, results
     from runner.evaluate.tasks import load_tasks
 
-    tasks = load_tasks(list(settings.tasks), task_base, where=where)
+    tasks = load_tasks(list(settings.tasks), task_base, where=where, quiet=quiet)
     loaded = harness.load_run(run_dir, plan) if run_dir is not None else harness.load_config_model(plan)
     tuned = "fine-tuned" if run_dir is not None else "base"
     adapter = run_dir.name if loaded.has_adapter else None
-    shown = ", ".join(Path(n).name if "/" in n else n for n in tasks.names)
-    _say(f"evaluating the {tuned} model on {shown}" + (f" (limit {settings.limit})" if settings.limit else ""))
+    _say(f"evaluating the {tuned} model on {tasks.shown()}" + (f" (limit {settings.limit})" if settings.limit else ""))
     scored = [(harness.evaluate(loaded, tasks, settings, quiet=quiet), tuned)]
     if settings.baseline:
         _say("evaluating the base model (adapter disabled)" if loaded.has_adapter else "evaluating the base model")
@@ -157,8 +156,9 @@ def check_before_training(plan, is_main: bool) -> None:
     if not is_main or plan.evaluation is None or not plan.evaluation.tasks:
         return
     from runner.evaluate.tasks import load_tasks
+    from runner.quiet import active
 
-    load_tasks(list(plan.evaluation.tasks), Path(plan.config_dir), where="evaluation.tasks")
+    load_tasks(list(plan.evaluation.tasks), Path(plan.config_dir), where="evaluation.tasks", quiet=active())
 
 
 def _quiet(plan, debug: bool) -> None:

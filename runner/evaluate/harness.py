@@ -107,7 +107,7 @@ def evaluate(loaded: Loaded, tasks, settings: Settings, *, adapter: bool = True,
     template = loaded.plan.data.template
     chat_args = {"enable_thinking": template.enable_thinking} if template.enable_thinking is not None else {}
     off = loaded.model.disable_adapter() if (loaded.has_adapter and not adapter) else contextlib.nullcontext()
-    with _library_output(quiet):
+    with library_output(quiet):
         lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=settings.batch_size,
                   chat_template_args=chat_args)
         with off:
@@ -152,7 +152,7 @@ def _ready(model, plan):
 
 
 @contextlib.contextmanager
-def _library_output(quiet: bool):
+def library_output(quiet: bool):
     """lm-eval's log lines off, and its progress bars only on a terminal (there they redraw in
     place; in a log file each redraw would be a line). Unless --debug."""
     if not quiet:

@@ -31,7 +31,11 @@ class LoadedTasks:
     """What simple_evaluate takes: the Task and Group objects, and the manager that indexed them."""
     manager: object
     objects: list = field(default_factory=list)
-    names: list = field(default_factory=list)        # as the user wrote them, for messages and the summary
+    names: list = field(default_factory=list)        # as the user wrote them
+
+    def shown(self) -> str:
+        """The loaded tasks' and groups' own names (identity_mc, mmlu)."""
+        return ", ".join(getattr(o, "task_name", None) or getattr(o, "name", "?") for o in self.objects)
 
 
 def split_tasks(value) -> list[str]:
@@ -40,9 +44,16 @@ def split_tasks(value) -> list[str]:
     return [item.strip() for item in items if item and item.strip()]
 
 
-def load_tasks(entries: list[str], base: Path | None = None, where: str = "--tasks") -> LoadedTasks:
+def load_tasks(entries: list[str], base: Path | None = None, where: str = "--tasks", quiet: bool = True) -> LoadedTasks:
     """Every entry loaded (its dataset read) now, so a bad one fails before a model loads. Relative
     task paths are taken against `base` (the current directory by default)."""
+    from runner.evaluate.harness import library_output
+
+    with library_output(quiet):
+        return _load_tasks(entries, base, where)
+
+
+def _load_tasks(entries: list[str], base: Path | None, where: str) -> LoadedTasks:
     if not entries:
         raise UserError("no tasks to evaluate", hint="pass --tasks mmlu,my_task.yaml or set evaluation.tasks in the config")
     base = Path(base or Path.cwd())
