@@ -133,3 +133,49 @@ def test_config_task_paths_resolve_beside_the_config_and_stay_out_of_config_hash
     assert "no task file or folder" in error.message and str(tmp_path / "tasks" / "missing.yaml") in error.message
     line = next(i for i, text in enumerate(cfg.read_text().splitlines(), 1) if "missing.yaml" in text)
     assert f":{line}:" in error.where, error.where
+
+
+def tiny_run_config(tmp_path, tasks):
+    task_dir = tmp_path / "tasks"
+    shutil.copytree(TASK_DIR, task_dir)
+    return write_config(tmp_path, save_tiny_model(tmp_path / "model"), training={"max_steps": 2},
+                        extra={"evaluation": {"tasks": tasks, "limit": 4}}), task_dir
+
+
+def test_evaluation_section_runs_after_training_and_a_failure_leaves_the_run_complete(tmp_path):
+    """The data file goes away while the run trains (a real callback): training completes, the
+    evaluation after it fails with exit 2, says the run is complete and how to evaluate it again."""
+    from transformers import TrainerCallback
+
+    from runner.errors import UserError
+    from runner.plan.resolve import make_plan
+    from runner.train.command import run
+
+    cfg, task_dir = tiny_run_config(tmp_path, ["tasks/identity_mc.yaml"])
+
+    class RemoveData(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            (task_dir / "identity_mc.jsonl").unlink()
+
+    plan = make_plan(cfg)
+    with pytest.raises(UserError) as caught:
+        run(plan, callbacks=[RemoveData()])
+    run_dir = Path(plan.output.dir)
+    assert (run_dir / "RUN_COMPLETE").is_file() and (run_dir / "adapter_model.safetensors").is_file()
+    assert "the run finished" in caught.value.message and "data file identity_mc.jsonl not found" in caught.value.message
+    assert f"runner eval {run_dir}" in caught.value.hint
+    # With its data back, the same section evaluates the finished run (the tiny model scores anything).
+    shutil.copy(TASK_DIR / "identity_mc.jsonl", task_dir / "identity_mc.jsonl")
+    out = runner_eval(run_dir)  # options from the plan's evaluation section
+    assert out.returncode == 0, out.stderr[-3000:]
+    (entry,) = json.loads((run_dir / "eval" / "summary.json").read_text())["evaluations"]
+    assert entry["limit"] == 4 and entry["samples"] == {"identity_mc": 4} and entry["model"] == "fine-tuned"
+
+
+def test_unknown_task_in_the_config_stops_the_launch_before_training(tmp_path):
+    cfg, _ = tiny_run_config(tmp_path, ["arc_eazy"])
+    out = subprocess.run([sys.executable, "-m", "runner", "train", str(cfg)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "evaluation.tasks: error: unknown task 'arc_eazy'" in out.stderr and "arc_easy" in out.stderr
+    assert not (tmp_path / "run" / "plan.json").exists()

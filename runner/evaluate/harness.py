@@ -12,6 +12,7 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,16 +155,30 @@ def _ready(model, plan):
 @contextlib.contextmanager
 def library_output(quiet: bool):
     """lm-eval's log lines off, and its progress bars only on a terminal (there they redraw in
-    place; in a log file each redraw would be a line). Unless --debug."""
+    place; in a log file each redraw would be a line). Programs lm-eval starts (`git describe` for
+    its record, which complains outside a repository) write to the process's stderr directly: that
+    descriptor points at /dev/null meanwhile, and Python's own sys.stderr at the real one (a
+    terminal) or nowhere. Unless --debug."""
     if not quiet:
         yield
         return
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    sink = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
+    sys.stderr.flush()
+    tty = sys.stderr.isatty()
+    saved_fd = os.dup(2)
+    null_fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null_fd, 2)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1) if tty else io.StringIO()
     try:
-        with sink:
-            yield
+        yield
     finally:
+        if tty:
+            sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(null_fd)
         logger.setLevel(level)
