@@ -42,7 +42,7 @@ def test_quickstart_run_scores_high_and_its_base_low(quickstart_copy, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((quickstart_copy / "eval" / "summary.json").read_text())
     tuned, base = scores(summary, "fine-tuned")[("identity_mc", "acc")], scores(summary, "base")[("identity_mc", "acc")]
-    assert tuned >= 0.8 and base <= 0.5, (tuned, base)
+    assert tuned >= 0.8 and base <= 0.4, (tuned, base)
     # The table: both models and the difference, on stdout.
     header, row = out.stdout.strip().splitlines()[:2]
     assert header.split() == ["task", "version", "shots", "metric", "fine-tuned", "base", "diff"]
@@ -54,7 +54,8 @@ def test_quickstart_run_scores_high_and_its_base_low(quickstart_copy, tmp_path):
     for entry in summary["evaluations"]:
         assert entry["plan_hash"] == json.loads((quickstart_copy / "plan.json").read_text())["hashes"]["plan"]
         assert entry["task_versions"] == {"identity_mc": 1.0} and entry["samples"] == {"identity_mc": 16}
-        assert entry["chat"] is False and entry["limit"] is None and entry["adapter"] == "quickstart"
+        assert entry["chat"] is False and entry["limit"] is None
+        assert entry["adapter"] == ("quickstart" if entry["model"] == "fine-tuned" else None)
         full = json.loads((quickstart_copy / "eval" / entry["results_file"]).read_text())
         assert full["results"]["identity_mc"]["acc,none"] == pytest.approx(
             tuned if entry["model"] == "fine-tuned" else base)

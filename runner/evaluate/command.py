@@ -117,7 +117,7 @@ def evaluate_target(plan, run_dir: Path | None, settings, *, out: Path, task_bas
         scored.append((harness.evaluate(base, tasks, settings, adapter=False, quiet=quiet), "base"))
     entries = []
     for result, label in scored:
-        e = results.entry(result, plan=plan, settings=settings, model=label, adapter=adapter)
+        e = results.entry(result, plan=plan, settings=settings, model=label, adapter=adapter if label != "base" else None)
         results.write(out, result, e)
         entries.append(e)
     if run_dir is not None:
