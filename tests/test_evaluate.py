@@ -67,8 +67,9 @@ def test_quickstart_run_scores_high_and_its_base_low(quickstart_copy, tmp_path):
 
 
 def test_a_config_scores_its_base_model(tmp_path):
-    """`runner eval CONFIG`: the base before any training, into its own folder."""
-    out = runner_eval(REPO / "cookbook" / "quickstart.yaml", "--tasks", TASK, "--limit", "4", "--chat",
+    """`runner eval CONFIG`: the base before any training, into its own folder; the task given as its
+    folder, relative to the current directory."""
+    out = runner_eval(REPO / "cookbook" / "quickstart.yaml", "--tasks", "tests/fixtures/eval/identity_mc/", "--limit", "4", "--chat",
                       "--out", tmp_path / "base-eval")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "base-eval" / "summary.json").read_text())

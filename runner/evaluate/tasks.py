@@ -67,14 +67,20 @@ def _load_tasks(entries: list[str], base: Path | None, where: str) -> LoadedTask
         files += [(entry, f) for f in (task_files(path) if path.is_dir() else [path])]
     for _, file in files:
         check_data_files(file)
-    manager = _manager(needs_defaults=len(paths) < len(entries), folders=[p for p in paths.values() if p.is_dir()])
+    folders = [p for p in paths.values() if p.is_dir()]
+    manager = _manager(needs_defaults=len(paths) < len(entries), folders=folders)
     loaded = LoadedTasks(manager)
     for entry in entries:
         if entry in paths:
             continue
         if entry not in manager.all_tasks:
             raise unknown_task(entry, manager.all_tasks, where)
-        loaded.objects += _load(manager, entry, entry, Path.cwd())
+        # A task of a folder given here, named: read from its own folder like the folder's files.
+        yaml_path = manager.task_index[entry].yaml_path
+        folder = Path(yaml_path).parent if yaml_path and any(Path(yaml_path).is_relative_to(f) for f in folders) else Path.cwd()
+        if folder != Path.cwd():
+            check_data_files(Path(yaml_path))
+        loaded.objects += _load(manager, entry, entry, folder)
         loaded.names.append(entry)
     for entry, file in files:
         loaded.objects += _load(manager, str(file), f"{entry} ({file.name})" if file != paths[entry] else entry, file.parent)
