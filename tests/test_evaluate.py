@@ -181,3 +181,23 @@ def test_unknown_task_in_the_config_stops_the_launch_before_training(tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     assert "evaluation.tasks: error: unknown task 'arc_eazy'" in out.stderr and "arc_easy" in out.stderr
     assert not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_baseline_of_a_full_fine_tune_loads_its_base(tmp_path):
+    """A run that trained every weight has no adapter to switch off: its base is loaded after it."""
+    from runner.plan.resolve import make_plan
+    from runner.train.command import run
+
+    task_dir = tmp_path / "tasks"
+    shutil.copytree(TASK_DIR, task_dir)
+    cfg = write_config(tmp_path, save_tiny_model(tmp_path / "model"), adapter={"kind": "full"},
+                       training={"max_steps": 2, "learning_rate": 5e-2})
+    run_dir = run(make_plan(cfg))
+    out = runner_eval(run_dir, "--tasks", task_dir / "identity_mc.yaml", "--baseline", "--limit", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluations = json.loads((run_dir / "eval" / "summary.json").read_text())["evaluations"]
+    assert sorted(e["model"] for e in evaluations) == ["base", "fine-tuned"]
+    assert all(e["adapter"] is None for e in evaluations)
+    full = {e["model"]: json.loads((run_dir / "eval" / e["results_file"]).read_text()) for e in evaluations}
+    assert full["base"]["config"]["model_num_parameters"] == full["fine-tuned"]["config"]["model_num_parameters"]
+    assert "evaluating the base model\n" in out.stderr
