@@ -172,6 +172,10 @@ def test_evaluation_section_runs_after_training_and_a_failure_leaves_the_run_com
     assert out.returncode == 0, out.stderr[-3000:]
     (entry,) = json.loads((run_dir / "eval" / "summary.json").read_text())["evaluations"]
     assert entry["limit"] == 4 and entry["samples"] == {"identity_mc": 4} and entry["model"] == "fine-tuned"
+    # The section is not part of the run: the same config without it finds the run done, untouched.
+    marker = (run_dir / "RUN_COMPLETE").read_text()
+    assert run(make_plan(write_config(tmp_path, tmp_path / "model", training={"max_steps": 2}))) == run_dir
+    assert (run_dir / "RUN_COMPLETE").read_text() == marker and (run_dir / "eval" / "summary.json").is_file()
 
 
 def test_unknown_task_in_the_config_stops_the_launch_before_training(tmp_path):
