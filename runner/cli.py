@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("runner.ship.export", "write a run's merged model as GGUF (llama.cpp) or for Ollama"),
     "push": ("runner.ship.push", "upload a run (adapter or --merged model, card, template) to the Hugging Face Hub"),
     "generate": ("runner.serve.generate", "chat with a trained run, using its training template"),
+    "eval": ("runner.evaluate.command", "score a run (or a config's base) on benchmarks with lm-evaluation-harness"),
     "predict": ("runner.evaluate.predict", "answer a dataset's prompts with a run; exact match, BLEU, ROUGE-L"),
     "serve": ("runner.serve.command", "an OpenAI-compatible HTTP API for a run or model folder"),
     "chat": ("runner.serve.chat_cli", "chat in the terminal, streaming (in-process or against runner serve)"),

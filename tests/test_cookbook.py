@@ -73,3 +73,21 @@ def test_recipe_smoke_run_trains_on_cpu(recipe, tmp_path, capsys):
     assert {"plan.json", "config.yaml"} <= saved
     assert "adapter_model.safetensors" in saved or "model.safetensors" in saved or \
         any(n.startswith("model-") and n.endswith(".safetensors") for n in saved), saved
+
+
+def test_quickstart_eval_recipe_evaluates_the_quickstart_run(quickstart_copy):
+    """cookbook/quickstart-eval.yaml's `evaluation:` section end to end, as the end of training runs
+    it (runner.evaluate.command.after_training), on the session's quickstart run: its task file is
+    found beside the recipe, the fine-tune and its base are scored, the card gains the section."""
+    import json
+
+    from runner.evaluate.command import after_training
+
+    plan = make_plan(REPO / "cookbook" / "quickstart-eval.yaml", ["evaluation.limit=8"])
+    assert plan.evaluation.baseline and plan.evaluation.tasks[0].endswith("cookbook/tasks/identity_mc/identity_mc.yaml")
+    after_training(plan, quickstart_copy, is_main=True)
+    summary = json.loads((quickstart_copy / "eval" / "summary.json").read_text())
+    acc = {e["model"]: e["scores"][0]["value"] for e in summary["evaluations"]}
+    assert set(acc) == {"fine-tuned", "base"} and acc["fine-tuned"] > acc["base"], acc
+    assert all(e["samples"] == {"identity_mc": 8} for e in summary["evaluations"])
+    assert "## Evaluation" in (quickstart_copy / "README.md").read_text()

@@ -95,7 +95,8 @@ def test_every_schema_key_has_a_field():
     section_of = {"model": sections.Model, "adapter": sections.Adapter, "quantization": sections.Quantization,
                   "training": sections.Training, "distributed": sections.Distributed, "tracking": sections.Tracking,
                   "output": sections.Output, "template": sections.Template, "sequence": sections.Sequence,
-                  "special_tokens": sections.SpecialTokens, "datasets": sections.Dataset}
+                  "special_tokens": sections.SpecialTokens, "datasets": sections.Dataset,
+                  "evaluation": sections.Evaluation}
     nested = {("training", "dpo"): sections.DPO, ("training", "kto"): sections.KTO, ("training", "orpo"): sections.ORPO,
               ("distributed", "fsdp"): sections.FSDP, ("distributed", "deepspeed"): sections.DeepSpeed,
               ("tracking", "wandb"): sections.WandB, ("training", "early_stopping"): sections.EarlyStopping}

@@ -120,7 +120,7 @@ def _rebase_paths(data: dict, directory: Path) -> None:
     resolve beside the base, wherever the including file lives. Hub ids (org/name, not on disk) and
     values still holding ${env:...} are left alone."""
 
-    def visit(node, path):
+    def visit(node, path, tasks: bool):
         if not path or not isinstance(node, (dict, list)):
             return  # a wrong shape is the schema's to report, with its position
         head, rest = path[0], path[1:]
@@ -129,12 +129,22 @@ def _rebase_paths(data: dict, directory: Path) -> None:
             if isinstance(node, dict) and t not in node or isinstance(node, list) and not isinstance(t, int):
                 continue
             if rest:
-                visit(node[t], rest)
-            elif isinstance(node[t], str):
+                visit(node[t], rest, tasks)
+            elif isinstance(node[t], str) and not tasks:
                 node[t] = _rebased(node[t], directory)
+            elif isinstance(node[t], str) and looks_like_task_path(node[t]) and "${" not in node[t]:
+                node[t] = os.path.normpath(directory / os.path.expanduser(node[t]))  # never a hub id
 
     for keys in schema.path_keys():
-        visit(data, keys)
+        # `x-path: task`: a benchmark name (mmlu) or a task file; only the file is a path.
+        mark = schema.subschema(tuple(0 if k == "*" else k for k in keys)).get("x-path")
+        visit(data, keys, mark == "task")
+
+
+def looks_like_task_path(value: str) -> bool:
+    """An lm-eval task entry that names a file or folder rather than a task: a YAML file name, or
+    anything with a folder separator (lm-eval's task names have none); `./name` for a folder."""
+    return value.endswith((".yaml", ".yml")) or "/" in value or "\\" in value or value.startswith(("~", "."))
 
 
 def _rebased(value: str, directory: Path) -> str:

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 
 from runner.plan import hashing
-from runner.plan.sections import (Adapter, Data, Distributed, Model, Output, Quantization, Tracking, Training,
-                                  build, to_dict)
+from runner.plan.sections import (Adapter, Data, Distributed, Evaluation, Model, Output, Quantization, Tracking,
+                                  Training, build, to_dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class Plan:
     hashes: Hashes
     deferred: tuple[str, ...]          # decisions left to launch
     warnings: tuple[str, ...] = ()
+    evaluation: Evaluation | None = None   # None in a plan.json written before the section existed
     runtime: Runtime | None = None
     launch: Launch | None = None
     secrets: dict = field(default_factory=dict, repr=False, compare=False)

@@ -13,14 +13,14 @@ from pathlib import Path
 from runner.config import schema
 from runner.config.checks import best_direction, check, eval_metric_name
 from runner.config.foreign import foreign_error
-from runner.config.load import HUB_ID, Loaded, load
+from runner.config.load import HUB_ID, Loaded, load, looks_like_task_path
 from runner.errors import ConfigErrors, UserError
 from runner.plan import hashing, output_dir, remote_code, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 
 # Keys that never change the trained weights: excluded from config_hash.
-NOT_IN_CONFIG_HASH = ("name", "output", "tracking")
+NOT_IN_CONFIG_HASH = ("name", "output", "tracking", "evaluation")
 
 
 def _expand(path: str, base: Path) -> Path:
@@ -121,6 +121,20 @@ def _resolve_datasets(specs: list, group: str, base: Path, where, errors: list) 
     return out
 
 
+def _evaluation_errors(evaluation: dict, where) -> list:
+    """Task files that are not there, and lm-eval missing, found before a run trains for hours. Task
+    names are checked when the run starts (the harness's index is not read here)."""
+    errors = []
+    for i, task in enumerate(evaluation["tasks"]):
+        if looks_like_task_path(task) and not Path(task).exists():
+            errors.append(UserError(f"evaluation.tasks: no task file or folder {task}", where=where(("evaluation", "tasks", i)),
+                                    hint="a task file's path is relative to the config file that names it"))
+    if evaluation["tasks"] and importlib.util.find_spec("lm_eval") is None:
+        errors.append(UserError("evaluation.tasks is set but lm-evaluation-harness is not installed",
+                                where=where(("evaluation", "tasks")), hint="pip install 'runner[eval]'"))
+    return errors
+
+
 def _template_digest(template: dict, cache: hashing.DigestCache) -> str:
     if template["name"] == "jinja" and template["jinja"] and Path(template["jinja"]).is_file():
         return cache.file_digest(Path(template["jinja"]))
@@ -209,6 +223,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
     errors += _remote_code_errors(model, cfg["model"]["trust_remote_code"], where)
     template = dict(cfg["template"])
+    errors += _evaluation_errors(cfg["evaluation"], where)
     if template["jinja"]:
         template["jinja"] = str(_expand(template["jinja"], base).resolve())
         if not Path(template["jinja"]).is_file():
@@ -302,6 +317,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         distributed=sections.build(sections.Distributed, distributed),
         tracking=sections.build(sections.Tracking, safe_cfg["tracking"]),
         output=sections.build(sections.Output, output),
+        evaluation=sections.build(sections.Evaluation, cfg["evaluation"]),
         hashes=sections.build(Hashes, hashes),
         deferred=tuple(deferred), warnings=tuple(str(w) for w in warnings), secrets=secrets,
     )

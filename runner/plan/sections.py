@@ -248,6 +248,16 @@ class Output:
     merge: bool
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    tasks: tuple[str, ...]         # lm-eval names, and task files or folders made absolute
+    num_fewshot: int | None
+    limit: float | None
+    chat: bool
+    baseline: bool
+    batch_size: int
+
+
 def build(cls, value, *, earlier: bool = False):
     """`value` (plain dicts and lists, as in plan.json) as an instance of the annotated type
     `cls`. Unknown and missing keys are errors: a section and the schema must not drift apart.

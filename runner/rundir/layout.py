@@ -32,7 +32,7 @@ PREVIOUS = ".runner-previous"  # a replaced run, kept until the new one has trai
 # Runner's own names that belong to the folder, not to one run: never set aside or cleared.
 FOLDER_FILES = (OWNER_MARKER, LOCK_FILE, PREVIOUS, PREVIOUS + ".deleting", ACCELERATE_FILE, DEEPSPEED_FILE)
 # Sections of the stored config that may change between launches without changing the run.
-NOT_COMPARED = ("output", "tracking", "name")
+NOT_COMPARED = ("output", "tracking", "name", "evaluation")
 # Files this project writes at the top of a run dir; overwrite removes only these (and checkpoints).
 OWN_FILES = re.compile(
     r"^(plan\.json|config\.yaml|README\.md|metrics\.jsonl|loss\.png|RUN_COMPLETE|training_args\.bin|"

@@ -37,6 +37,8 @@ HOOKS = (
          "it flags each module's config _is_quantized; a dequantized GGUF model must not keep the flag"),
     Hook("liger_kernel.transformers", "_apply_liger_kernel_to_instance", ("model",), "runner/train/fast/liger.py",
          "Liger's kernels on an already built model instance (its public helpers patch classes)"),
+    Hook("lm_eval.tasks._yaml_loader", "load_yaml", ("path", "resolve_func", "recursive"), "runner/evaluate/tasks.py",
+         "a task file read as lm-eval reads it (its include: bases merged) to check its data_files before loading"),
 )
 
 

@@ -2,6 +2,7 @@
 
     claim and judge the run directory -> set up data -> decide the runtime -> set up the model
     -> open the run (directory, trackers, plan.json) -> set up the trainer -> train -> save
+    -> evaluate (the config's `evaluation:` section, once the run is complete)
 
 Everything that can be checked (config, data, template, the model's architecture and files) is
 checked before the run directory is touched. Every launch-time decision is made once, in
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import quiet, rundir
+from runner.evaluate import command as evaluation
 from runner.plan.plan import Launch, Plan
 from runner.rundir import diskfull
 from runner.rundir.owner import claim
@@ -83,6 +85,7 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     say(launch.message, is_main)
     if launch.action == "done":
         return Path(plan.output.dir)
+    evaluation.check_before_training(plan, is_main)
     data = setup_data(plan)
     plan = decide(plan, env, data, is_main)
     model = setup_model(plan, stage, data.tokenizer, is_main)
@@ -90,6 +93,8 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     trainer, stopper = setup_trainer(run.plan, stage, model, data, run.dir, run.wandb, callbacks, is_main)
     train_steps(trainer, launch, stopper, run, is_main)
     save(trainer, run, data, model, is_main)
+    del trainer, model, data  # the evaluation loads the saved run afresh, as `runner eval` does
+    evaluation.after_training(run.plan, run.dir, is_main)
     return run.dir
 
 
