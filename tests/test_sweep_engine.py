@@ -179,6 +179,10 @@ def test_metric_and_early_stop_needs_are_checked_before_running(tmp_path, shared
     stop = sweep_file(tmp_path, GRID + "early_terminate: {type: hyperband, min_iter: 1}\n", "stop.yaml")
     with pytest.raises(UserError, match="needs evaluations during training"):
         run_sweep(no_every, stop, out=tmp_path / "b", trial_fn=CheapTrials())
+    per_epoch = base_config(tmp_path, shared_data, training={"eval_every": None, "evals_per_epoch": 2})
+    ran = CheapTrials()
+    run_sweep(per_epoch, stop, out=tmp_path / "d", trial_fn=ran)
+    assert ran.plans and all(p.training.evals_per_epoch == 2 for p in ran.plans)
     same = sweep_file(tmp_path, "method: grid\nparameters: {tracking.log_every: {values: [1, 5]}}\n", "same.yaml")
     with pytest.raises(UserError, match="same plan hash"):
         run_sweep(base_config(tmp_path, shared_data), same, out=tmp_path / "c", trial_fn=CheapTrials())

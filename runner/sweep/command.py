@@ -76,9 +76,10 @@ def check_metric(sweep: Sweep, plan) -> None:
         if not _eval_metric(metric):
             raise UserError("early_terminate stops trials at evaluation points: the metric must be an eval metric",
                             where=str(sweep.path), hint="metric: {name: eval_loss}")
-        if not plan.training.eval_every:
+        if not (plan.training.eval_every or plan.training.evals_per_epoch):
             raise UserError("early_terminate needs evaluations during training", where=str(sweep.path),
-                            hint="set training.eval_every in the config (or as a constant sweep parameter)")
+                            hint="set training.eval_every or training.evals_per_epoch in the config "
+                                 "(or as a constant sweep parameter)")
 
 
 def _check_grid_distinct(points: list, plans: list) -> None:
