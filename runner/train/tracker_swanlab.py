@@ -7,6 +7,7 @@ logged twice."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from runner.errors import UserError
@@ -26,7 +27,7 @@ def start_swanlab(plan, run_dir, run_id: str | None):
         raise UserError("tracking.swanlab is set but swanlab is not installed", where="tracking.swanlab",
                         hint="pip install 'runner[swanlab]', or remove tracking.swanlab") from exc
     key = plan.secret("tracking.swanlab.api_key")
-    if key:
+    if key and mode == "online":  # offline and local runs never log in
         os.environ["SWANLAB_API_KEY"] = key
     if mode == "online" and not os.environ.get("SWANLAB_API_KEY"):
         raise UserError("tracking.swanlab.mode is online but no SwanLab API key is set", where="tracking.swanlab",
@@ -43,11 +44,18 @@ class SwanLab:
         settings = plan.tracking.swanlab
         log_dir = run_dir / FOLDER
         self.logged = logged_steps(log_dir, run_id) if run_id else {}
+        # SwanLab records the command line from the operating system's copy (/proc/self/cmdline),
+        # which runner's redaction of sys.argv cannot reach: with a secret in it, that record is off.
+        secret_in_command = _command_holds(plan.secrets)
+        if secret_in_command:
+            print("note: a secret is on the command line: SwanLab does not record the command or runtime "
+                  "(give secrets as ${env:NAME} in the config)", file=sys.stderr)
         try:
             self.run = swanlab.init(
                 project=settings.project, workspace=settings.workspace, name=settings.name or plan.name,
                 tags=list(settings.tags), mode=mode, log_dir=str(log_dir), config=run_config(plan, run_dir),
-                id=run_id, resume="allow" if run_id else None, reinit=True)
+                id=run_id, resume="allow" if run_id else None, reinit=True,
+                settings=swanlab.Settings(probe={"runtime": False}) if secret_in_command else None)
         except Exception as exc:  # swanlab raises many types for network and auth problems
             raise UserError(f"SwanLab could not start: {exc}", where="tracking.swanlab",
                             hint="check the network / key, or use mode: offline") from exc
@@ -89,3 +97,18 @@ def logged_steps(log_dir: Path, run_id: str) -> dict:
             reader.close()
     return last
 
+
+
+def _command_holds(secrets: dict) -> bool:
+    """Whether this process's command line, as the operating system keeps it, holds a secret value."""
+    from runner.train.redaction import MIN_SEARCHED
+
+    values = [v.encode() for v in secrets.values() if isinstance(v, str) and len(v) >= MIN_SEARCHED]
+    if not values:
+        return False
+    try:
+        with open("/proc/self/cmdline", "rb") as fh:
+            command = fh.read()
+    except OSError:
+        command = " ".join(sys.argv).encode()  # where there is no /proc, SwanLab reads sys.argv (redacted)
+    return any(v in command for v in values)
