@@ -60,7 +60,7 @@ def start(plan, run_dir, wandb=None, *, is_main: bool = True, stored: dict | Non
     settings = plan.tracking
     if not is_main or not (settings.tensorboard or settings.mlflow or settings.swanlab):
         return Trackers(wandb)
-    ids = ((stored or {}).get("launch") or {}).get("tracker_runs") or {}
+    ids = {"mlflow": None, "swanlab": None, **(((stored or {}).get("launch") or {}).get("tracker_runs") or {})}
     opened = []
     try:
         if settings.tensorboard:
@@ -70,11 +70,11 @@ def start(plan, run_dir, wandb=None, *, is_main: bool = True, stored: dict | Non
         if settings.mlflow:
             from runner.train.tracker_mlflow import MLflow
 
-            opened.append(MLflow(plan, run_dir, ids.get("mlflow")))
+            opened.append(MLflow(plan, run_dir, ids["mlflow"]))
         if settings.swanlab:
             from runner.train.tracker_swanlab import start_swanlab
 
-            swan = start_swanlab(plan, run_dir, ids.get("swanlab"))
+            swan = start_swanlab(plan, run_dir, ids["swanlab"])
             if swan is not None:
                 opened.append(swan)
     except BaseException:
