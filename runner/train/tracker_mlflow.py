@@ -63,7 +63,7 @@ class MLflow:
                 logged = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
                           for key in run.data.metrics}
                 return run_id, logged
-        name = plan.tracking.mlflow.experiment or plan.name
+        name = plan.tracking.mlflow.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or plan.name
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment {name!r} is deleted", where="tracking.mlflow.experiment",
