@@ -190,3 +190,48 @@ def test_no_tracker_file_holds_a_secret(interrupted_run):
     held = [str(p) for p in run_dir.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in (TOKEN, KEY))]
     assert held == []
     assert any((run_dir / "swanlog").rglob("*.json"))  # SwanLab wrote its metadata (the command line) there
+
+
+@pytest.fixture(scope="module")
+def small_plan(tmp_path_factory):
+    from runner.plan.resolve import make_plan
+
+    root = tmp_path_factory.mktemp("plan")
+    cfg = write_config(root, save_tiny_model(root / "model"), extra={"tracking": TRACKING})
+    return make_plan(cfg), root
+
+
+def test_swanlab_online_without_a_key_is_refused_before_it_starts(small_plan, monkeypatch):
+    import dataclasses
+
+    from runner.errors import UserError
+    from runner.train.tracker_swanlab import start_swanlab
+
+    plan, root = small_plan
+    monkeypatch.delenv("SWANLAB_API_KEY", raising=False)
+    monkeypatch.delenv("SWANLAB_MODE", raising=False)
+    online = dataclasses.replace(plan.tracking.swanlab, mode="online")
+    plan = dataclasses.replace(plan, tracking=dataclasses.replace(plan.tracking, swanlab=online))
+    with pytest.raises(UserError) as err:
+        start_swanlab(plan, root / "run", None)
+    assert "no SwanLab API key" in err.value.message and "SWANLAB_API_KEY" in err.value.hint
+    assert not (root / "run" / "swanlog").exists()
+
+
+def test_non_finite_values_reach_tensorboard_as_numbers(small_plan):
+    import math
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from runner.train.tracker_tensorboard import TensorBoard
+    from runner.train.trackers import Trackers
+
+    plan, root = small_plan
+    trackers = Trackers(None, [TensorBoard(plan, root / "tb-run", None)])
+    # metrics.jsonl writes a non-finite loss as text; text that is no number is not a metric.
+    trackers.log({"train/loss": "nan", "train/grad_norm": 2.5, "train/note": "text"}, step=1)
+    trackers.finish()
+    events = EventAccumulator(str(root / "tb-run" / "tensorboard"))
+    events.Reload()
+    assert math.isnan(events.Scalars("train/loss")[0].value) and events.Scalars("train/grad_norm")[0].value == 2.5
+    assert "train/note" not in events.Tags()["scalars"]
