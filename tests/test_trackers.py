@@ -187,7 +187,8 @@ def test_swanlab_offline_run_holds_the_metrics_once_under_one_id(interrupted_run
 
 def test_no_tracker_file_holds_a_secret(interrupted_run):
     run_dir, *_ = interrupted_run
-    held = [str(p) for p in run_dir.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in (TOKEN, KEY))]
+    held = [str(p) for p in run_dir.rglob("*")
+            if p.is_file() and any(s.encode() in p.read_bytes() for s in (TOKEN, KEY))]
     assert held == []
     assert any((run_dir / "swanlog").rglob("*.json"))  # SwanLab wrote its metadata (the command line) there
 

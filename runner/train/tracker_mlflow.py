@@ -34,8 +34,9 @@ class MLflow:
         if token:
             os.environ["MLFLOW_TRACKING_TOKEN"] = token
         run_dir = Path(run_dir)
-        local = not (settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-        self.uri = f"sqlite:///{run_dir / DATABASE}" if local else (settings.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
+        given = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        local = not given
+        self.uri = given or f"sqlite:///{run_dir / DATABASE}"
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             self.run_id, self.logged = self._open(plan, run_dir, run_id, local)
