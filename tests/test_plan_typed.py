@@ -26,7 +26,8 @@ MOVED = {"datasets": ("data", "datasets"), "eval_datasets": ("data", "eval_datas
          "special_tokens": ("data", "special_tokens")}
 # Keys the resolver derives from their config value (their schema default is checked through the rule).
 DERIVED = {("adapter", "alpha"), ("output", "dir"), ("name",), ("model", "path"), ("data", "cache_dir")}
-NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"),
+NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"), ("tracking", "mlflow"),
+               ("tracking", "swanlab"),
                ("training", "early_stopping")}  # secret / meta / null section
 
 

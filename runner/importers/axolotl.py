@@ -295,6 +295,10 @@ def _tracking(keys: dict, tr: Translation) -> None:
     for key in ("wandb_entity", "wandb_name"):
         if not is_unset(keys.get(key)) and is_unset(keys.get("wandb_project")):
             tr.skip(key, keys.pop(key), "no wandb_project: W&B is off")
+    # Axolotl reports to MLflow when mlflow_tracking_uri is set.
+    for key in ("mlflow_experiment_name", "mlflow_run_name"):
+        if not is_unset(keys.get(key)) and is_unset(keys.get("mlflow_tracking_uri")):
+            tr.skip(key, keys.pop(key), "no mlflow_tracking_uri: MLflow is off")
 
 
 def _consistency(tr: Translation) -> None:

@@ -28,6 +28,8 @@ DIRECT = {
     "output_dir": ("output.dir", str), "random_init_weights": ("model.random_init", bool),
     "wandb_project": ("tracking.wandb.project", str),
     "wandb_entity": ("tracking.wandb.entity", str), "wandb_name": ("tracking.wandb.name", str),
+    "use_tensorboard": ("tracking.tensorboard", bool), "mlflow_tracking_uri": ("tracking.mlflow.tracking_uri", str),
+    "mlflow_experiment_name": ("tracking.mlflow.experiment", str), "mlflow_run_name": ("tracking.mlflow.run_name", str),
 }
 
 # Keys whose effect runner has without a setting (when set to the value Axolotl would use anyway).
@@ -75,12 +77,10 @@ UNSUPPORTED = {
     "relora_anneal_steps": "no ReLoRA", "relora_prune_ratio": "no ReLoRA", "relora_cpu_offload": "no ReLoRA",
     "wandb_watch": "no gradient watching", "wandb_run_id": "runner starts a new W&B run per training run",
     "wandb_log_model": "runner does not upload checkpoints to W&B",
-    "mlflow_tracking_uri": "only W&B tracking", "mlflow_experiment_name": "only W&B tracking",
-    "mlflow_run_name": "only W&B tracking", "hf_mlflow_log_artifacts": "only W&B tracking",
-    "use_comet": "only W&B tracking", "comet_api_key": "only W&B tracking", "comet_workspace": "only W&B tracking",
-    "comet_project_name": "only W&B tracking", "comet_experiment_key": "only W&B tracking", "comet_mode": "only W&B tracking",
-    "comet_online": "only W&B tracking", "comet_experiment_config": "only W&B tracking",
-    "use_tensorboard": "only W&B tracking (and metrics.jsonl)", 
+    "hf_mlflow_log_artifacts": "runner logs no artifacts to MLflow (the run directory holds them)",
+    "use_comet": "no Comet tracking", "comet_api_key": "no Comet tracking", "comet_workspace": "no Comet tracking",
+    "comet_project_name": "no Comet tracking", "comet_experiment_key": "no Comet tracking", "comet_mode": "no Comet tracking",
+    "comet_online": "no Comet tracking", "comet_experiment_config": "no Comet tracking",
     "torch_compile_backend": "runner compiles with torch.compile's default backend", "eval_batch_size": "evaluation uses training.micro_batch_size",
     "lr_quadratic_warmup": "no quadratic warmup", "evals_per_epoch": "give training.eval_every in steps",
     "saves_per_epoch": "give output.save_every in steps", "save_only_model": "checkpoints always hold optimizer state (for resume)",
@@ -113,7 +113,7 @@ UNSUPPORTED = {
 }
 # Plugin and integration settings, by key prefix.
 PREFIX_UNSUPPORTED = {"liger_": "no Liger kernels (a plugin setting)", "cut_cross_entropy": "no Cut Cross-Entropy (a plugin setting)",
-                      "unsloth_": "no Unsloth kernels", "comet_": "only W&B tracking", "mlflow_": "only W&B tracking",
+                      "unsloth_": "no Unsloth kernels", "comet_": "no Comet tracking", "mlflow_": "not an MLflow setting runner takes",
                       "relora_": "no ReLoRA", "spectrum_": "no Spectrum (a plugin setting)", "kd_": "no distillation"}
 SCHEDULERS = {"cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
               "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"}

@@ -12,6 +12,7 @@ from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
 from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
+from runner.importers.trackers import llamafactory_swanlab
 
 DIRECT = {
     "model_name_or_path": ("model.path", str), "trust_remote_code": ("model.trust_remote_code", bool),
@@ -97,9 +98,7 @@ UNSUPPORTED = {
     "top_p": "inference setting", "top_k": "inference setting", "num_beams": "inference setting",
     "repetition_penalty": "inference setting", "length_penalty": "inference setting", "default_system": None,
     "enable_thinking": None, "freeze_vision_tower": "text-only", "freeze_multi_modal_projector": "text-only",
-    "freeze_language_model": "text-only", "use_swanlab": "only W&B tracking", "swanlab_project": "only W&B tracking",
-    "swanlab_workspace": "only W&B tracking", "swanlab_run_name": "only W&B tracking", "swanlab_mode": "only W&B tracking",
-    "swanlab_api_key": "only W&B tracking", "swanlab_logdir": "only W&B tracking", "pissa_iter": None,
+    "freeze_language_model": "text-only", "pissa_iter": None,
     "hf_hub_token": None, "save_strategy": None, "eval_strategy": None, "evaluation_strategy": None,
 }
 TEMPLATES = {"llama3": "llama3", "llama2": "llama2", "mistral": "mistral", "gemma": "gemma", "gemma2": "gemma",
@@ -330,8 +329,16 @@ def _training(keys: dict, tr: Translation, bases: list[Path], out_dir: Path) -> 
         if target == "wandb":
             tr.set("tracking.wandb.project", "huggingface")
             tr.note("report_to", "W&B project 'huggingface' (transformers' default; WANDB_PROJECT overrides it)")
+        elif target == "tensorboard":
+            tr.set("tracking.tensorboard", True)
+        elif target == "mlflow":
+            tr.set("tracking.mlflow", {})
+            tr.note("report_to", "MLflow at MLFLOW_TRACKING_URI, else the run directory's own mlflow.db")
+        elif target == "swanlab":
+            keys.setdefault("use_swanlab", True)
         elif target != "none":
-            tr.skip("report_to", target, "only W&B tracking (and metrics.jsonl)")
+            tr.skip("report_to", target, "runner tracks with W&B, TensorBoard, MLflow and SwanLab (and metrics.jsonl)")
+    llamafactory_swanlab(keys, tr)
     if (name := _pop(keys, "run_name", tr)) is not None:
         if "wandb" in report:
             tr.set("tracking.wandb.name", str(name))
@@ -350,3 +357,4 @@ def _training(keys: dict, tr: Translation, bases: list[Path], out_dir: Path) -> 
     if deepspeed:
         tr.set("distributed.backend", "deepspeed")
         deepspeed_from_file(str(deepspeed), tr, "deepspeed", bases, out_dir)
+

@@ -79,6 +79,7 @@ class Launch:
     versions: dict
     wandb_run_id: str | None
     outcome: dict | None = None        # how training ended: early stopping's step, keep_best's checkpoint
+    tracker_runs: dict | None = None   # the other trackers' run ids ({"mlflow": ..., "swanlab": ...}), resumed into
 
 
 @dataclass(frozen=True)

@@ -230,8 +230,30 @@ class WandB:
 
 
 @dataclass(frozen=True)
+class MLflow:
+    tracking_uri: str | None       # None: MLFLOW_TRACKING_URI, else sqlite in the run directory
+    experiment: str | None
+    run_name: str | None
+    tags: dict
+    token: str | None              # "<secret>" when set: the value lives in Plan.secrets only
+
+
+@dataclass(frozen=True)
+class SwanLab:
+    project: str
+    workspace: str | None
+    name: str | None
+    tags: tuple[str, ...]
+    mode: str
+    api_key: str | None            # "<secret>" when set: the value lives in Plan.secrets only
+
+
+@dataclass(frozen=True)
 class Tracking:
     wandb: WandB | None
+    tensorboard: bool
+    mlflow: MLflow | None
+    swanlab: SwanLab | None
     log_every: int
     progress_bar: bool
 

@@ -38,7 +38,7 @@ OWN_FILES = re.compile(
     r"^(plan\.json|config\.yaml|README\.md|metrics\.jsonl|loss\.png|RUN_COMPLETE|training_args\.bin|"
     r"adapter_model\.safetensors|adapter_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
     r"config\.json|generation_config\.json|tokenizer.*|special_tokens_map\.json|chat_template\.(jinja|json)|"
-    r"vocab\.json|merges\.txt|added_tokens\.json|pissa_init|checkpoints|merged|wandb|predict|eval|gguf)$"
+    r"vocab\.json|merges\.txt|added_tokens\.json|pissa_init|checkpoints|merged|wandb|tensorboard|mlflow\.db|mlartifacts|swanlog|predict|eval|gguf)$"
 )
 
 

@@ -39,6 +39,9 @@ HOOKS = (
          "Liger's kernels on an already built model instance (its public helpers patch classes)"),
     Hook("lm_eval.tasks._yaml_loader", "load_yaml", ("path", "resolve_func", "recursive"), "runner/evaluate/tasks.py",
          "a task file read as lm-eval reads it (its include: bases merged) to check its data_files before loading"),
+    Hook("swanlab.sdk.internal.core_python.store.DataStoreReader", "open", ("self", "filename"),
+         "runner/train/tracker_swanlab.py",
+         "the steps an interrupted launch recorded, read as `swanlab sync` reads them (no public reader)"),
 )
 
 

@@ -22,7 +22,7 @@ from runner.evaluate import command as evaluation
 from runner.plan.plan import Launch, Plan
 from runner.rundir import diskfull
 from runner.rundir.owner import claim
-from runner.train import distributed, finish, runtime as runtimes, stages, tracking
+from runner.train import distributed, finish, runtime as runtimes, stages, trackers as tracker_runs, tracking
 from runner.train.metrics import run_summary
 from runner.train.redaction import redact_argv
 from runner.train.trainer import checkpoint_failure
@@ -49,7 +49,7 @@ class Model:
 class Run:
     plan: Plan                     # with the Runtime and this launch's record
     dir: Path
-    wandb: object                  # the open W&B run, or None
+    trackers: object               # runner.train.trackers.Trackers: W&B, TensorBoard, MLflow, SwanLab (rank 0)
     pissa_init: str | None         # PiSSA's adapter as initialised, for the final conversion
 
 
@@ -90,7 +90,7 @@ def _train(plan: Plan, stage, env, *, overwrite: bool, callbacks, resume_changed
     plan = decide(plan, env, data, is_main)
     model = setup_model(plan, stage, data.tokenizer, is_main)
     run = open_run(plan, launch, data, model, is_main)
-    trainer, stopper = setup_trainer(run.plan, stage, model, data, run.dir, run.wandb, callbacks, is_main)
+    trainer, stopper = setup_trainer(run.plan, stage, model, data, run.dir, run.trackers, callbacks, is_main)
     train_steps(trainer, launch, stopper, run, is_main)
     save(trainer, run, data, model, is_main)
     del trainer, model, data  # the evaluation loads the saved run afresh, as `runner eval` does
@@ -163,15 +163,17 @@ def open_run(plan: Plan, launch, data: Data, model: Model, is_main: bool) -> Run
     quiet.import_trainer_quietly()
     redact_argv(plan.secrets)  # trackers record the command line
     wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
-    plan = plan.with_launch(launch_record(data, model, wandb_run))
+    trackers = tracker_runs.start(plan, run_dir, wandb_run, is_main=is_main, stored=stored,
+                                  resume_step=tracker_runs.resume_step(launch.checkpoint))
+    plan = plan.with_launch(launch_record(data, model, wandb_run, trackers.run_ids()))
     if is_main:
         rundir.write_plan(run_dir, plan)
         rundir.write_config_yaml(run_dir, plan)
         rundir.restart_metrics(run_dir, launch.checkpoint)
-    return Run(plan, run_dir, wandb_run, pissa_init)
+    return Run(plan, run_dir, trackers, pissa_init)
 
 
-def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wandb_run, callbacks,
+def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, trackers, callbacks,
                   is_main: bool):
     """The stage's trainer over the pipeline's datasets, with runner's callbacks."""
     from runner.train import hooks, nonfinite
@@ -191,7 +193,7 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
     stopper = stop_callback()
     runner_callbacks = [
         metrics_callback(run_dir / "metrics.jsonl", options.tally, prefixes=stage.metric_prefixes,
-                         wandb_run=wandb_run, progress=plan.tracking.progress_bar, is_main=is_main),
+                         wandb_run=trackers, progress=plan.tracking.progress_bar, is_main=is_main),
         stopper,
         nonfinite.guard_callback(options.guard),
         checkpoint_callback(checkpoints, plan.hashes.plan, plan.output.save_total_limit, plan.output.keep_best),
@@ -227,7 +229,7 @@ def train_steps(trainer, launch, stopper, run: Run, is_main: bool) -> None:
             raise
         raise failure from err
     if stopper.stopped_at is not None:
-        tracking.finish_wandb(run.wandb, None)
+        run.trackers.finish(None, interrupted=True)
         if is_main:
             finish.check_secrets(run.plan, run.dir)
         raise _interrupted(run.dir, stopper)
@@ -250,7 +252,7 @@ def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
     with diskfull.guard(run.dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
         finish.save_final(trainer, run.plan, run.dir, data.tokenizer, pissa_init=run.pissa_init, is_main=is_main,
                           embeddings_resized=model.embeddings_resized)
-    tracking.finish_wandb(run.wandb, {"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
+    run.trackers.finish({"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
     if is_main:
         finish.finish_run_dir(run.plan, run.dir, model.info, summary)
         steps, evaluated = summary["steps"], summary["final_eval_loss"] is not None
@@ -276,7 +278,7 @@ def loraplus_groups(plan: Plan, args):
     return groups
 
 
-def launch_record(data: Data, model: Model, wandb_run) -> Launch:
+def launch_record(data: Data, model: Model, wandb_run, tracker_ids: dict | None = None) -> Launch:
     import platform
 
     from runner.plan.hashing import library_versions
@@ -285,7 +287,7 @@ def launch_record(data: Data, model: Model, wandb_run) -> Launch:
                   fused_lora_layers=model.fused_lora_layers,
                   train_rows=len(data.train), eval_rows=len(data.eval) if data.eval is not None else 0,
                   data_stats=data.stats, versions={"python": platform.python_version(), **library_versions()},
-                  wandb_run_id=wandb_run.id if wandb_run is not None else None)
+                  wandb_run_id=wandb_run.id if wandb_run is not None else None, tracker_runs=tracker_ids)
 
 
 def save_pissa_init(plan: Plan, model: Model, run_dir: Path, is_main: bool) -> str | None:

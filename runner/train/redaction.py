@@ -1,4 +1,4 @@
-"""Secrets (the schema's `x-secret` keys: model.token, tracking.wandb.api_key) never reach a file.
+"""Secrets (the schema's `x-secret` keys: model.token, the trackers' keys and tokens) never reach a file.
 
 The plan holds them apart (Plan.secrets) and writes `<secret>` in their place; two more ways out are
 closed here. A secret given on the command line (`model.token=hf_...`) sits in sys.argv, which the
