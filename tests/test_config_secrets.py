@@ -84,3 +84,17 @@ def test_well_formed_secret_override_works_and_is_not_printed(tmp_path):
     assert code == 0, out
     assert SECRET not in out
     assert json.loads(out[out.index("{"):])["config"]["model"]["token"] == "<secret>"
+
+
+@pytest.mark.parametrize("uri", [f"https://bob:{SECRET}@mlflow.example.com", f"https://mlflow.example.com/?token={SECRET}"])
+def test_an_mlflow_uri_with_credentials_is_refused_without_repeating_them(tmp_path, uri):
+    (tmp_path / "c.yaml").write_text(MODEL + HEAD + f"tracking:\n  mlflow: {{tracking_uri: '{uri}'}}\n")
+    code, out = cli("lint", "c.yaml", cwd=tmp_path)
+    assert code == 2 and "tracking.mlflow.tracking_uri: holds credentials" in out and "c.yaml:" in out
+    assert SECRET not in out and "MLFLOW_TRACKING_PASSWORD" in out
+
+
+def test_a_bare_mlflow_uri_lints(tmp_path):
+    (tmp_path / "c.yaml").write_text(MODEL + HEAD + "tracking:\n  mlflow: {tracking_uri: 'http://127.0.0.1:5000'}\n")
+    code, out = cli("lint", "c.yaml", cwd=tmp_path)
+    assert code == 0, out

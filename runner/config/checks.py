@@ -133,9 +133,23 @@ def check(cfg: dict, raw: dict, where) -> Findings:
         warn(("training", "optimizer"), "8-bit optimizers do not shard their state under FSDP/ZeRO-3")
     if dist["num_machines"] > 1 and not dist["main_address"]:
         warn(("distributed", "main_address"), "several machines but no main_address; MASTER_ADDR must be set on each")
+    uri = ((cfg.get("tracking") or {}).get("mlflow") or {}).get("tracking_uri")
+    if isinstance(uri, str) and uri_has_credentials(uri):
+        # The URI is written to plan.json and the card: never repeat it (it holds a password or token).
+        error(("tracking", "mlflow", "tracking_uri"), "holds credentials (user:password@ or a token in the query)",
+              "give the bare address here and the credentials through MLFLOW_TRACKING_USERNAME / "
+              "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment")
     for severity, path, message, *hint in check_distributed(cfg, raw):
         (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
     return Findings(errors, warnings)
+
+
+def uri_has_credentials(uri: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    query = parts.query.lower()
+    return parts.password is not None or any(k in query for k in ("token=", "password=", "secret=", "key="))
 
 
 # Metric names whose best value is the lowest / the highest (early stopping and keep_best).
