@@ -109,6 +109,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
              "pip install 'runner[flash]' on the GPU machine, or use sdpa")
 
     backend = dist["backend"]
+    from runner.config.optimizer_checks import check_optimizer
     from runner.plan.launch_settings import check_distributed, sharded as is_sharded
 
     # A user's own DeepSpeed file decides the stage that really runs, not the YAML default.
@@ -133,6 +134,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
         warn(("training", "optimizer"), "8-bit optimizers do not shard their state under FSDP/ZeRO-3")
     if dist["num_machines"] > 1 and not dist["main_address"]:
         warn(("distributed", "main_address"), "several machines but no main_address; MASTER_ADDR must be set on each")
+    check_optimizer(cfg, raw, error, warn)
     for severity, path, message, *hint in check_distributed(cfg, raw):
         (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
     return Findings(errors, warnings)
