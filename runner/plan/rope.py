@@ -25,16 +25,21 @@ def updated(scaling: dict | None, max_position: int | None, model_max: int | Non
     params = {k: v for k, v in (current or {}).items() if k in KEPT}
     params.update({k: v for k, v in scaling.items() if k != "type"})
     params["rope_type"] = scaling["type"]
-    original = scaling.get("original_max_position_embeddings") or model_max
+    original = _written(scaling, "original_max_position_embeddings") or model_max
     if scaling["type"] in WITH_ORIGINAL and original:
         params["original_max_position_embeddings"] = original
     if max_position:
         return params, max_position
-    factor = scaling.get("factor")
+    factor = _written(scaling, "factor")
     if scaling["type"] == "dynamic" or not factor or not original:
         # transformers' dynamic scaling starts past max_position_embeddings: it stays the trained length
         return params, model_max
     return params, int(round(original * factor))
+
+
+def _written(scaling: dict, key: str):
+    """A rope_scaling parameter as written (they have no defaults: absence means the method's own)."""
+    return scaling[key] if key in scaling else None
 
 
 def _rope_keys(config: dict) -> dict | None:
@@ -42,8 +47,9 @@ def _rope_keys(config: dict) -> dict | None:
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     if isinstance(text.get("rope_parameters"), dict):
         return text["rope_parameters"]
-    if isinstance(text.get("rope_scaling"), dict):
-        return {**text["rope_scaling"], **({"rope_theta": text["rope_theta"]} if "rope_theta" in text else {})}
+    stored = text  # a file transformers wrote: its own older key, not runner's model.rope_scaling
+    if isinstance(stored.get("rope_scaling"), dict):
+        return {**stored["rope_scaling"], **({"rope_theta": stored["rope_theta"]} if "rope_theta" in stored else {})}
     if "rope_theta" in text:
         return {"rope_theta": text["rope_theta"]}
     return None
@@ -51,7 +57,7 @@ def _rope_keys(config: dict) -> dict | None:
 
 def check(model_cfg: dict, model_dir: Path | None, where) -> list[UserError]:
     """Refusals that config.json alone decides. A hub model not in the cache is checked at load."""
-    scaling, max_position = model_cfg.get("rope_scaling"), model_cfg.get("max_position")
+    scaling, max_position = model_cfg["rope_scaling"], model_cfg["max_position"]
     if scaling is None and max_position is None:
         return []
     path = ("model", "rope_scaling") if scaling is not None else ("model", "max_position")
@@ -91,7 +97,7 @@ def check(model_cfg: dict, model_dir: Path | None, where) -> list[UserError]:
             if head_dim and len(scaling[key]) != dim // 2:
                 error(f"{key} has {len(scaling[key])} numbers; this model's rotary dimension {dim} needs {dim // 2}",
                       at=("model", "rope_scaling", key))
-    original = scaling.get("original_max_position_embeddings") or model_max
+    original = _written(scaling, "original_max_position_embeddings") or model_max
     params, new_max = updated(scaling, max_position, model_max, rope)
     if scaling["type"] in ("llama3", "yarn") and original and new_max and new_max <= original:
         error(f"{scaling['type']} stretches the context past original_max_position_embeddings ({original}), but "
@@ -106,9 +112,9 @@ def sequence_warning(model_cfg: dict, model_dir: Path | None, max_length: int, w
     if text is None:
         return None
     model_max = text.get("max_position_embeddings")
-    if not isinstance(model_max, int) or model_cfg.get("rope_scaling") is not None:
+    if not isinstance(model_max, int) or model_cfg["rope_scaling"] is not None:
         return None
-    limit = model_cfg.get("max_position") or model_max
+    limit = model_cfg["max_position"] or model_max
     if max_length <= limit:
         return None
     return UserError(f"sequence.max_length: {max_length} is past the model's context of {limit} positions",
@@ -131,8 +137,8 @@ def _config_json(model_dir: Path | None) -> dict | None:
 def max_position(model_cfg: dict, model_dir: Path | None) -> int | None:
     """The Plan's model.max_position: as written, else what rope_scaling makes of config.json's length
     (None when it cannot be read here: the load decides it the same way)."""
-    if model_cfg.get("max_position") or model_cfg.get("rope_scaling") is None:
-        return model_cfg.get("max_position")
+    if model_cfg["max_position"] or model_cfg["rope_scaling"] is None:
+        return model_cfg["max_position"]
     text = _config_json(model_dir)
     if text is None or not isinstance(text.get("max_position_embeddings"), int):
         return None
