@@ -27,7 +27,7 @@ MOVED = {"datasets": ("data", "datasets"), "eval_datasets": ("data", "eval_datas
 # Keys the resolver derives from their config value (their schema default is checked through the rule).
 DERIVED = {("adapter", "alpha"), ("output", "dir"), ("name",), ("model", "path"), ("data", "cache_dir")}
 NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"),
-               ("training", "early_stopping")}  # secret / meta / null section
+               ("training", "early_stopping"), ("model", "rope_scaling")}  # secret / meta / null section
 
 
 def schema_keys(node=None, prefix=()):

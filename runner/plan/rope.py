@@ -23,7 +23,7 @@ def updated(scaling: dict | None, max_position: int | None, model_max: int | Non
     if scaling is None:
         return None, max_position or model_max
     params = {k: v for k, v in (current or {}).items() if k in KEPT}
-    params.update({k: v for k, v in scaling.items() if k != "type"})
+    params.update({k: v for k, v in scaling.items() if k != "type" and v is not None})  # null: unset
     params["rope_type"] = scaling["type"]
     original = _written(scaling, "original_max_position_embeddings") or model_max
     if scaling["type"] in WITH_ORIGINAL and original:
@@ -39,7 +39,7 @@ def updated(scaling: dict | None, max_position: int | None, model_max: int | Non
 
 def _written(scaling: dict, key: str):
     """A rope_scaling parameter as written (they have no defaults: absence means the method's own)."""
-    return scaling[key] if key in scaling else None
+    return scaling[key] if key in scaling else None  # the schema fills null for a key not written
 
 
 def _rope_keys(config: dict) -> dict | None:
