@@ -212,3 +212,17 @@ def test_guard_skips_a_nan_step_of_galore():
     layer(torch.full((2, 8), float("inf"))).sum().backward()
     opt.step()
     assert torch.equal(before, layer.weight) and opt.state[layer.weight]["step"] == 1
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "galore_adamw"])
+def test_non_finite_steps_are_skipped_and_counted_in_training(tmp_path, tiny, optimizer):
+    # The guard's own message ("loss or gradients", the count): not the plain per-micro-step check.
+    from runner.errors import UserError
+    from tests.tiny_model import poison_from
+
+    training = {"optimizer": optimizer, "max_steps": 4, "low_rank": {"rank": 4}}
+    with pytest.raises(UserError, match=r"non-finite loss or gradients at step 2 \(1 so far; training.max_nonfinite is 0\)"):
+        run(make_plan(_full(tmp_path, tiny, "stop", training=training)), callbacks=[poison_from(2)])
+    done = run(make_plan(_full(tmp_path, tiny, "skip", training={**training, "max_nonfinite": 3})),
+               callbacks=[poison_from(2)])
+    assert (done / "RUN_COMPLETE").is_file()
