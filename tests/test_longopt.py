@@ -226,3 +226,14 @@ def test_non_finite_steps_are_skipped_and_counted_in_training(tmp_path, tiny, op
     done = run(make_plan(_full(tmp_path, tiny, "skip", training={**training, "max_nonfinite": 3})),
                callbacks=[poison_from(2)])
     assert (done / "RUN_COMPLETE").is_file()
+
+
+def test_offload_check_script_runs_in_smoke(tmp_path):
+    # On the CPU offloading has nothing to move: this runs bench/offload_check.py's code (the GPU run
+    # compares gradients and peak memory with and without it).
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "offload_check.py"), "--smoke", "--out",
+                          str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["same_within_rerun_spread"] and result["loss_on"] == result["loss_off"]
