@@ -66,6 +66,8 @@ class Runtime:
         """The part that joins the plan hash: every decision that can change the trained weights."""
         out = to_dict(self)
         del out["cuda_alloc_conf"]
+        if not out["optimizer_modules"]:  # the plain optimizers: hashes as before the field existed
+            del out["optimizer_modules"]
         return out
 
 
