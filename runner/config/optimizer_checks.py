@@ -47,9 +47,9 @@ def check_optimizer(cfg: dict, raw: dict, error, warn) -> None:
         if training["max_nonfinite"] > 0:
             error(("training", "max_nonfinite"), f"{name} applies each update during backward, before a non-finite "
                   "step could be skipped", "set max_nonfinite: 0 (the run stops at the first one)")
-        if training["max_grad_norm"]:
+        if "max_grad_norm" in raw_training and training["max_grad_norm"]:
             warn(("training", "max_grad_norm"), f"{name} updates each parameter before the whole gradient's norm is "
-                 "known: no clipping", "set max_grad_norm: null")
+                 "known: clipping is off", "remove max_grad_norm")
     if not low_rank(name):
         for key in ("optim_target_modules", "low_rank"):
             if key in raw_training:
