@@ -124,6 +124,7 @@ def test_a_model_whose_code_ignores_rope_parameters_is_refused_before_load(tmp_p
 @pytest.mark.parametrize("optimizer,extra", [
     ("galore_adamw", {"low_rank": {"rank": 4, "update_proj_gap": 5}}),
     ("apollo_adamw", {"low_rank": {"rank": 4, "update_proj_gap": 5}}),
+    ("galore_adamw_layerwise", {"low_rank": {"rank": 4, "update_proj_gap": 5}}),  # stepped during backward
     ("muon", {}),
 ])
 def test_memory_saving_optimizers_train_with_falling_loss(tmp_path, tiny, optimizer, extra):
