@@ -73,6 +73,12 @@ SCENARIOS = {s.name: s for s in [
                  attn_ctx=2048, needs_cuda=True, smoke_runs=False),
         "QLoRA (nf4, double quant, bf16 compute) Llama-3-8B shape, seq 2048 packed"),
     Scenario(
+        "lora8b_32k", "lora8b_32k.yaml", "llama3_8b", "lora",
+        Baseline("lora8b_baseline.py", shared=True, env={"SEQ": "32768", "MB": "1", "GC": "1"},
+                 smoke_env={"SEQ": "256", "MB": "1", "GC": "1"}, attn_ctx="SEQ", needs_cuda=True),
+        "long context: LoRA r16 Llama-3-8B shape at 32k tokens per row (YaRN x4), mb 1, checkpointing",
+        warmup=3, measure=10),
+    Scenario(
         "full1b", "full1b.yaml", "llama32_1b", "full",
         Baseline("baselines/full1b_baseline.py", shared=False, env={"SEQ": "2048", "MB": "4", "GC": "0"},
                  smoke_env={"SEQ": "128", "MB": "2", "GC": "0", "STEPS": "3"}, attn_ctx="SEQ"),

@@ -86,7 +86,9 @@ def test_every_scenario_config_plans_with_the_harness_overrides(tmp_path, shared
         assert plan.model.random_init is True and plan.model.path == str(shapes[scenario.shape])
         assert plan.training.max_steps == 25 and plan.tracking.log_every == 5
         assert all(Path(d.path).parent == shared_data.resolve() for d in plan.data.datasets)
-        assert plan.data.sequence.max_length == 2048
+        assert plan.data.sequence.max_length == (32768 if scenario.name == "lora8b_32k" else 2048)
+        if scenario.name == "lora8b_32k":  # YaRN x4 over the shape's trained positions
+            assert plan.model.rope_scaling == {"type": "yarn", "factor": 4}
         expected = {"lora": "lora", "dpo_lora": "lora", "full": "full"}[scenario.work]
         assert plan.adapter.kind == expected, scenario.name
         assert plan.quantization.bits == (4 if scenario.name == "qlora8b" else None)

@@ -28,7 +28,7 @@ MOVED = {"datasets": ("data", "datasets"), "eval_datasets": ("data", "eval_datas
 DERIVED = {("adapter", "alpha"), ("output", "dir"), ("name",), ("model", "path"), ("data", "cache_dir")}
 NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"), ("tracking", "mlflow"),
                ("tracking", "swanlab"),
-               ("training", "early_stopping")}  # secret / meta / null section
+               ("training", "early_stopping"), ("model", "rope_scaling")}  # secret / meta / null section
 
 
 def schema_keys(node=None, prefix=()):

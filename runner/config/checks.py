@@ -109,6 +109,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
              "pip install 'runner[flash]' on the GPU machine, or use sdpa")
 
     backend = dist["backend"]
+    from runner.config.optimizer_checks import check_optimizer
     from runner.plan.launch_settings import check_distributed, sharded as is_sharded
 
     # A user's own DeepSpeed file decides the stage that really runs, not the YAML default.
@@ -139,6 +140,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
         error(("tracking", "mlflow", "tracking_uri"), "holds credentials (user:password@ or a token in the query)",
               "give the bare address here and the credentials through MLFLOW_TRACKING_USERNAME / "
               "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN in the environment")
+    check_optimizer(cfg, raw, error, warn)
     for severity, path, message, *hint in check_distributed(cfg, raw):
         (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
     return Findings(errors, warnings)

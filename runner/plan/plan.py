@@ -59,11 +59,15 @@ class Runtime:
     eval_steps: int | None             # evaluate every N steps (eval_every, or evals_per_epoch made steps)
     save_steps: int | None             # checkpoint every N steps (save_every, saves_per_epoch; keep_best: eval_steps)
     cuda_alloc_conf: str | None        # allocator settings: speed and memory, never the numbers
+    # galore_* / apollo_*: the projected linear modules; muon: the decoder stack whose 2-D weights it updates
+    optimizer_modules: tuple[str, ...] = ()
 
     def reproducible(self) -> dict:
         """The part that joins the plan hash: every decision that can change the trained weights."""
         out = to_dict(self)
         del out["cuda_alloc_conf"]
+        if not out["optimizer_modules"]:  # the plain optimizers: hashes as before the field existed
+            del out["optimizer_modules"]
         return out
 
 

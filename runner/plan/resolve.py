@@ -15,7 +15,7 @@ from runner.config.checks import best_direction, check, eval_metric_name
 from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load, looks_like_task_path
 from runner.errors import ConfigErrors, UserError
-from runner.plan import hashing, output_dir, remote_code, sections
+from runner.plan import hashing, output_dir, remote_code, rope, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 
@@ -222,6 +222,10 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     datasets = _resolve_datasets(cfg["datasets"], "datasets", base, where, errors)
     eval_datasets = _resolve_datasets(cfg["eval_datasets"], "eval_datasets", base, where, errors)
     errors += _remote_code_errors(model, cfg["model"]["trust_remote_code"], where)
+    errors += rope.check(cfg["model"], model_dirs(model)[0], where)
+    model["max_position"] = rope.max_position(cfg["model"], model_dirs(model)[0])
+    too_long = rope.sequence_warning(cfg["model"], model_dirs(model)[0], cfg["sequence"]["max_length"], where)
+    warnings = warnings + [too_long] if too_long else warnings
     template = dict(cfg["template"])
     errors += _evaluation_errors(cfg["evaluation"], where)
     if template["jinja"]:

@@ -27,6 +27,8 @@ class Model:
     attn_implementation: str
     tokenizer: str | None
     trust_remote_code: bool
+    rope_scaling: dict | None      # transformers' rope_parameters keys, `type` as rope_type
+    max_position: int | None
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,24 @@ class KTO:
 
 
 @dataclass(frozen=True)
+class LowRank:
+    rank: int
+    update_proj_gap: int
+    scale: float | None
+    proj_type: str
+    apollo_proj: str
+    apollo_scale_type: str
+
+
+@dataclass(frozen=True)
+class Muon:
+    momentum: float
+    nesterov: bool
+    ns_steps: int
+    adjust_lr: str
+
+
+@dataclass(frozen=True)
 class ORPO:
     beta: float
 
@@ -161,12 +181,16 @@ class Training:
     warmup_ratio: float
     warmup_steps: int | None
     optimizer: str
+    optim_target_modules: tuple[str, ...] | None
+    low_rank: LowRank | None       # None only in a plan.json written before these settings
+    muon: Muon | None
     weight_decay: float
     adam_beta1: float
     adam_beta2: float
     adam_epsilon: float
     max_grad_norm: float | None
     gradient_checkpointing: Union[bool, int]
+    activation_offloading: bool
     precision: str
     eval_every: int | None
     evals_per_epoch: int | None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from runner.plan.launch_settings import deepspeed_json
 from runner.plan.plan import Plan, Runtime
+from runner.train.optimizers import trainer_arguments
 
 
 def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval: bool) -> dict:
@@ -52,6 +53,7 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
     )
     if runtime.device == "cpu":
         args["use_cpu"] = True
+    args.update(trainer_arguments(plan, runtime))
     if runtime.fast_path.non_blocking_copies:
         # Batches come from pinned host memory and reach the GPU without blocking the host.
         args["accelerator_config"] = {"non_blocking": True}

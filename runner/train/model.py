@@ -69,9 +69,51 @@ def load_config(plan):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(plan.model.path, **_source_kwargs(plan))
+        config = AutoConfig.from_pretrained(plan.model.path, **_source_kwargs(plan))
     except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc
+    apply_rope(plan, config)
+    return config
+
+
+def apply_rope(plan, config) -> None:
+    """model.rope_scaling and model.max_position written into the config the model is built from
+    (runner.plan.rope says what they become; config.json's own checks ran at plan time)."""
+    from runner.plan import rope
+
+    model = plan.model
+    if model.rope_scaling is None and model.max_position is None:
+        return
+    text = config.get_text_config()
+    current = getattr(text, "rope_parameters", None) or {}
+    nested = text.nested_rope_parameter_keys(current) if hasattr(text, "nested_rope_parameter_keys") else []
+    where = "model.rope_scaling"
+    if model.rope_scaling is not None and (not current or nested):
+        why = f"sets RoPE per layer type ({', '.join(nested)})" if nested else "has no rotary position embeddings"
+        raise UserError(f"the model ({text.model_type}) {why}: model.rope_scaling cannot apply", where=where,
+                        hint="remove model.rope_scaling")
+    params, new_max = rope.updated(model.rope_scaling, model.max_position, text.max_position_embeddings, current)
+    if params is not None:
+        text.rope_parameters = params
+    text.max_position_embeddings = new_max
+    try:
+        text.validate_rope()
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"transformers refuses the RoPE settings {params}: {exc}", where=where) from exc
+
+
+def check_rope(plan, model) -> None:
+    """The model's code must read rope_parameters: some architectures (GPT-J, CodeGen, ...) compute
+    their rotary embedding themselves and would silently train unscaled."""
+    wanted = plan.model.rope_scaling
+    if wanted is None:
+        return
+    seen = {str(getattr(m, "rope_type")) for m in model.modules() if isinstance(getattr(m, "rope_type", None), str)}
+    if wanted["type"] not in seen:
+        raise UserError(f"the {type(model).__name__} code does not use transformers' RoPE scaling (its rotary "
+                        f"embedding runs {', '.join(sorted(seen)) or 'its own computation'}): rope_scaling "
+                        f"{wanted['type']} would be ignored", where="model.rope_scaling",
+                        hint="remove model.rope_scaling; this architecture cannot be stretched this way")
 
 
 def bnb_config(quantization, dtype: str):
@@ -147,6 +189,8 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
         if plan.model.random_init:
             model = _random_model(plan, kwargs)
         else:
+            if plan.model.rope_scaling is not None or plan.model.max_position is not None:
+                kwargs["config"] = load_config(plan)
             model = AutoModelForCausalLM.from_pretrained(plan.model.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc

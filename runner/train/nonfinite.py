@@ -10,8 +10,14 @@ weights, so reading late loses nothing.
 
 Under DDP every rank holds the same averaged gradients, but a loss is its own rank's: the flag is
 all-reduced (max) across ranks before the step, on the device's stream, so every replica skips the
-same steps and counts the same. Other optimizers and sharded runs (FSDP, DeepSpeed: each rank sees
-only its shard's gradients) keep the plain check in runner.train.trainer.RunnerMixin (one sync per micro-step)."""
+same steps and counts the same.
+
+Optimizers without a `found_inf` step (GaLore, APOLLO, runner's Muon + AdamW) get the same check with
+one sync per optimizer step: when the flag is set, the gradients are dropped before the step, and a
+torch optimizer leaves a parameter without a gradient as it was (weights, moments, step counts).
+Layerwise optimizers update during backward and cannot be guarded (refused with max_nonfinite > 0 at
+plan time). Other optimizers and sharded runs (FSDP, DeepSpeed: each rank sees only its shard's
+gradients) keep the plain check in runner.train.trainer.RunnerMixin (one sync per micro-step)."""
 
 from __future__ import annotations
 
@@ -28,6 +34,14 @@ def supports(optimizer) -> bool:
         and getattr(optimizer, "_step_supports_amp_scaling", False)
 
 
+def skips_without_gradient(optimizer) -> bool:
+    """A torch optimizer stepping its parameters itself (not transformers' layerwise stand-in, whose
+    updates ran during backward): one that leaves a parameter without a gradient unchanged."""
+    import torch
+
+    return isinstance(optimizer, torch.optim.Optimizer) and type(optimizer).__name__ != "LayerWiseDummyOptimizer"
+
+
 class NonFiniteGuard:
     def __init__(self, optimizer, max_nonfinite: int):
         import torch
@@ -41,6 +55,7 @@ class NonFiniteGuard:
         self.last = torch.zeros((), dtype=torch.int64, device=device)   # its step index of the last skip
         self.reported = 0
         self.optimizer = optimizer
+        self.on_device = supports(optimizer)  # else: one sync per step, the gradients dropped when set
         self.handles = [optimizer.register_step_pre_hook(self._before_step),
                         optimizer.register_step_post_hook(self._after_step)]
 
@@ -75,7 +90,12 @@ class NonFiniteGuard:
             # A non-finite loss on one rank need not make the averaged gradients non-finite (inf loss,
             # finite gradient): without this, that rank alone would skip and the replicas would part.
             torch.distributed.all_reduce(self.found, op=torch.distributed.ReduceOp.MAX)
-        optimizer.found_inf = self.found
+        if self.on_device:
+            optimizer.found_inf = self.found
+        elif self.found.item():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
 
     def _after_step(self, optimizer, args, kwargs):
         import torch

@@ -189,7 +189,8 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, tr
     args = stage.arguments(plan, common_arguments(plan, rt, output_dir=checkpoints, has_eval=has_eval))
     hooks.one_device(args)
     options = TrainerOptions(row_tokens=stage.row_tokens, max_nonfinite=plan.training.max_nonfinite,
-                             chunked_loss=rt.fast_path.chunked_loss, param_groups=loraplus_groups(plan, args))
+                             chunked_loss=rt.fast_path.chunked_loss, param_groups=loraplus_groups(plan, args),
+                             **optimizer_options(plan, rt))
     stopper = stop_callback()
     runner_callbacks = [
         metrics_callback(run_dir / "metrics.jsonl", options.tally, prefixes=stage.metric_prefixes,
@@ -262,6 +263,17 @@ def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
         from runner.ship.merge import merge_run
 
         merge_run(run.dir, run.dir / "merged")
+
+
+def optimizer_options(plan: Plan, rt) -> dict:
+    """TrainerOptions for the optimizers of runner.train.optimizers: Muon built by runner, and the
+    non-finite guard over those and GaLore / APOLLO."""
+    from runner.config.optimizer_checks import layerwise, low_rank
+    from runner.train.optimizers import muon_factory
+
+    name = plan.training.optimizer
+    return {"optimizer": muon_factory(plan, rt), "activation_offloading": plan.training.activation_offloading,
+            "guard_any": name == "muon" or (low_rank(name) and not layerwise(name))}
 
 
 def loraplus_groups(plan: Plan, args):

@@ -86,9 +86,12 @@ def model_facts(plan: Plan) -> ModelFacts:
     from runner.train.fast import varlen
     from runner.train.model import load_config
 
+    from runner.train.model import check_rope
+
     config = load_config(plan)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=plan.model.trust_remote_code)
+    check_rope(plan, model)
     return facts_of(model)
 
 
@@ -161,6 +164,7 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
         precision = "bf16" if dtype == "bfloat16" or env.bf16_supported else ("fp16" if dtype == "float16" else "fp32")
     attention, why = decide_attention(plan, env, facts)
     trained = target_modules(plan, facts)
+    projected = optimizer_modules(plan, facts, env.world_size)
     fast = decide_fast_path(plan, env, facts, backend)
     if plan.training.gradient_checkpointing not in (False, True) and fast.checkpointed_layers is None:
         warnings.append(f"training.gradient_checkpointing: {plan.training.gradient_checkpointing} selects layers, "
@@ -174,6 +178,7 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
         target_modules=trained[0], trained_layers=trained[1],
         effective_batch_size=plan.training.batch_per_process * env.world_size,
         total_steps=total_steps(plan, train_rows, env.world_size), cuda_alloc_conf=env.cuda_alloc_conf,
+        optimizer_modules=projected,
         **cadences(plan, steps_per_epoch(plan, train_rows, env.world_size), warnings))
     return runtime, warnings
 
@@ -259,6 +264,32 @@ def checkpointed_layers(setting, layers: int) -> str | None:
     if not setting or not layers:
         return None
     return f"{layers if setting is True else min(int(setting), layers)}/{layers}"
+
+
+def optimizer_modules(plan: Plan, facts: ModelFacts, world_size: int) -> tuple[str, ...]:
+    """galore_* / apollo_*: the linear modules whose gradients are projected (named, or every linear
+    layer but the output head); muon: the decoder stack, whose 2-D weights Muon updates."""
+    from runner.config.optimizer_checks import layerwise, low_rank
+
+    name = plan.training.optimizer
+    if layerwise(name) and world_size > 1:
+        raise UserError(f"{name} cannot run on {world_size} processes: it updates each parameter during backward, "
+                        "before DDP averages the gradients", where="training.optimizer",
+                        hint=f"train on one process, or use {name.removesuffix('_layerwise')}")
+    if low_rank(name):
+        wanted = plan.training.optim_target_modules or facts.linear_names
+        for pattern in wanted:
+            if not any(n == pattern or re.fullmatch(pattern, n) for n in facts.linear_names):
+                raise UserError(f"training.optim_target_modules: {pattern!r} names no linear module of "
+                                f"{facts.class_name}", where="training.optim_target_modules",
+                                hint=f"its linear modules: {', '.join(facts.linear_names)}")
+        return tuple(wanted)
+    if name == "muon":
+        if facts.layer_stack is None:
+            raise UserError(f"cannot find the decoder layers of {facts.class_name} for Muon", where="training.optimizer",
+                            hint="use adamw_torch_fused")
+        return (facts.layer_stack,)
+    return ()
 
 
 def target_modules(plan: Plan, facts: ModelFacts) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -27,7 +27,8 @@ FAMILIES = {
 # Checked in order: the first substring found in the model path names the family.
 FAMILY_HINTS = [("qwen3", "qwen3"), ("qwen", "qwen2"), ("mistral", "mistral"), ("mixtral", "mistral"),
                 ("gemma", "gemma"), ("phi-3", "phi3"), ("phi3", "phi3"), ("smollm", "chatml"), ("llama", "llama")]
-GPU_ONLY_OPTIMIZERS = {"paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "lion_8bit", "adamw_torch_fused"}
+GPU_ONLY_OPTIMIZERS = {"paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "lion_8bit", "adamw_torch_fused",
+                       "galore_adamw_8bit", "galore_adamw_8bit_layerwise"}  # bitsandbytes kernels
 CORPUS = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request. "
     "The quick brown fox jumps over the lazy dog. Hello! I am an AI assistant. How can I help you today? "

@@ -32,6 +32,9 @@ class TrainerOptions:
     max_nonfinite: int = 0
     chunked_loss: bool = False
     param_groups: Callable | None = None   # model -> optimizer param groups (LoRA+), or None
+    optimizer: Callable | None = None      # (model, lr) -> optimizer the Trainer cannot build (Muon), or None
+    guard_any: bool = False                # guard optimizers without a fused found_inf step too
+    activation_offloading: bool = False    # saved activations in pinned host memory (runner.train.fast.offload)
     tally: TokenTally = field(default_factory=TokenTally)
     guard: GuardSlot = field(default_factory=GuardSlot)
 
@@ -61,7 +64,9 @@ class RunnerMixin:
         self.data_collator = TokenCounter(self.data_collator, runner.row_tokens)
 
     def create_optimizer(self, model=None):
-        if self.optimizer is None and self.runner.param_groups is not None:
+        if self.optimizer is None and self.runner.optimizer is not None:
+            self.optimizer = self.runner.optimizer(self.model if model is None else model, self.args.learning_rate)
+        elif self.optimizer is None and self.runner.param_groups is not None:
             opt_model = self.model if model is None else model
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             kwargs.pop("lr", None)  # each group carries its own rate
@@ -78,14 +83,19 @@ class RunnerMixin:
         replicated = not self.is_fsdp_enabled and not self.is_deepspeed_enabled
         # fp16's GradScaler skips overflowing steps by design: those must not count as failures.
         slot = self.runner.guard
-        if slot.guard is None and replicated and not self.args.fp16 and nonfinite.supports(self.optimizer):
+        guarded = nonfinite.supports(self.optimizer) or (
+            self.runner.guard_any and nonfinite.skips_without_gradient(self.optimizer))
+        if slot.guard is None and replicated and not self.args.fp16 and guarded:
             slot.guard = nonfinite.NonFiniteGuard(self.optimizer, self.runner.max_nonfinite)
 
     _nonfinite_seen = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        from runner.train.fast.offload import maybe_offloading
+
         self.runner.tally.count += int(inputs.pop(TOKENS_KEY, 0))
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        with maybe_offloading(self.runner.activation_offloading):  # forward and backward both inside
+            loss = super().training_step(model, inputs, num_items_in_batch)
         if self.runner.guard.guard is not None:
             return self.runner.guard.guard.after_micro_step(loss)  # no host-device sync
         if not math.isfinite(float(loss.detach())):
