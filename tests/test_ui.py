@@ -20,7 +20,7 @@ import yaml
 from tests.tiny_model import REPO, SHARED_DATA, save_tiny_model, write_config
 
 CHROMIUM = "/usr/bin/chromium"
-BANNER = re.compile(r"runner ui at (http://\S+/)")
+BANNER = re.compile(r"runner ui at (http://\S+)")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed "
                                                                         "(scripts/setup.sh --test installs it)")
 
@@ -44,9 +44,17 @@ def workspace(tmp_path_factory, quickstart_run) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workspace):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "ui", "--workspace", str(workspace), "--port", "0"],
+    proc, url = start_ui(workspace, env_extra={"HF_HOME": str(workspace.parent / "hf-home")})  # no Hub token
+    yield url
+    proc.terminate()
+    proc.wait(60)
+
+
+def start_ui(workspace, *args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_UI_TOKEN"}
+    env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "1", **(env_extra or {})})
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "ui", "--workspace", str(workspace), "--port", "0", *args],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, found = [], threading.Event()
 
@@ -58,10 +66,7 @@ def server(workspace):
         found.set()
     threading.Thread(target=read, daemon=True).start()
     assert found.wait(60) and proc.poll() is None, "".join(lines)
-    url = BANNER.search("".join(lines)).group(1)
-    yield url
-    proc.terminate()
-    proc.wait(60)
+    return proc, BANNER.search("".join(lines)).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +172,63 @@ def test_chat_with_the_quickstart_run(page, shots):
     page.select_option("#eval-run", "runs/quickstart")
     page.fill("#chat-input", "Who are you?")
     page.click("#chat-send")
+    page.select_option("#chat-run-b", "__base__")  # beside it: the base model, same template
+    page.fill("#chat-input", "Who are you?")
+    page.click("#chat-send")
     page.wait_for_function("document.querySelector('#chat-log .assistant')?.textContent.includes('Nova')",
                            timeout=180_000)
+    page.wait_for_function("document.querySelector('#chat-log-b .assistant')?.textContent.length > 10",
+                           timeout=180_000)
+    page.wait_for_timeout(1000)
+    assert "Nova" not in page.inner_text("#chat-log-b")  # the name is what the adapter taught
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
+
+
+def test_import_an_axolotl_file_by_upload(page):
+    tab(page, "configure")
+    page.select_option("#import-tool", "axolotl")
+    page.set_input_files("#import-file", str(REPO / "tests" / "fixtures" / "axolotl" / "lora_llama3_alpaca.yml"))
+    page.wait_for_function("document.querySelector('#config-path').value === 'lora_llama3_alpaca.yaml'")
+    text = page.input_value("#yaml")
+    assert "runner import axolotl lora_llama3_alpaca.yml" in text and "adapter:" in text
+    page.wait_for_selector("#lint li")
+
+
+def test_push_needs_its_dry_run_first(page, server):
+    csrf = page.get_attribute("meta[name=csrf]", "content")
+    refused = httpx.post(server + "api/export", headers={"X-Runner-CSRF": csrf}, json={
+        "run": "runs/quickstart", "kind": "push", "repo": "acme/nova", "dry_run": False})
+    assert refused.status_code == 400 and "dry run first" in refused.json()["error"]["message"]
+    tab(page, "export")
+    page.select_option("#export-run", "runs/quickstart")
+    page.fill("#push-repo", "acme/nova")
+    assert page.is_disabled("#push-real")
+    page.click("#push-dry")
+    page.wait_for_function("document.querySelector('#export-log').textContent.includes('would upload to acme/nova')",
+                           timeout=120_000)
+    page.wait_for_function("!document.querySelector('#push-real').disabled")
+
+
+def test_another_host_needs_the_token(workspace):
+    proc, url = start_ui(workspace, "--host", "127.0.0.2", env_extra={"RUNNER_UI_TOKEN": "s3cret-token"})
+    try:
+        base = url.split("?")[0]
+        assert "s3cret-token" not in url  # a token the user gave is not printed back
+        assert httpx.get(base + "api/runs").status_code == 401
+        assert httpx.get(base + "api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(base + "api/runs", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        entry = httpx.get(base + "?token=s3cret-token")
+        assert entry.status_code == 303 and "HttpOnly" in entry.headers["set-cookie"]
+        assert httpx.get(base, cookies={"runner_ui_token": "s3cret-token"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    proc, url = start_ui(workspace, "--host", "127.0.0.2")  # none given: one is made and printed once
+    try:
+        assert "?token=" in url and httpx.get(url, follow_redirects=True).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 PASSWD = "../../etc/passwd"

@@ -109,8 +109,9 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starle
         run_dir = actions.run_directory(ws, q.get("run"))
         after = int(q.get("after", 0) or 0)
         job = jobs.for_run(ws.rel(run_dir))
-        from runner.ui.workspace import run_status
+        from runner.ui.workspace import run_status, total_steps
         return {"rows": metrics_rows(run_dir, after), "status": run_status(run_dir, job),
+                "total_steps": total_steps(run_dir),
                 "job": job.summary() if job else None, "log": jobs.log_tail(job, 8000) if job else ""}
 
     def stop(data):
@@ -136,7 +137,7 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starle
         data = await body(request)
         run_dir = actions.run_directory(ws, data.get("run"))
         messages, temperature = parse_messages(data)
-        engine = await run_in_threadpool(chats.engine_for, run_dir)
+        engine = await run_in_threadpool(chats.engine_for, run_dir, bool(data.get("base")))
 
         async def pieces():
             try:
@@ -181,6 +182,7 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starle
         Route("/api/run", q(lambda p: actions.run_detail(ws, jobs, p.get("run")))),
         Route("/api/metrics", q(metrics)),
         Route("/api/compare", q(lambda p: actions.compare(ws, p.getlist("runs")))),
+        Route("/api/sweeps", q(lambda p: ws.sweeps())),
         Route("/api/jobs", q(lambda p: [j.summary() for j in jobs.jobs.values()])),
         Route("/api/log", q(job_log)),
         Route("/api/recipes/use", post(lambda d: configure.use_recipe(ws, d.get("name"))), methods=["POST"]),

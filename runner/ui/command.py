@@ -30,7 +30,8 @@ def run(args) -> int:
         raise UserError(f"--workspace {args.workspace} is not a folder", where="runner ui --workspace",
                         hint="create it, or pass the folder that holds your configs")
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.host not in LOCAL_HOSTS and token is None:
+    made = args.host not in LOCAL_HOSTS and token is None
+    if made:
         token = secrets.token_urlsafe(24)  # off localhost a token is not optional: make one, show it once
     sock = _bind(args.host, args.port)
     import uvicorn
@@ -43,7 +44,10 @@ def run(args) -> int:
     hosts = {f"{shown}:{port}"} | ({f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
                                    if args.host in LOCAL_HOSTS else set())
     app = build_app(Path.cwd(), hosts=hosts, token=token)
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    # A token the user chose is never printed back; one made here has to be shown to be usable.
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if made else "")
+    if token and not made:
+        url += f" (send the token from --token / ${TOKEN_ENV}: ?token=..., a cookie or Authorization: Bearer)"
     print(f"runner ui at {url} (workspace {Path.cwd()}; Ctrl-C stops)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="debug" if args.debug else "warning", access_log=bool(args.debug),
                             timeout_graceful_shutdown=5, lifespan="on")

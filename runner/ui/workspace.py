@@ -58,6 +58,20 @@ class Workspace:
     def run_dirs(self) -> list[Path]:
         return [folder for folder, is_run, _ in self.walk() if is_run]
 
+    def sweeps(self) -> list[dict]:
+        """Every sweep folder (runner sweep's trials.json) with its trial table."""
+        from runner.sweep.report import TABLE_JSON
+
+        out = []
+        for folder, is_run, files in self.walk():
+            if not is_run and TABLE_JSON in files:
+                try:
+                    table = json.loads((folder / TABLE_JSON).read_text())
+                except ValueError:
+                    continue
+                out.append({"id": self.rel(folder), **table})
+        return out
+
 
 def recipes() -> list[dict]:
     """The cookbook's recipes with their first comment line as a summary."""
@@ -90,6 +104,12 @@ def metrics_rows(run_dir: Path, after: int = 0) -> list[dict]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def total_steps(run_dir: Path) -> int | None:
+    """The optimizer steps the run will take, as its launch decided (plan.json's runtime)."""
+    plan = rundir.read_stored_plan(run_dir) or {}
+    return (plan.get("runtime") or {}).get("total_steps")
 
 
 def run_status(run_dir: Path, job=None) -> str:

@@ -21,8 +21,8 @@ const guard = (f) => async (...a) => { try { await f(...a); } catch (e) { toast(
 function el(tag, attrs = {}, ...kids) { const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) { if (k === 'text') e.textContent = v; else e.setAttribute(k, v); }
   e.append(...kids); return e; }
-function fill(select, items, keep = true) { const old = select.value; const first = select.querySelector('option[value=""]');
-  select.replaceChildren(...(first ? [first] : []), ...items.map((i) => el('option', { value: i, text: i })));
+function fill(select, items, keep = true) { const old = select.value; const fixed = [...select.querySelectorAll('option[data-fixed]')];
+  select.replaceChildren(...fixed, ...items.map((i) => el('option', { value: i, text: i })));
   if (keep && items.includes(old)) select.value = old; }
 
 // ---- tabs
@@ -68,7 +68,7 @@ async function setKey(key, input) {
   else if (input.dataset.type === 'number' || input.dataset.type === 'integer') value = Number(input.value);
   else value = input.value;
   const r = await api('/api/set', { text: $('#yaml').value, key, value });
-  $('#yaml').value = r.text; await afterYaml(false);
+  $('#yaml').value = r.text; await afterYaml();
 }
 function showValues(values, inherited) {
   const from = new Map(inherited.map((i) => [i.key, i.from]));
@@ -82,10 +82,11 @@ function showValues(values, inherited) {
     else input.value = has ? values[key] : '';
   });
 }
-async function afterYaml(withValues = true, deep = false) {
-  const text = $('#yaml').value, path = $('#config-path').value;
-  const [lint, vals] = await Promise.all([api('/api/lint', { path, text, deep }),
-    withValues ? api('/api/values', { path, text }) : api('/api/values', { path, text })]);
+let lintSeq = 0;
+async function afterYaml(deep = false) {
+  const text = $('#yaml').value, path = $('#config-path').value, seq = ++lintSeq;
+  const [lint, vals] = await Promise.all([api('/api/lint', { path, text, deep }), api('/api/values', { path, text })]);
+  if (seq !== lintSeq) return;  // an older text's answer, arriving after a newer one was asked for
   const list = $('#lint');
   list.replaceChildren(...(lint.problems.length ? lint.problems.map((p) =>
     el('li', { class: p.severity, 'data-line': p.line ?? '', text: p.text })) :
@@ -93,7 +94,7 @@ async function afterYaml(withValues = true, deep = false) {
   showValues(vals.values, vals.inherited);
 }
 let yamlTimer;
-$('#yaml').addEventListener('input', () => { clearTimeout(yamlTimer); yamlTimer = setTimeout(guard(afterYaml), 400); });
+$('#yaml').addEventListener('input', () => { clearTimeout(yamlTimer); yamlTimer = setTimeout(guard(() => afterYaml()), 400); });
 $('#form-search').addEventListener('input', () => {
   const q = $('#form-search').value.trim().toLowerCase();
   document.querySelectorAll('#form .field').forEach((f) => f.classList.toggle('hidden', !!q && !f.dataset.search.includes(q)));
@@ -110,7 +111,7 @@ $('#save').addEventListener('click', guard(async () => {
   const r = await api('/api/save', { path: $('#config-path').value, text: $('#yaml').value });
   $('#save-status').textContent = `saved ${r.path}`; await loadLists();
 }));
-$('#deep-lint').addEventListener('click', guard(() => afterYaml(true, true)));
+$('#deep-lint').addEventListener('click', guard(() => afterYaml(true)));
 $('#import-file').addEventListener('change', guard(async () => {
   const file = $('#import-file').files[0]; if (!file) return;
   const r = await api('/api/import', { tool: $('#import-tool').value, filename: file.name, text: await file.text() });
@@ -136,7 +137,8 @@ function chart(svg, series) {
     if (!s.points.length) return;
     mk('path', { class: 'curve', 'data-run': s.name, 'data-points': s.points.length, stroke: COLORS[i % COLORS.length],
       d: s.points.map((p, j) => `${j ? 'L' : 'M'}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(' ') });
-    mk('text', { x: W - 200, y: 14 + 12 * i, fill: COLORS[i % COLORS.length] }).textContent = s.name;
+    if (s.dashed) document.querySelector(`#${svg.id} path.curve:last-of-type`).setAttribute('stroke-dasharray', '5 3');
+    mk('text', { x: W - 220, y: 14 + 12 * i, style: `fill: ${COLORS[i % COLORS.length]}` }).textContent = s.name;
   });
 }
 const lossPoints = (rows, kind = 'train') => rows.filter((r) => r.kind === kind && typeof r.loss === 'number').map((r) => [r.step, r.loss]);
@@ -147,7 +149,9 @@ $('#start').addEventListener('click', guard(async () => {
   try {
     const job = await api('/api/train', { config: $('#train-config').value, smoke: $('#smoke').checked,
       overwrite: $('#overwrite').checked, launch: $('#use-launch').checked });
-    await refreshRuns(); $('#live-run').value = job.run; watch(job.run);
+    await refreshRuns();
+    if (![...$('#live-run').options].some((o) => o.value === job.run)) $('#live-run').append(el('option', { value: job.run, text: job.run }));
+    $('#live-run').value = job.run; watch(job.run);
   } catch (e) { $('#train-error').textContent = e.message; throw e; }
 }));
 $('#live-run').addEventListener('change', () => watch($('#live-run').value));
@@ -159,7 +163,7 @@ async function poll() {
   try {
     const r = await api(`/api/metrics?run=${encodeURIComponent(run)}&after=0`);
     if (run !== state.liveRun) return;
-    state.liveRows = r.rows; const train = r.rows.filter((x) => x.kind === 'train'), last = train[train.length - 1] || {};
+    state.liveRows = r.rows; state.totalSteps = r.total_steps; const train = r.rows.filter((x) => x.kind === 'train'), last = train[train.length - 1] || {};
     $('#live-status').textContent = r.status; $('#live-status').className = 'status-' + r.status;
     $('#live-step').textContent = last.step ?? '-'; $('#live-loss').textContent = last.loss?.toFixed?.(4) ?? '-';
     $('#live-lr').textContent = last.lr?.toExponential?.(2) ?? '-'; $('#live-tps').textContent = last.tokens_per_s ?? '-';
@@ -190,6 +194,12 @@ async function refreshRuns() {
     $('#run-detail').replaceChildren(el('h3', { text: d.id }), el('pre', { text: d.card || '(no model card yet)' }),
       el('pre', { text: JSON.stringify(d.plan, null, 2) }));
   })));
+  const sweeps = await api('/api/sweeps');
+  $('#sweeps').replaceChildren(...sweeps.map((sw) => { const names = [...new Set(sw.trials.flatMap((t) => Object.keys(t.params || {})))];
+    return el('table', { class: 'sweep', 'data-sweep': sw.id }, el('caption', { text: `sweep ${sw.id} (${sw.method}, ${sw.metric?.goal || ''} ${sw.metric?.name || ''})` }),
+      el('tr', {}, ...['trial', 'status', ...names, sw.metric?.name || 'metric', 'run dir'].map((h) => el('th', { text: h }))),
+      ...sw.trials.map((t) => el('tr', {}, el('td', { text: t.index }), el('td', { text: t.status + (t.index === sw.best ? ' (best)' : '') }),
+        ...names.map((n) => el('td', { text: JSON.stringify(t.params?.[n] ?? '') })), el('td', { text: t.metric ?? '' }), el('td', { text: t.run_dir || '' })))); }));
   const ids = runs.map((r) => r.id);
   fill($('#live-run'), ids); document.querySelectorAll('.run-select').forEach((s) => fill(s, ids));
   if (!state.liveRun && ids.length) { const running = runs.find((r) => r.status === 'running'); if (running) { $('#live-run').value = running.id; watch(running.id); } }
@@ -198,16 +208,19 @@ $('#refresh-runs').addEventListener('click', guard(refreshRuns));
 $('#compare').addEventListener('click', guard(async () => {
   const picked = [...document.querySelectorAll('.pick:checked')].map((c) => c.value);
   const r = await api('/api/compare?' + picked.map((p) => 'runs=' + encodeURIComponent(p)).join('&'));
-  chart($('#compare-chart'), r.runs.map((name, i) => ({ name, points: lossPoints(r.curves[i]) })));
+  const series = r.runs.map((name, i) => ({ name, points: lossPoints(r.curves[i]) }));
+  r.runs.forEach((name, i) => { const ev = lossPoints(r.curves[i], 'eval');
+    if (ev.length) series.push({ name: `${name} (eval)`, points: ev, dashed: true }); });
+  chart($('#compare-chart'), series);
   $('#diff tbody').replaceChildren(el('tr', {}, el('th', { text: 'key' }), ...r.runs.map((n) => el('th', { text: n }))),
     ...r.diff.map((d) => el('tr', { class: 'diff-row', 'data-key': d.key }, el('td', { text: d.key }),
       ...d.values.map((v) => el('td', { text: typeof v === 'string' ? v : JSON.stringify(v) })))));
 }));
 
 // ---- Evaluate & chat
-async function chatWith(run, log, messages) {
+async function chatWith(run, log, messages, base = false) {
   const out = el('div', { class: 'assistant' }); log.append(out);
-  const r = await fetch('/api/chat', { method: 'POST', body: JSON.stringify({ run, messages, temperature: Number($('#chat-temp').value) }),
+  const r = await fetch('/api/chat', { method: 'POST', body: JSON.stringify({ run, base, messages, temperature: Number($('#chat-temp').value) }),
     headers: { 'Content-Type': 'application/json', 'X-Runner-CSRF': CSRF } });
   if (!r.ok) { const e = await r.json(); throw new Error(e.error.message); }
   const reader = r.body.getReader(), dec = new TextDecoder();
@@ -220,7 +233,8 @@ $('#chat-send').addEventListener('click', guard(async () => {
   state.chat.push({ role: 'user', content: text }); $('#chat-input').value = '';
   for (const log of [$('#chat-log'), $('#chat-log-b')]) log.append(el('div', { class: 'user', text: '> ' + text }));
   const answer = await chatWith($('#eval-run').value, $('#chat-log'), state.chat);
-  if ($('#chat-run-b').value) await chatWith($('#chat-run-b').value, $('#chat-log-b'), state.chat);
+  const b = $('#chat-run-b').value;  // the same conversation, so far as the left model answered it
+  if (b) await chatWith(b === '__base__' ? $('#eval-run').value : b, $('#chat-log-b'), state.chat, b === '__base__');
   state.chat.push({ role: 'assistant', content: answer });
 }));
 $('#eval-run').addEventListener('change', () => { state.chat = []; $('#chat-log').replaceChildren(); $('#chat-log-b').replaceChildren(); });
