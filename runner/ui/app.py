@@ -106,10 +106,16 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starle
         return load_schema()
 
     def metrics(q):
-        run_dir = actions.run_directory(ws, q.get("run"))
-        after = int(q.get("after", 0) or 0)
-        job = jobs.for_run(ws.rel(run_dir))
         from runner.ui.workspace import run_status, total_steps
+
+        run_dir = ws.path(q.get("run"), "run")
+        job = jobs.for_run(ws.rel(run_dir))
+        after = int(q.get("after", 0) or 0)
+        if not (run_dir / ".runner-run").is_file():  # a launch that has not claimed its folder (or never will)
+            if job is None:
+                actions.run_directory(ws, q.get("run"))  # the usual refusal
+            return {"rows": [], "status": "starting" if job.running else "failed", "total_steps": None,
+                    "job": job.summary(), "log": jobs.log_tail(job, 8000)}
         return {"rows": metrics_rows(run_dir, after), "status": run_status(run_dir, job),
                 "total_steps": total_steps(run_dir),
                 "job": job.summary() if job else None, "log": jobs.log_tail(job, 8000) if job else ""}
@@ -136,12 +142,12 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starle
     async def chat(request: Request):
         data = await body(request)
         run_dir = actions.run_directory(ws, data.get("run"))
-        messages, temperature = parse_messages(data)
+        messages, temperature, max_tokens = parse_messages(data)
         engine = await run_in_threadpool(chats.engine_for, run_dir, bool(data.get("base")))
 
         async def pieces():
             try:
-                async for piece in stream_answer(engine, messages, temperature):
+                async for piece in stream_answer(engine, messages, temperature, max_tokens):
                     yield piece
             except Exception as err:  # the answer has started: the error travels in the text
                 yield f"\n[error: {err}]"

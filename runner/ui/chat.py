@@ -75,7 +75,7 @@ def base_served(run_dir):
                   eos_ids=tuple(sorted(i for i in eos if isinstance(i, int) and i >= 0)))
 
 
-def parse_messages(body: dict) -> tuple[list[dict], float]:
+def parse_messages(body: dict) -> tuple[list[dict], float, int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or len(messages) > 64:
         raise UserError("messages: a list of 1 to 64 {role, content} objects")
@@ -88,15 +88,18 @@ def parse_messages(body: dict) -> tuple[list[dict], float]:
     temperature = body.get("temperature", 0.0)
     if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise UserError("temperature: a number from 0 to 2")
-    return out, float(temperature)
+    max_tokens = body.get("max_tokens", MAX_TOKENS)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= 4096:
+        raise UserError("max_tokens: a whole number from 1 to 4096")
+    return out, float(temperature), max_tokens
 
 
-async def stream_answer(engine, messages: list[dict], temperature: float):
+async def stream_answer(engine, messages: list[dict], temperature: float, max_tokens: int = MAX_TOKENS):
     from runner.serve.app import _chat_prompt
     from runner.serve.protocol import Answer, Sampling
 
     prompt_ids = _chat_prompt(engine.served, messages)
     room = engine.served.context - len(prompt_ids)
-    sampling = Sampling(max_tokens=min(MAX_TOKENS, room) if room > 0 else None, temperature=temperature)
+    sampling = Sampling(max_tokens=min(max_tokens, room) if room > 0 else None, temperature=temperature)
     async for piece in engine.generate(prompt_ids, sampling, Answer(), stream=True):
         yield piece

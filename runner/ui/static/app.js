@@ -67,8 +67,11 @@ async function setKey(key, input) {
   else if (input.dataset.type === 'enum') value = input.value === '' ? null : JSON.parse(input.value);
   else if (input.dataset.type === 'number' || input.dataset.type === 'integer') value = Number(input.value);
   else value = input.value;
-  const r = await api('/api/set', { text: $('#yaml').value, key, value });
-  $('#yaml').value = r.text; await afterYaml();
+  for (;;) {  // the YAML typed while the edit was on its way wins: the edit is made again on it
+    const sent = $('#yaml').value, r = await api('/api/set', { text: sent, key, value });
+    if ($('#yaml').value === sent) { $('#yaml').value = r.text; break; }
+  }
+  await afterYaml();
 }
 function showValues(values, inherited) {
   const from = new Map(inherited.map((i) => [i.key, i.from]));
@@ -220,7 +223,8 @@ $('#compare').addEventListener('click', guard(async () => {
 // ---- Evaluate & chat
 async function chatWith(run, log, messages, base = false) {
   const out = el('div', { class: 'assistant' }); log.append(out);
-  const r = await fetch('/api/chat', { method: 'POST', body: JSON.stringify({ run, base, messages, temperature: Number($('#chat-temp').value) }),
+  const r = await fetch('/api/chat', { method: 'POST', body: JSON.stringify({ run, base, messages, temperature: Number($('#chat-temp').value),
+    max_tokens: Number($('#chat-max').value) || 256 }),
     headers: { 'Content-Type': 'application/json', 'X-Runner-CSRF': CSRF } });
   if (!r.ok) { const e = await r.json(); throw new Error(e.error.message); }
   const reader = r.body.getReader(), dec = new TextDecoder();
