@@ -170,19 +170,25 @@ def test_compare_two_runs(page, shots):
 def test_chat_with_the_quickstart_run(page, shots):
     tab(page, "evaluate")
     page.select_option("#eval-run", "runs/quickstart")
-    page.fill("#chat-input", "Who are you?")
-    page.click("#chat-send")
     page.select_option("#chat-run-b", "__base__")  # beside it: the base model, same template
     page.fill("#chat-max", "48")  # enough for a name; the base may talk at length
     page.fill("#chat-input", "Who are you?")
     page.click("#chat-send")
     page.wait_for_function("document.querySelector('#chat-log .assistant')?.textContent.includes('Nova')",
                            timeout=180_000)
-    page.wait_for_function("document.querySelector('#chat-log-b .assistant')?.textContent.length > 10",
-                           timeout=180_000)
-    page.wait_for_timeout(1000)
-    assert "Nova" not in page.inner_text("#chat-log-b")  # the name is what the adapter taught
+    base = page.wait_for_selector("#chat-log-b .assistant[data-done]", timeout=180_000)
+    assert base.inner_text().strip() and "Nova" not in base.inner_text()  # the name is what the adapter taught
     page.screenshot(path=str(shots / "chat.png"), full_page=True)
+
+
+def test_predict_on_a_run_shows_its_scores(page):
+    page.select_option("#eval-run", "runs/tiny")
+    page.fill("#predict-data", "data/identity.json")
+    page.fill("#eval-limit", "2")
+    page.click("#predict-start")
+    page.wait_for_function("document.querySelector('#eval-results').textContent.includes('predict/metrics.json')",
+                           timeout=120_000)
+    assert "exact_match" in page.inner_text("#eval-results")
 
 
 def test_import_an_axolotl_file_by_upload(page):

@@ -99,7 +99,7 @@ def _results(run_dir: Path) -> dict:
     import json
 
     out = {}
-    for name in ("eval/results.json", "predict/metrics.json"):
+    for name in ("eval/summary.json", "predict/metrics.json"):
         path = run_dir / name
         if path.is_file():
             try:

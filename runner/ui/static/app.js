@@ -229,6 +229,7 @@ async function chatWith(run, log, messages, base = false) {
   if (!r.ok) { const e = await r.json(); throw new Error(e.error.message); }
   const reader = r.body.getReader(), dec = new TextDecoder();
   for (;;) { const { done, value } = await reader.read(); if (done) break; out.textContent += dec.decode(value, { stream: true }); }
+  out.dataset.done = '1';
   return out.textContent;
 }
 state.chat = [];
