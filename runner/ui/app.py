@@ -38,10 +38,10 @@ class Refused(Exception):
         self.status, self.message, self.hint = status, message, hint
 
 
-def build_app(workspace, *, hosts: set[str], token: str | None = None) -> Starlette:
+def build_app(workspace, *, hosts: set[str], token: str | None = None, debug: bool = False) -> Starlette:
     ws = Workspace(workspace)
     jobs = Jobs(ws)
-    chats = Chats()
+    chats = Chats(debug)
     csrf = secrets.token_urlsafe(32)
 
     def check(request: Request, changes: bool = False) -> None:

@@ -15,7 +15,8 @@ KEEP = 2
 
 
 class Chats:
-    def __init__(self):
+    def __init__(self, debug: bool = False):
+        self.debug = debug
         self._lock = threading.Lock()
         self.engines: dict[str, object] = {}  # oldest first
 
@@ -26,6 +27,9 @@ class Chats:
         key = f"{'base of ' if base else ''}{path}"
         with self._lock:
             if key not in self.engines:
+                from runner.quiet import quiet_for_run_dir
+
+                quiet_for_run_dir(path, self.debug)  # as `runner serve`: no library chatter unless --debug
                 while len(self.engines) >= KEEP:
                     self.engines.pop(next(iter(self.engines))).stop(timeout=5)
                 served = base_served(path) if base else load_served(path)

@@ -43,7 +43,7 @@ def run(args) -> int:
     shown = f"[{host}]" if ":" in host else host
     hosts = {f"{shown}:{port}"} | ({f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
                                    if args.host in LOCAL_HOSTS else set())
-    app = build_app(Path.cwd(), hosts=hosts, token=token)
+    app = build_app(Path.cwd(), hosts=hosts, token=token, debug=bool(getattr(args, "debug", False)))
     # A token the user chose is never printed back; one made here has to be shown to be usable.
     url = f"http://{shown}:{port}/" + (f"?token={token}" if made else "")
     if token and not made:
