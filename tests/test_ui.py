@@ -262,9 +262,13 @@ def test_path_traversal_refused_everywhere(server, page):
             assert r.status_code == 400 and "outside the workspace" in r.json()["error"]["message"], (url, r.text)
         assert client.get("/static/..%2F..%2F..%2Fetc%2Fpasswd").status_code == 404
         assert "root:" not in client.get("/static/../../../../etc/passwd").text
-        # An upload's name is a name, never a path: it is imported under the workspace's name only.
+        # An upload's name is a name, never a path; the files an uploaded config names stay inside.
         r = client.post("/api/import", json={"tool": "axolotl", "filename": PASSWD, "text": "base_model: x\n"})
-        assert r.status_code in (200, 400) and "passwd" not in str(list(Path("/etc").glob("passwd.yaml")))
+        assert r.status_code in (200, 400) and r.json().get("path", "passwd.yaml") == "passwd.yaml"
+        for tool, key in (("llamafactory", "dataset_dir"), ("axolotl", "deepspeed")):
+            r = client.post("/api/import", json={"tool": tool, "filename": "x.yaml",
+                                                 "text": f"model_name_or_path: x\n{key}: ../../etc\n"})
+            assert r.status_code == 400 and "outside the workspace" in r.json()["error"]["message"], r.text
         # Cross-site protection: no CSRF header, a foreign Origin, a foreign Host.
         assert client.post("/api/save", json={"path": "x.yaml", "text": "a: 1"}, headers={"X-Runner-CSRF": ""}).status_code == 403
         assert client.post("/api/save", json={"path": "x.yaml", "text": "a: 1"},

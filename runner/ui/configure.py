@@ -144,14 +144,34 @@ def import_upload(ws: Workspace, tool: str, filename: str, text: str) -> dict:
         raise UserError(f"tool: {tool!r} is not one of {', '.join(TOOLS)}")
     name = Path(str(filename or "imported.yaml")).name  # an upload's name, never a path
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(name).stem) or "imported"
+    _confine_references(ws, check_text(text))
     upload = ws.ui_dir("uploads") / f"{uuid.uuid4().hex[:8]}-{stem}.yaml"
-    upload.write_text(check_text(text), encoding="utf-8")
+    upload.write_text(text, encoding="utf-8")
     try:
         result = import_config(tool, str(upload), ws.root, None, f"runner import {tool} {name}", f"{stem}.yaml")
     finally:
         upload.unlink(missing_ok=True)
     return {"path": f"{stem}.yaml", "text": result.text, "errors": [str(e) for e in result.errors],
             "warnings": [str(w) for w in result.warnings]}
+
+
+# Keys of the other tools' configs whose files the importers open (LLaMA-Factory's dataset_info.json
+# folder, a DeepSpeed JSON): an uploaded file may not point them outside the workspace.
+OPENED_KEYS = ("dataset_dir", "deepspeed")
+
+
+def _confine_references(ws: Workspace, text: str) -> None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # the importer reports it, with its line
+    if isinstance(data, dict):
+        for key in OPENED_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and value and value != "ONLINE" and not value.lstrip().startswith("{"):
+                ws.path(value, key)
 
 
 def save(ws: Workspace, target: str, text: str) -> dict:
