@@ -39,6 +39,9 @@ def workspace(tmp_path_factory, quickstart_run) -> Path:
     text["model"]["path"] = "models/tiny"
     cfg.write_text(yaml.safe_dump(text, sort_keys=False))
     shutil.copytree(quickstart_run, ws / "runs" / "quickstart", symlinks=True)
+    (ws / "ext").mkdir()
+    (ws / "ext" / "base.yaml").write_text(cfg.read_text())
+    (ws / "ext" / "child.yaml").write_text("extends: base.yaml\ntraining:\n  max_steps: 5\n")
     return ws
 
 
@@ -125,6 +128,19 @@ def test_configure_form_changes_yaml_and_lint_shows_the_cli_error(page, workspac
     page.screenshot(path=str(shots / "configure-lint.png"), full_page=True)
 
 
+def test_extends_values_show_as_inherited(page):
+    page.select_option("#config-select", "ext/child.yaml")
+    page.click("#open-config")
+    page.wait_for_function("document.querySelector('#config-path').value === 'ext/child.yaml'")
+    row = page.wait_for_selector("#f-training-learning_rate >> xpath=.. >> nth=0")
+    page.wait_for_function("document.querySelector('#f-training-learning_rate').parentElement"
+                           ".classList.contains('inherited')")
+    assert page.input_value("#f-training-learning_rate") == "0.001"
+    assert "ext/base.yaml:" in row.get_attribute("title")
+    own = page.query_selector("#f-training-max_steps >> xpath=..")
+    assert page.input_value("#f-training-max_steps") == "5" and "inherited" not in own.get_attribute("class")
+
+
 def _points(page, selector="#chart-live path.curve") -> int:
     return int(page.get_attribute(selector, "data-points") or 0)
 
@@ -161,6 +177,9 @@ def test_compare_two_runs(page, shots):
     curves = page.query_selector_all("#compare-chart path.curve")
     assert sorted(c.get_attribute("data-run") for c in curves) == ["runs/quickstart", "runs/tiny"]
     assert all(int(c.get_attribute("data-points")) > 3 for c in curves)
+    page.click("a.open-run[data-run='runs/tiny']")
+    page.wait_for_selector("#run-chart path.curve")
+    assert "runs/tiny (finished)" in page.inner_text("#run-detail h3") and '"config_dir"' in page.inner_text("#run-detail pre.plan")
     rows = {r.get_attribute("data-key"): r.inner_text() for r in page.query_selector_all("#diff tr.diff-row")}
     assert "0.003" in rows["training.learning_rate"] and "0.001" in rows["training.learning_rate"]
     assert "hashes.plan" in rows and "model.path" in rows

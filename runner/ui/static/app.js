@@ -194,8 +194,14 @@ async function refreshRuns() {
     el('td', { text: (r.hashes.config || '').slice(0, 12) }), el('td', { text: r.started }), el('td', { text: r.finished || '' }))));
   document.querySelectorAll('.open-run').forEach((a) => a.addEventListener('click', guard(async (ev) => {
     ev.preventDefault(); const d = await api('/api/run?run=' + encodeURIComponent(a.dataset.run));
-    $('#run-detail').replaceChildren(el('h3', { text: d.id }), el('pre', { text: d.card || '(no model card yet)' }),
-      el('pre', { text: JSON.stringify(d.plan, null, 2) }));
+    const m = await api('/api/metrics?run=' + encodeURIComponent(a.dataset.run));
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.id = 'run-chart'; svg.setAttribute('class', 'chart'); svg.setAttribute('viewBox', '0 0 640 240');
+    $('#run-detail').replaceChildren(el('h3', { text: `${d.id} (${d.status})` }), svg,
+      el('pre', { class: 'card', text: d.card || '(no model card yet)' }), el('pre', { class: 'plan', text: JSON.stringify(d.plan, null, 2) }));
+    const evalPts = lossPoints(m.rows, 'eval');
+    chart(svg, [{ name: 'train loss', points: lossPoints(m.rows) },
+      ...(evalPts.length ? [{ name: 'eval loss', points: evalPts, dashed: true }] : [])]);
   })));
   const sweeps = await api('/api/sweeps');
   $('#sweeps').replaceChildren(...sweeps.map((sw) => { const names = [...new Set(sw.trials.flatMap((t) => Object.keys(t.params || {})))];
