@@ -57,7 +57,7 @@ def build_app(workspace, *, hosts: set[str], token: str | None = None, debug: bo
             if origin is not None and origin.split("://", 1)[-1] != host:
                 raise Refused(403, f"a request from {origin} may not change anything here")
             if not hmac.compare_digest(request.headers.get(CSRF_HEADER, "").encode(), csrf.encode()):
-                raise Refused(403, "missing CSRF header", f"send the page's {CSRF_HEADER} value")
+                raise Refused(403, "missing or wrong CSRF header", f"send the page's {CSRF_HEADER} value")
 
     async def body(request: Request) -> dict:
         check(request, changes=True)
