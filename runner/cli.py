@@ -26,6 +26,7 @@ COMMANDS = {
     "chat": ("runner.serve.chat_cli", "chat in the terminal, streaming (in-process or against runner serve)"),
     "sweep": ("runner.sweep.command", "run a W&B-format sweep (local optuna engine or W&B)"),
     "import": ("runner.importers", "translate an Axolotl or LLaMA-Factory config"),
+    "ui": ("runner.ui.command", "a local web app: configure, train, watch, compare, evaluate, chat, export"),
     "schema": ("runner.config.docs", "print the config JSON Schema, or write docs/config.md"),
 }
 

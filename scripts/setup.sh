@@ -28,4 +28,10 @@ if [ "${1:-}" = "--core" ]; then
 else
   # llama-cpp-python has no CPU wheel on PyPI: pip builds it from its sdist (minutes, once).
   python -m pip install -q -e ".[dev]"
+  # The `runner ui` browser tests drive Debian's chromium through Playwright (executable_path: no
+  # browser download); installed only when missing.
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 fi
