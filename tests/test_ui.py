@@ -183,7 +183,7 @@ def test_compare_two_runs(page, shots):
     rows = {r.get_attribute("data-key"): r.inner_text() for r in page.query_selector_all("#diff tr.diff-row")}
     assert "0.003" in rows["training.learning_rate"] and "0.001" in rows["training.learning_rate"]
     assert "hashes.plan" in rows and "model.path" in rows
-    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+    page.screenshot(path=str(shots / "compare.png"), full_page=False)
 
 
 def test_chat_with_the_quickstart_run(page, shots):
