@@ -27,7 +27,7 @@ def summarize(columns: dict, stage: str) -> dict:
                 "length": percentiles(lengths)}
     prompt = columns["prompt_input_ids"]
     completion_keys = [k for k in ("chosen_input_ids", "rejected_input_ids", "completion_input_ids") if k in columns]
-    lengths = [len(p) + max(len(columns[k][i]) for k in completion_keys) for i, p in enumerate(prompt)]
+    lengths = [len(p) + max((len(columns[k][i]) for k in completion_keys), default=0) for i, p in enumerate(prompt)]
     trained = sum(len(x) for k in completion_keys for x in columns[k])
     out = {"rows": len(prompt), "tokens": sum(lengths), "trained_tokens": trained, "length": percentiles(lengths)}
     if "label" in columns:

@@ -84,7 +84,8 @@ class RunnerMixin:
     _nonfinite_seen = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.runner.tally.count += int(inputs.pop(TOKENS_KEY, 0))
+        if isinstance(inputs, dict):  # GRPO's batches are lists of prompt rows; its stage counts tokens
+            self.runner.tally.count += int(inputs.pop(TOKENS_KEY, 0))
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.runner.guard.guard is not None:
             return self.runner.guard.guard.after_micro_step(loss)  # no host-device sync
