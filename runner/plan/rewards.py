@@ -67,7 +67,7 @@ def check_rewards(rewards: list, stage: str, config_dir: Path, where) -> list[Us
     names = {}
     for i, reward in enumerate(rewards):
         at = base + (i,)
-        function, model = reward.get("function"), reward.get("reward_model")
+        function, model = reward["function"], reward["reward_model"]
         if (function is None) == (model is None):
             error(at, "give exactly one of function and reward_model")
             continue
@@ -81,7 +81,7 @@ def check_rewards(rewards: list, stage: str, config_dir: Path, where) -> list[Us
             if not folder.is_dir() or not any((folder / m).is_file() for m in MODEL_MARKERS):
                 error(at + ("reward_model",), f"{folder} is not a reward model folder (no "
                       f"{' or '.join(MODEL_MARKERS)})", "point it at a finished `stage: rm` run directory")
-            elif reward.get("args"):
+            elif reward["args"]:
                 error(at + ("args",), "a reward model takes no args")
             continue
         user = user_function(function)
@@ -91,12 +91,12 @@ def check_rewards(rewards: list, stage: str, config_dir: Path, where) -> list[Us
                       f"a built-in ({', '.join(BUILTINS)}) or \"path/to/file.py:function\"")
                 continue
             known = BUILTINS[function]
-            for key in reward.get("args") or {}:
+            for key in reward["args"]:
                 if key not in known:
                     error(at + ("args", key), f"reward {function} takes no argument {key!r}"
                           + (f" (it takes: {', '.join(known)})" if known else ""))
             for key, required in known.items():
-                if required and key not in (reward.get("args") or {}):
+                if required and key not in reward["args"]:
                     error(at + ("args",), f"reward {function} needs args.{key}")
             continue
         problem = check_user_function(resolve_path(user[0], config_dir), user[1])
