@@ -165,3 +165,20 @@ def test_axolotl_grpo_config_imports_and_lints(tmp_path):
     assert (grpo["beta"], grpo["num_generations"], grpo["max_completion_length"]) == (0.001, 4, 64)
     assert (grpo["loss_type"], grpo["scale_rewards"]) == ("dr_grpo", "none")
     assert "trl.use_vllm" in result.translation.unmapped_keys()
+
+
+def test_a_run_planned_before_stage_grpo_existed_is_not_a_changed_run(tmp_path):
+    """training.grpo (and any setting added later) at its default is not a difference from a
+    plan.json written without it; a value set on purpose still is."""
+    from runner.rundir import plan_differences
+
+    path = _config(tmp_path, [], stage="sft")
+    cfg = yaml.safe_load(path.read_text())
+    del cfg["training"]["grpo"]
+    path.write_text(yaml.safe_dump(cfg))
+    plan = make_plan(path).to_dict()
+    stored = __import__("copy").deepcopy(plan)
+    del stored["config"]["training"]["grpo"]
+    assert plan_differences(stored, plan) == []
+    changed = make_plan(path, ["training.grpo.beta=0.5"]).to_dict()
+    assert plan_differences(stored, changed) == ["training.grpo.beta: '<unset>' -> 0.5"]
