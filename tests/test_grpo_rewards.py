@@ -182,3 +182,30 @@ def test_a_run_planned_before_stage_grpo_existed_is_not_a_changed_run(tmp_path):
     assert plan_differences(stored, plan) == []
     changed = make_plan(path, ["training.grpo.beta=0.5"]).to_dict()
     assert plan_differences(stored, changed) == ["training.grpo.beta: '<unset>' -> 0.5"]
+
+
+def test_the_stage_builds_trl_grpo_config_and_refuses_a_group_that_does_not_divide_the_step(tmp_path):
+    from situations import runtime
+
+    import runner.train.stages as stages
+    from runner.train.arguments import common_arguments
+
+    path = _config(tmp_path, [{"function": "think_format", "weight": 0.5}, {"function": "exact_match"}],
+                   loss_type="dr_grpo", beta=0.04, epsilon_high=0.28, scale_rewards="none")
+    plan = make_plan(path)
+    stage = stages.get("grpo")
+    stage.check(plan)
+    args = stage.arguments(plan, common_arguments(plan, runtime(plan), output_dir=str(tmp_path), has_eval=False))
+    assert type(args).__name__ == "GRPOConfig"
+    assert (args.num_generations, args.max_completion_length, args.loss_type, args.beta) == (4, 16, "dr_grpo", 0.04)
+    assert (args.epsilon_high, args.scale_rewards, args.reward_weights) == (0.28, "none", [0.5, 1.0])
+    assert args.per_device_train_batch_size == 4 and args.generation_batch_size == 4
+    assert plan.training.collator == "prompt" and plan.data.prompt_budget == 128 - 16
+    with pytest.raises(UserError, match="must divide the completions of one optimizer step"):
+        stage.check(make_plan(path, ["training.micro_batch_size=3"]))
+    with pytest.raises(UserError, match="beta > 0 with adapter.kind full"):
+        stage.check(make_plan(path, ["adapter.kind=full"]))
+    # an epoch is every prompt sampled num_generations times: 4 rows x 4 / (4 per step) = 4 steps
+    from runner.train.runtime import steps_per_epoch
+
+    assert steps_per_epoch(plan, 4, 1) == 4
