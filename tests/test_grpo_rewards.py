@@ -209,3 +209,17 @@ def test_the_stage_builds_trl_grpo_config_and_refuses_a_group_that_does_not_divi
     from runner.train.runtime import steps_per_epoch
 
     assert steps_per_epoch(plan, 4, 1) == 4
+
+
+def test_editing_a_reward_file_changes_the_config_hash_moving_the_config_does_not(tmp_path):
+    (tmp_path / "r.py").write_text("def r(completions, **kwargs):\n    return [0.0 for _ in completions]\n")
+    path = _config(tmp_path, [{"function": "r.py:r"}])
+    before = make_plan(path).hashes.config
+    (tmp_path / "r.py").write_text("def r(completions, **kwargs):\n    return [1.0 for _ in completions]\n")
+    edited = make_plan(path).hashes.config
+    assert edited != before
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "r.py").write_text((tmp_path / "r.py").read_text())
+    (other / "grpo.yaml").write_text(path.read_text())
+    assert make_plan(other / "grpo.yaml").hashes.config == edited

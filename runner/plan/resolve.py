@@ -18,7 +18,7 @@ from runner.errors import ConfigErrors, UserError
 from runner.plan import hashing, output_dir, remote_code, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
-from runner.plan.rewards import check_rewards
+from runner.plan.rewards import check_rewards, reward_digests
 
 # Keys that never change the trained weights: excluded from config_hash.
 NOT_IN_CONFIG_HASH = ("name", "output", "tracking", "evaluation")
@@ -152,7 +152,8 @@ def _strip(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
 
-def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> tuple[dict, list]:
+def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache,
+            base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
     weights = _strip(cfg, NOT_IN_CONFIG_HASH)
     # The final weights are the best checkpoint's rather than the last step's.
@@ -170,6 +171,8 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         local_keys += ("tokenizer",)
     weights["model"] = _strip(cfg["model"], ("token",) + local_keys)
     weights["template"] = _strip(cfg["template"], ("jinja",))
+    if cfg["training"]["stage"] == "grpo":  # a reward's code and a reward model's weights steer training
+        weights["rewards"] = reward_digests(cfg["training"]["grpo"]["rewards"], base, cache)
     config_hash = hashing.digest_text(weights)
 
     mdir, tdir = model_dirs(model)
@@ -272,7 +275,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         },
     }
     cache = hashing.DigestCache(cache_dir / "digests.json")
-    hashes, unresolved = _hashes(cfg, model, data, cache)
+    hashes, unresolved = _hashes(cfg, model, data, cache, base)
     if write_cache:
         cache.save()
     hashes["unresolved"] = unresolved

@@ -128,3 +128,23 @@ def check_user_function(path: Path, name: str) -> str | None:
     if name not in defined:
         return f"{path} defines no function {name!r}"
     return None
+
+
+def reward_digests(rewards: list, config_dir: Path, cache) -> list:
+    """Each reward's files by content (a user function's file, a reward model's weights and configs),
+    for config_hash: editing the reward changes the run, moving it does not."""
+    from runner.plan import hashing
+
+    out = []
+    for reward in rewards:
+        files: list[Path] = []
+        if reward["reward_model"] is not None:
+            folder = resolve_path(reward["reward_model"], config_dir)
+            if folder.is_dir():
+                files = sorted(p for p in folder.iterdir() if p.is_file() and (
+                    p.suffix in hashing.MODEL_FILE_SUFFIXES or p.name in ("config.json", "adapter_config.json")))
+        elif user_function(reward["function"]) is not None:
+            path = resolve_path(user_function(reward["function"])[0], config_dir)
+            files = [path] if path.is_file() else []
+        out.append(hashing.tree_digest(files, cache) if files else None)
+    return out
