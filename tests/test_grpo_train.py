@@ -43,11 +43,33 @@ def save_reward_model(directory: Path) -> Path:
     return directory
 
 
+def save_reward_adapter(base: Path, directory: Path) -> Path:
+    """A LoRA adapter on a sequence classifier with its trained score head (modules_to_save), as a
+    stage-rm run with LoRA saves it: the folder has no config.json, its base is named inside."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.tiny_tokenizer import save_tiny_tokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    peft = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=["score"]))
+    with torch.no_grad():  # a head unlike the base's: the adapter's own head must be the one scoring
+        for name, param in peft.named_parameters():
+            if "modules_to_save" in name:
+                param.mul_(-3.0)
+    peft.save_pretrained(directory)
+    save_tiny_tokenizer(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
     model = save_tiny_model(root / "model")
     rm = save_reward_model(root / "rm")
+    save_reward_adapter(rm, root / "rm_lora")
     (root / "mine.py").write_text(
         "def vowels(completions, reference, **kwargs):\n"
         "    # a user reward with a dataset column: the share of vowels, 0 where the row has no reference\n"
@@ -67,7 +89,8 @@ def _config(root, model, name, rewards, output=None, training=None):
 
 def test_grpo_with_a_reward_model_resumes_after_kill_9(tiny):
     root, model, rm = tiny
-    rewards = [{"reward_model": str(rm)}, {"function": str(root / "mine.py") + ":vowels", "weight": 0.5},
+    rewards = [{"reward_model": str(rm)}, {"reward_model": str(root / "rm_lora"), "name": "rm_lora", "weight": 0.0},
+               {"function": str(root / "mine.py") + ":vowels", "weight": 0.5},
                {"function": "soft_overlong", "args": {"cache": 2}}]
     config = _config(root, model, "resume", rewards, output={"save_every": 2})
     run = root / "resume" / "run"
@@ -90,7 +113,7 @@ def test_grpo_with_a_reward_model_resumes_after_kill_9(tiny):
     assert [r["step"] for r in train] == list(range(1, STEPS + 1)), "one metrics row per step, none twice"
     assert json.loads((run / "plan.json").read_text())["runtime"]["total_steps"] == STEPS
     last = train[-1]
-    for name in ("reward_model", "vowels", "soft_overlong"):
+    for name in ("reward_model", "rm_lora", "vowels", "soft_overlong"):
         assert f"rewards/{name}/mean" in last and f"rewards/{name}/std" in last
     # the total is the weighted sum of the rewards' means
     total = last["rewards/reward_model/mean"] + 0.5 * last["rewards/vowels/mean"] + last["rewards/soft_overlong/mean"]
@@ -99,6 +122,9 @@ def test_grpo_with_a_reward_model_resumes_after_kill_9(tiny):
     assert all(r["tokens"] > 0 for r in train) and train[-1]["tokens"] > train[0]["tokens"]
     # the reward model scores prompt + completion with its own head: not a constant
     assert len({round(r["rewards/reward_model/mean"], 6) for r in train}) > 1
+    # the adapter's own score head (3 x the base's, negated) scores, not the base's
+    for r in train:  # LoRA's B starts at zero: the merged body is the base, the head is -3 x the base's
+        assert r["rewards/rm_lora/mean"] == pytest.approx(-3 * r["rewards/reward_model/mean"], rel=1e-3, abs=1e-4)
     assert (run / "loss.png").is_file() and (run / "adapter_model.safetensors").is_file()
 
 

@@ -139,10 +139,11 @@ def reward_model(folder, where: str):
 
     try:
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-            from peft import AutoPeftModelForSequenceClassification
+            from peft import PeftModel
 
-            model = AutoPeftModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
-            model = model.merge_and_unload()
+            base = AutoModelForSequenceClassification.from_pretrained(**adapter_base(folder), num_labels=1)
+            # the adapter carries the trained score head (modules_to_save)
+            model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -163,3 +164,20 @@ def reward_model(folder, where: str):
         with torch.inference_mode():
             return model(**batch.to(device)).logits[:, 0].float().tolist()
     return score
+
+
+def adapter_base(folder) -> dict:
+    """from_pretrained arguments of the base an adapter folder was trained on: a runner run's
+    plan.json names it as runner loaded it (a GGUF file, a revision), else adapter_config.json."""
+    import json
+
+    plan = folder / "plan.json"
+    if plan.is_file():
+        model = json.loads(plan.read_text()).get("model") or {}
+        if model.get("path"):
+            out = {"pretrained_model_name_or_path": model["path"]}  # never remote code: not this config's model
+            out.update({k: model[k] for k in ("gguf_file", "revision") if model.get(k)})
+            return out
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return {"pretrained_model_name_or_path": config["base_model_name_or_path"],
+            **({"revision": config["revision"]} if config.get("revision") else {})}
