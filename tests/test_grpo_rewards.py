@@ -5,6 +5,9 @@ reference, and an Axolotl `rl: grpo` config imports into one that lints."""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +41,7 @@ def _config(tmp_path, rewards, stage="grpo", extra_training=None, **grpo):
 
 def _lint(path):
     return subprocess.run([sys.executable, "-m", "runner", "lint", str(path)], capture_output=True, text=True,
-                          cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_lint_refuses_a_missing_reward_file_or_function(tmp_path):
@@ -118,7 +121,7 @@ def test_prompts_from_each_conversation_format_end_at_the_last_user_turn(tmp_pat
                                {"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4"}]},
             {"conversations": [{"from": "human", "value": "Only a question"}]}]
     data = tmp_path / "chat.json"
-    data.write_text(__import__("json").dumps(rows))
+    data.write_text(json.dumps(rows))
     path = _config(tmp_path, [{"function": "exact_match"}])
     cfg = yaml.safe_load(path.read_text())
     cfg["datasets"] = [{"path": str(data), "format": "sharegpt"},
@@ -132,8 +135,6 @@ def test_prompts_from_each_conversation_format_end_at_the_last_user_turn(tmp_pat
     assert first["prompt"].endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
     assert "Hello" in first["prompt"] and first["reference"] == "4"
     assert train[1]["reference"] == "" and train[1]["prompt"].endswith("<|im_start|>assistant\n")
-    import json
-
     chosen = {row["chosen"]["value"] for row in json.loads((SHARED / "dpo_en_demo.json").read_text())}
     assert len(train) == 4 and {train[2]["reference"], train[3]["reference"]} <= chosen
 
@@ -177,7 +178,7 @@ def test_a_run_planned_before_stage_grpo_existed_is_not_a_changed_run(tmp_path):
     del cfg["training"]["grpo"]
     path.write_text(yaml.safe_dump(cfg))
     plan = make_plan(path).to_dict()
-    stored = __import__("copy").deepcopy(plan)
+    stored = copy.deepcopy(plan)
     del stored["config"]["training"]["grpo"]
     assert plan_differences(stored, plan) == []
     changed = make_plan(path, ["training.grpo.beta=0.5"]).to_dict()
@@ -223,3 +224,20 @@ def test_editing_a_reward_file_changes_the_config_hash_moving_the_config_does_no
     (other / "r.py").write_text((tmp_path / "r.py").read_text())
     (other / "grpo.yaml").write_text(path.read_text())
     assert make_plan(other / "grpo.yaml").hashes.config == edited
+
+
+def test_loss_png_gets_a_reward_panel_for_grpo(tmp_path):
+    from PIL import Image
+
+    from runner.train.metrics import plot_losses, reward_series
+
+    rows = [{"kind": "train", "step": s, "loss": 0.1, "reward": 0.2 * s, "rewards/brevity/mean": 0.1 * s,
+             "rewards/brevity/std": 0.3, "rewards/chosen": 1.0} for s in (1, 2, 3)]
+    assert reward_series(rows) == {"total reward": [(1, 0.2), (2, 0.4), (3, 0.6000000000000001)],
+                                   "brevity": [(1, 0.1), (2, 0.2), (3, 0.30000000000000004)]}
+    grpo, sft = tmp_path / "grpo.jsonl", tmp_path / "sft.jsonl"
+    grpo.write_text("\n".join(json.dumps(r) for r in rows))
+    sft.write_text("\n".join(json.dumps({"kind": "train", "step": s, "loss": 0.1}) for s in (1, 2, 3)))
+    assert plot_losses(grpo, tmp_path / "grpo.png") and plot_losses(sft, tmp_path / "sft.png")
+    # two panels (loss above, rewards below) make a taller figure than the loss alone
+    assert Image.open(tmp_path / "grpo.png").size[1] > Image.open(tmp_path / "sft.png").size[1]

@@ -76,7 +76,8 @@ def show_samples(tokenizer, dataset, n: int, color: bool) -> str:
 def _length(sample) -> int:
     if "input_ids" in sample:
         return len(sample["input_ids"])
-    return len(sample["prompt_input_ids"]) + max(len(sample[k]) for k in sample if k.endswith("_input_ids"))
+    return len(sample["prompt_input_ids"]) + max((len(sample[k]) for k in sample
+                                                  if k.endswith("_input_ids") and k != "prompt_input_ids"), default=0)
 
 
 def _split_packed(row) -> list[dict]:
