@@ -41,7 +41,7 @@ def main() -> None:
         gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0,
         num_generations=4 if smoke else 8, max_completion_length=8 if smoke else 256, temperature=1.0,
         beta=0.0, loss_type="dapo", bf16=gpu, use_cpu=not gpu, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True, use_transformers_continuous_batching=gpu,
+        report_to="none", disable_tqdm=True, use_transformers_continuous_batching=True,
         gradient_checkpointing=False, seed=0)
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[brevity], args=args, train_dataset=dataset,
