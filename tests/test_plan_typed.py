@@ -75,6 +75,8 @@ def test_every_schema_default_is_what_the_plan_holds(minimal_plan):
             continue
         if path[0] == "datasets" and len(path) > 2 and path[2] in ("path",):
             continue
+        if path[0] != "datasets" and 0 in path:  # an item of a list that is empty by default
+            continue
         value = plan_value(minimal_plan, path)
         assert as_json(value) == node["default"], f"{'.'.join(map(str, path))}: schema default {node['default']!r}, plan {value!r}"
         checked += 1
@@ -99,6 +101,7 @@ def test_every_schema_key_has_a_field():
                   "special_tokens": sections.SpecialTokens, "datasets": sections.Dataset,
                   "evaluation": sections.Evaluation}
     nested = {("training", "dpo"): sections.DPO, ("training", "kto"): sections.KTO, ("training", "orpo"): sections.ORPO,
+              ("training", "grpo"): sections.GRPO,
               ("distributed", "fsdp"): sections.FSDP, ("distributed", "deepspeed"): sections.DeepSpeed,
               ("tracking", "wandb"): sections.WandB, ("training", "early_stopping"): sections.EarlyStopping}
     schema = load_schema()["properties"]

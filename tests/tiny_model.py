@@ -66,6 +66,7 @@ STAGE_DATA = {
     "dpo": ("dpo_en_demo.json", "preference", 8),
     "orpo": ("dpo_en_demo.json", "preference", 8),
     "kto": ("kto_en_demo.json", "kto", 8),
+    "grpo": ("identity.json", "alpaca", 8),
 }
 
 

@@ -86,7 +86,7 @@ def _build(plan, tokenizer, progress):
         template = resolve_template(data["template"], tok)
         renderer = Renderer.for_tokenizer(template, tok)
         template_info.update(name=template.name, origin=template.origin)
-    seq = data["sequence"]
+    seq = dict(data["sequence"], prompt_budget=data.get("prompt_budget"))
     stats = {"data_hash": plan.hashes.data, "stage": stage, "template": template_info, "datasets": ds_stats}
     splits = {}
     for split, items in (("train", train_items), ("eval", eval_items)):
@@ -171,7 +171,7 @@ def _load_items(entries, data, mix: bool):
         entry = dict(entry)
         if entry.get("system") is None and system_default:
             entry["system"] = system_default
-        loaded = load_rows(entry)
+        loaded = load_rows(entry, need_answer=data.get("stage") != "grpo")  # grpo: prompts, answers optional
         policy = entry.get("on_bad_row", "error")
         items = [Item(row, origin, policy) for row, origin in zip(loaded.rows, loaded.origins)]
         groups.append((items, entry))

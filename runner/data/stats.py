@@ -27,7 +27,7 @@ def summarize(columns: dict, stage: str) -> dict:
                 "length": percentiles(lengths)}
     prompt = columns["prompt_input_ids"]
     completion_keys = [k for k in ("chosen_input_ids", "rejected_input_ids", "completion_input_ids") if k in columns]
-    lengths = [len(p) + max(len(columns[k][i]) for k in completion_keys) for i, p in enumerate(prompt)]
+    lengths = [len(p) + max((len(columns[k][i]) for k in completion_keys), default=0) for i, p in enumerate(prompt)]
     trained = sum(len(x) for k in completion_keys for x in columns[k])
     out = {"rows": len(prompt), "tokens": sum(lengths), "trained_tokens": trained, "length": percentiles(lengths)}
     if "label" in columns:
@@ -76,7 +76,8 @@ def show_samples(tokenizer, dataset, n: int, color: bool) -> str:
 def _length(sample) -> int:
     if "input_ids" in sample:
         return len(sample["input_ids"])
-    return len(sample["prompt_input_ids"]) + max(len(sample[k]) for k in sample if k.endswith("_input_ids"))
+    return len(sample["prompt_input_ids"]) + max((len(sample[k]) for k in sample
+                                                  if k.endswith("_input_ids") and k != "prompt_input_ids"), default=0)
 
 
 def _split_packed(row) -> list[dict]:

@@ -6,6 +6,7 @@ pt:   input_ids, labels (= input_ids), the document followed by EOS.
 dpo / orpo: prompt_input_ids, chosen_input_ids, rejected_input_ids (completions carry their
       end-of-turn token).
 kto:  prompt_input_ids, completion_input_ids, label.
+grpo: prompt, reference, prompt_input_ids (runner.data.prompts).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def tokenize_items(items: list[Item], stage: str, tokenizer, renderer: Renderer 
     global TOKENIZE_CALLS
     TOKENIZE_CALLS += 1
     stage = {"orpo": "dpo"}.get(stage, stage)
+    if stage == "grpo":
+        from runner.data.prompts import grpo_rows
+
+        return grpo_rows(items, tokenizer, renderer, sequence_cfg, progress)
     builder = {"sft": _sft, "pt": _pt, "dpo": _dpo, "kto": _kto}[stage]
     return builder(items, tokenizer, renderer, template_cfg.get("train_on", "assistant"), sequence_cfg, progress)
 

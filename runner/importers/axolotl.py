@@ -159,6 +159,10 @@ def _stage(keys: dict, tr: Translation) -> None:
     tr.set("training.stage", stage)
     if loss:
         tr.set("training.dpo.loss_type", loss)
+    if stage == "grpo":
+        from runner.importers.axolotl_grpo import grpo_keys
+
+        grpo_keys(keys, tr)
     if beta is not None:
         value = as_number(beta, "rl_beta", tr)
         if value is not None:

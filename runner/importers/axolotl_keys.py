@@ -120,7 +120,8 @@ SCHEDULERS = {"cosine", "linear", "constant", "constant_with_warmup", "cosine_wi
 OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_torch_fused": "adamw_torch_fused", "adamw_bnb_8bit": "adamw_8bit",
               "adamw_8bit": "adamw_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
               "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd", "lion_8bit": "lion_8bit"}
-RL_STAGES = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo"), "kto": ("kto", None), "orpo": ("orpo", None)}
+RL_STAGES = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo"), "kto": ("kto", None), "orpo": ("orpo", None),
+             "grpo": ("grpo", None)}
 LORA_INITS = {"gaussian", "pissa", "olora"}
 QUANT_KEYS = {"bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
               "bnb_4bit_compute_dtype": "compute_dtype", "bnb_4bit_quant_storage": "quant_storage"}

@@ -18,6 +18,7 @@ from runner.errors import ConfigErrors, UserError
 from runner.plan import hashing, output_dir, remote_code, rope, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
+from runner.plan.rewards import check_rewards, reward_digests
 
 # Keys that never change the trained weights: excluded from config_hash.
 NOT_IN_CONFIG_HASH = ("name", "output", "tracking", "evaluation")
@@ -151,7 +152,8 @@ def _strip(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
 
-def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> tuple[dict, list]:
+def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache,
+            base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
     weights = _strip(cfg, NOT_IN_CONFIG_HASH)
     # The final weights are the best checkpoint's rather than the last step's.
@@ -169,6 +171,8 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         local_keys += ("tokenizer",)
     weights["model"] = _strip(cfg["model"], ("token",) + local_keys)
     weights["template"] = _strip(cfg["template"], ("jinja",))
+    if cfg["training"]["stage"] == "grpo":  # a reward's code and a reward model's weights steer training
+        weights["rewards"] = reward_digests(cfg["training"]["grpo"]["rewards"], base, cache)
     config_hash = hashing.digest_text(weights)
 
     mdir, tdir = model_dirs(model)
@@ -200,6 +204,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
         "tokenizer": tok_fp,
+        **({"prompt_budget": data["prompt_budget"]} if data.get("prompt_budget") else {}),
     }
     data_hash = None if unresolved and any(not u.startswith("model") for u in unresolved) else hashing.digest_text(data_inputs)
     static = None
@@ -233,6 +238,12 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         if not Path(template["jinja"]).is_file():
             errors.append(UserError(f"template.jinja: file not found: {template['jinja']}",
                                     where=where(("template", "jinja"))))
+    errors += check_rewards(cfg["training"]["grpo"]["rewards"], cfg["training"]["stage"], base, where)
+    if cfg["training"]["stage"] == "grpo" and prompt_budget(cfg) < 1:
+        errors.append(UserError(f"training.grpo.max_completion_length: {cfg['training']['grpo']['max_completion_length']} "
+                                f"leaves no room for a prompt in sequence.max_length={cfg['sequence']['max_length']}",
+                                where=where(("training", "grpo", "max_completion_length")),
+                                hint="raise sequence.max_length (prompt + completion) or lower max_completion_length"))
     if errors:
         raise ConfigErrors(errors)
 
@@ -260,6 +271,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         "datasets": datasets, "eval_datasets": eval_datasets, "val_size": cfg["val_size"],
         "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,
         "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
+        "prompt_budget": prompt_budget(cfg),
         "tokenizer": {
             "path": (str(_expand(tok, base).resolve()) if tok and _expand(tok, base).exists() else tok) or model["path"],
             "gguf_file": None if tok else model["gguf_file"],
@@ -267,7 +279,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         },
     }
     cache = hashing.DigestCache(cache_dir / "digests.json")
-    hashes, unresolved = _hashes(cfg, model, data, cache)
+    hashes, unresolved = _hashes(cfg, model, data, cache, base)
     if write_cache:
         cache.save()
     hashes["unresolved"] = unresolved
@@ -325,6 +337,13 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         hashes=sections.build(Hashes, hashes),
         deferred=tuple(deferred), warnings=tuple(str(w) for w in warnings), secrets=secrets,
     )
+
+
+def prompt_budget(cfg: dict) -> int | None:
+    """Stage grpo: the most tokens a prompt may have, so that prompt + completion fit max_length."""
+    if cfg["training"]["stage"] != "grpo":
+        return None
+    return cfg["sequence"]["max_length"] - cfg["training"]["grpo"]["max_completion_length"]
 
 
 def resolve_early_stopping(stopping: dict) -> dict:

@@ -121,6 +121,7 @@ class Data:
     sequence: Sequence
     special_tokens: SpecialTokens
     tokenizer: TokenizerSource
+    prompt_budget: int | None      # derived, stage grpo: the longest prompt (max_length - max_completion_length)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,32 @@ class Muon:
 @dataclass(frozen=True)
 class ORPO:
     beta: float
+
+
+@dataclass(frozen=True)
+class Reward:
+    function: str | None           # a built-in's name or "file.py:function" (relative to the config)
+    reward_model: str | None       # a stage-rm run directory (relative to the config)
+    weight: float
+    args: dict
+    name: str | None
+
+
+@dataclass(frozen=True)
+class GRPO:
+    num_generations: int
+    max_completion_length: int
+    temperature: float
+    top_p: float
+    beta: float
+    loss_type: str
+    epsilon: float
+    epsilon_high: float | None
+    num_iterations: int
+    scale_rewards: str
+    mask_truncated_completions: bool
+    continuous_batching: bool
+    rewards: tuple[Reward, ...]
 
 
 @dataclass(frozen=True)
@@ -201,12 +228,13 @@ class Training:
     dpo: DPO
     kto: KTO
     orpo: ORPO
+    grpo: GRPO | None              # None only in a plan.json written before stage grpo existed
     liger: Union[bool, str]
     chunked_loss: Union[bool, str]
     fused_lora: Union[bool, str]
     torch_compile: bool
     # derived by the resolver
-    collator: str                  # packed | padded | preference | kto
+    collator: str                  # packed | padded | preference | kto | prompt
     batch_per_process: int         # micro_batch_size x gradient_accumulation
     effective_batch_size: int | None   # x world size, when the config names the world
 

@@ -44,13 +44,23 @@ def plan_differences(stored: dict, new: dict) -> list[str]:
     old_cfg = {k: v for k, v in (stored.get("config") or {}).items() if k not in NOT_COMPARED}
     new_cfg = {k: v for k, v in (new.get("config") or {}).items() if k not in NOT_COMPARED}
     a, b = flatten(old_cfg), flatten(new_cfg)
+    added = _added_since(a, b)
     diffs = [f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}" for key in sorted(set(a) | set(b))
-             if a.get(key) != b.get(key)]
+             if a.get(key) != b.get(key) and key not in added]
     for name, what in (("data", "dataset / template / tokenizer bytes"), ("model", "model files")):
         old_h, new_h = (stored.get("hashes") or {}).get(name), (new.get("hashes") or {}).get(name)
         if old_h and new_h and old_h != new_h:
             diffs.append(f"hashes.{name} ({what} changed): {old_h[:12]} -> {new_h[:12]}")
     return diffs
+
+
+def _added_since(old: dict, new: dict) -> set:
+    """Keys a stored plan lacks because runner added them after it was written, at their default:
+    the setting did not exist there, and its default keeps the earlier behaviour."""
+    from runner.config.schema import fill_defaults
+
+    defaults = flatten(fill_defaults({}))
+    return {k for k, v in new.items() if k not in old and k in defaults and defaults[k] == v}
 
 
 def clear(run_dir) -> None:

@@ -24,6 +24,8 @@ HOOKS = (
          "runner/train/stages/kto.py", "as for DPO, plus the KL pairs TRL builds after tokenizing"),
     Hook("trl.experimental.orpo.ORPOTrainer", "tokenize_row", ("self", "feature", "model"),
          "runner/train/stages/orpo.py", "ORPO's concatenated rows built from the pipeline's ids"),
+    Hook("trl.GRPOTrainer", "_tokenize_prompts", ("self", "prompts"), "runner/train/stages/grpo.py",
+         "the prompts as the pipeline tokenized them (TRL would add the tokenizer's special tokens again)"),
     Hook("transformers.TrainingArguments", "_n_gpu", None, "runner/train/hooks.py (one_device)",
          "one process that sees several GPUs would wrap the model in nn.DataParallel"),
     Hook("accelerate.state.PartialState", "_shared_state", None, "runner/train/distributed.py (shard_on_cpu)",

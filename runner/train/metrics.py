@@ -132,7 +132,8 @@ def read_metrics(path) -> list[dict]:
 
 
 def plot_losses(metrics_path, png_path) -> bool:
-    """loss.png: train loss and (when present) eval loss against the optimizer step."""
+    """loss.png: train loss and (when present) eval loss against the optimizer step; for GRPO a
+    panel below with the rewards."""
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
     evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("kind") == "eval"]
@@ -143,12 +144,24 @@ def plot_losses(metrics_path, png_path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    rewards = reward_series(rows)
+    if rewards:  # stage grpo: a second panel with the total reward and each reward's mean
+        fig, (ax, rax) = plt.subplots(2, 1, figsize=(7, 7), dpi=100, sharex=True)
+        for name, points in rewards.items():
+            rax.plot(*zip(*points), marker="o" if len(points) < 20 else None, label=name,
+                     linewidth=2.0 if name == "total reward" else 1.0)
+        rax.set_xlabel("optimizer step")
+        rax.set_ylabel("reward (mean)")
+        rax.grid(alpha=0.3)
+        rax.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:  # a marker per point on a short run: a single point draws no line
         ax.plot(*zip(*train), marker="o" if len(train) < 20 else None, label="train loss", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.2)
-    ax.set_xlabel("optimizer step")
+    if not rewards:
+        ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -156,3 +169,20 @@ def plot_losses(metrics_path, png_path) -> bool:
     fig.savefig(png_path)
     plt.close(fig)
     return True
+
+
+def reward_series(rows: list[dict]) -> dict:
+    """{"total reward": [(step, mean)], NAME: [(step, mean)]} from GRPO's logged rewards (empty for
+    other stages)."""
+    out: dict = {}
+    for r in rows:
+        if r.get("kind") != "train":
+            continue
+        for key, value in r.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if key == "reward":
+                out.setdefault("total reward", []).append((r["step"], value))
+            elif key.startswith("rewards/") and key.endswith("/mean"):
+                out.setdefault(key[len("rewards/"):-len("/mean")], []).append((r["step"], value))
+    return out

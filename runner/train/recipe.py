@@ -210,6 +210,7 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, tr
 
         runner_callbacks.append(selective(int(plan.training.gradient_checkpointing)))
     extra = {"ref_model": model.reference} if stage.takes_reference else {}
+    extra.update(stage.trainer_inputs(plan, data.tokenizer))
     trainer = stage.trainer_class()(
         model=model.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
         processing_class=data.tokenizer, data_collator=stage.collator(plan, data.tokenizer),

@@ -325,6 +325,8 @@ def steps_per_epoch(plan: Plan, train_rows: int, world_size: int) -> int:
     holds ceil(batches / processes) micro batches (Accelerate keeps batches even), and an epoch takes
     ceil(that / accumulation) steps."""
     t = plan.training
+    if t.stage == "grpo":  # each prompt is sampled num_generations times; micro_batch_size counts completions
+        train_rows *= t.grpo.num_generations
     batches = math.ceil(math.ceil(train_rows / t.micro_batch_size) / world_size)
     return max(math.ceil(batches / t.gradient_accumulation), 1)
 

@@ -103,6 +103,9 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
         out.append(f"template.name={FAMILIES[family][1]}")
     if plan.training.stage == "kto":
         out.append("training.micro_batch_size=2")  # KTO's KL estimate needs two rows per micro batch
+    if plan.training.stage == "grpo":  # two completions per prompt fill the 1 x 2 batch; paged generation is slow on a CPU
+        out += ["training.grpo.num_generations=2", "training.grpo.max_completion_length=8",
+                "training.grpo.continuous_batching=false"]
     if plan.training.optimizer in GPU_ONLY_OPTIMIZERS:
         out.append("training.optimizer=adamw_torch")
     if plan.training.eval_every:

@@ -93,7 +93,8 @@ class RunnerMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         from runner.train.fast.offload import maybe_offloading
 
-        self.runner.tally.count += int(inputs.pop(TOKENS_KEY, 0))
+        if isinstance(inputs, dict):  # GRPO's batches are lists of prompt rows; its stage counts tokens
+            self.runner.tally.count += int(inputs.pop(TOKENS_KEY, 0))
         with maybe_offloading(self.runner.activation_offloading):  # forward and backward both inside
             loss = super().training_step(model, inputs, num_items_in_batch)
         if self.runner.guard.guard is not None:

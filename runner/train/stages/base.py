@@ -24,6 +24,10 @@ class Stage:
         """The collator for the pipeline's rows; None lets the trainer build its own."""
         return None
 
+    def trainer_inputs(self, plan, tokenizer) -> dict:
+        """Constructor arguments of this stage's trainer besides those every trainer takes."""
+        return {}
+
     def needs_reference(self, plan) -> bool:
         """A frozen copy of the base is loaded as the reference (with an adapter, the reference is
         the base with the adapter switched off, inside the trainer)."""
