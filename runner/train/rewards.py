@@ -178,6 +178,7 @@ def adapter_base(folder) -> dict:
             out = {"pretrained_model_name_or_path": model["path"]}  # never remote code: not this config's model
             out.update({k: model[k] for k in ("gguf_file", "revision") if model.get(k)})
             return out
-    config = json.loads((folder / "adapter_config.json").read_text())
-    return {"pretrained_model_name_or_path": config["base_model_name_or_path"],
-            **({"revision": config["revision"]} if config.get("revision") else {})}
+    peft_config = json.loads((folder / "adapter_config.json").read_text())
+    revision = peft_config.get("revision")  # PEFT's file, not a runner config key
+    return {"pretrained_model_name_or_path": peft_config["base_model_name_or_path"],
+            **({"revision": revision} if revision else {})}
