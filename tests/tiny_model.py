@@ -66,6 +66,9 @@ STAGE_DATA = {
     "dpo": ("dpo_en_demo.json", "preference", 8),
     "orpo": ("dpo_en_demo.json", "preference", 8),
     "kto": ("kto_en_demo.json", "kto", 8),
+    "rm": ("dpo_en_demo.json", "preference", 8),
+    "simpo": ("dpo_en_demo.json", "preference", 8),
+    "cpo": ("dpo_en_demo.json", "preference", 8),
 }
 
 

@@ -64,7 +64,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
             if ds["format"] not in STAGE_FORMATS[stage]:
                 want = ", ".join(sorted(STAGE_FORMATS[stage]))
                 error((group, i, "format"), f"format {ds['format']!r} cannot train stage {stage!r} (needs {want})",
-                      "dpo/orpo take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
+                      "dpo/orpo/simpo/cpo/rm take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
     if seq["packing"] and model["trust_remote_code"]:
         warn(("sequence", "packing"), "a model with its own code may ignore per-sample position ids; packed samples "
              "could then attend to each other", "check its attention code, or set sequence.packing: false")
@@ -94,7 +94,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     if stage == "pt" and "template" in raw:
         warn(("template",), "stage pt trains on plain text; the chat template is used only for chat formats")
 
-    for other in ("dpo", "kto", "orpo"):
+    for other in ("dpo", "kto", "orpo", "rm", "simpo", "cpo"):
         if other != stage and other in (raw.get("training") or {}):
             warn(("training", other), f"these settings apply to stage {other}, but the stage is {stage}; ignored")
     if training["warmup_steps"] is not None and "warmup_ratio" in (raw.get("training") or {}):

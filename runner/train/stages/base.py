@@ -9,6 +9,9 @@ class Stage:
     name = ""
     takes_reference = False          # the trainer's constructor has a ref_model argument
     metric_prefixes: tuple[str, ...] = ()   # logged keys (besides loss) written to metrics.jsonl
+    auto_class = "AutoModelForCausalLM"     # the transformers class the base model loads as
+    lm_head = True                          # trains through the LM head (Liger, the chunked loss apply)
+    summary_metrics: dict[str, str] = {}    # final evaluation key -> summary key (RUN_COMPLETE, model card)
 
     def check(self, plan) -> None:
         """Refuse settings this stage cannot train with (UserError), before anything loads."""
