@@ -22,7 +22,15 @@ def whole_sequences(dataset):
         return {"chosen_ids": prompt + list(row["chosen_input_ids"]),
                 "rejected_ids": prompt + list(row["rejected_input_ids"])}
 
-    return dataset.map(join, remove_columns=dataset.column_names)
+    from datasets.utils import logging as ds_logging
+
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # a quiet terminal: the pipeline's own progress covered the data
+    try:
+        return dataset.map(join, remove_columns=dataset.column_names)
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()
 
 
 class RewardModel(Stage):
