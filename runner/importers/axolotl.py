@@ -165,7 +165,7 @@ def _reward_model(keys: dict, rl, tr: Translation) -> bool:
 def _stage(keys: dict, tr: Translation) -> None:
     rl = _pop(keys, "rl", tr)
     if str(rl) == "ppo":
-        raise UserError(f"rl: ppo in {tr.source}: {PPO_REFUSED}", where=f"{tr.source}: rl", hint=PPO_HINT)
+        raise UserError(PPO_REFUSED, where=f"{tr.source}: rl", hint=PPO_HINT)
     beta = _pop(keys, "rl_beta", tr)
     gamma, alpha = _pop(keys, "simpo_gamma", tr), _pop(keys, "cpo_alpha", tr)
     if _reward_model(keys, rl, tr):

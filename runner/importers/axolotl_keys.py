@@ -125,7 +125,7 @@ RL_STAGES["simpo"] = ("simpo", None)  # TRL's CPO trainer with the simpo loss, a
 # Preference stages: their datasets are read as preference pairs.
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "cpo", "rm")
 PPO_REFUSED = ("runner does not train PPO: it needs a value model and a reward model in memory beside the policy "
-               "and its own generation loop, and GRPO gets comparable results without the value model")
+               "and its own generation loop; GRPO takes its baseline from a group of sampled answers and needs no value model")
 PPO_HINT = ("use training.stage: grpo (rewards from functions or a stage-rm run as `reward_model:`), or dpo / simpo on "
             "the preference pairs a PPO reward model would have been trained on")
 LORA_INITS = {"gaussian", "pissa", "olora"}

@@ -160,7 +160,7 @@ def _stage_and_adapter(keys: dict, tr: Translation) -> None:
     if stage == "ppo":
         from runner.importers.axolotl_keys import PPO_HINT, PPO_REFUSED
 
-        raise UserError(f"stage: ppo in {tr.source}: {PPO_REFUSED}", where=f"{tr.source}: stage", hint=PPO_HINT)
+        raise UserError(PPO_REFUSED, where=f"{tr.source}: stage", hint=PPO_HINT)
     if stage in ("sft", "pt", "dpo", "kto", "rm"):
         tr.set("training.stage", stage)
     else:
