@@ -4,6 +4,8 @@ values go to metrics.jsonl. Importing a stage module imports no ML library; its 
 
 from __future__ import annotations
 
+import contextlib
+
 
 class Stage:
     name = ""
@@ -41,3 +43,29 @@ def renamed(dataset, columns: dict, keep=()):
     present = [c for c in dataset.column_names if c not in columns and c not in keep]
     dataset = dataset.remove_columns(present) if present else dataset
     return dataset.rename_columns({k: v for k, v in columns.items() if k in dataset.column_names})
+
+
+@contextlib.contextmanager
+def quiet_maps():
+    """datasets' progress bars off while a trainer maps rows the pipeline already prepared (the
+    pipeline's own progress covered the data); the setting is put back after."""
+    from datasets.utils import logging as ds_logging
+
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()
+
+
+def experimental(module: str):
+    """A trl.experimental module, imported without its TRLExperimentalWarning: runner pins the TRL
+    range it has tested (pyproject.toml) and tests/test_hooks.py pins the members it relies on."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        return importlib.import_module(f"trl.experimental.{module}")

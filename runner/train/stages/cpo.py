@@ -6,7 +6,7 @@ trainer with loss_type simpo (runner/train/stages/simpo.py)."""
 
 from __future__ import annotations
 
-from runner.train.stages.base import Stage
+from runner.train.stages.base import Stage, experimental, quiet_maps
 
 
 def pipeline_row(feature) -> dict:
@@ -22,11 +22,13 @@ def pipeline_row(feature) -> dict:
 
 
 def cpo_trainer_class() -> type:
-    from trl.experimental.cpo import CPOTrainer
-
     from runner.train.trainer import RunnerMixin
 
-    class RunnerCPOTrainer(RunnerMixin, CPOTrainer):
+    class RunnerCPOTrainer(RunnerMixin, experimental("cpo").CPOTrainer):
+        def __init__(self, *args, **kwargs):
+            with quiet_maps():  # CPO maps every row through tokenize_row in its constructor
+                super().__init__(*args, **kwargs)
+
         def tokenize_row(self, feature, model=None):
             return pipeline_row(feature)
 
@@ -41,9 +43,8 @@ class CPO(Stage):
         return cpo_trainer_class()
 
     def arguments(self, plan, common: dict):
-        from trl.experimental.cpo import CPOConfig
-
         cpo = plan.training.cpo
+        CPOConfig = experimental("cpo").CPOConfig
         # max_length only bounds CPO's own tokenizer, which the pipeline replaces.
         return CPOConfig(**common, beta=cpo.beta, loss_type=cpo.loss_type, cpo_alpha=cpo.alpha,
                          max_length=plan.data.sequence.max_length)

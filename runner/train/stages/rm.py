@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from runner.errors import UserError
-from runner.train.stages.base import Stage
+from runner.train.stages.base import Stage, quiet_maps
 
 HEAD = "score"   # transformers' name for the head of *ForSequenceClassification decoder models
 
@@ -22,15 +22,8 @@ def whole_sequences(dataset):
         return {"chosen_ids": prompt + list(row["chosen_input_ids"]),
                 "rejected_ids": prompt + list(row["rejected_input_ids"])}
 
-    from datasets.utils import logging as ds_logging
-
-    bars = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()  # a quiet terminal: the pipeline's own progress covered the data
-    try:
+    with quiet_maps():
         return dataset.map(join, remove_columns=dataset.column_names)
-    finally:
-        if bars:
-            ds_logging.enable_progress_bar()
 
 
 class RewardModel(Stage):

@@ -4,6 +4,7 @@ the trainer as for stage: cpo (runner/train/stages/cpo.py)."""
 
 from __future__ import annotations
 
+from runner.train.stages.base import experimental
 from runner.train.stages.cpo import CPO
 
 
@@ -12,10 +13,8 @@ class SimPO(CPO):
     metric_prefixes = ("rewards/", "logps/")
 
     def arguments(self, plan, common: dict):
-        from trl.experimental.cpo import CPOConfig
-
         simpo = plan.training.simpo
-        return CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=simpo.beta, simpo_gamma=simpo.gamma,
+        return experimental("cpo").CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=simpo.beta, simpo_gamma=simpo.gamma,
                          max_length=plan.data.sequence.max_length)
 
 
