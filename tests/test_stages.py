@@ -120,3 +120,14 @@ def test_references_are_loaded_only_without_an_adapter():
         full = make_plan(CONFIGS / config, ["adapter.kind=full"])
         assert stages.get(name).needs_reference(full)
     assert not stages.get("orpo").needs_reference(make_plan(CONFIGS / "orpo.yaml", ["adapter.kind=full"]))
+
+
+def test_lint_refuses_lm_eval_tasks_for_a_reward_model(tmp_path):
+    from runner.plan.lint import lint_file
+
+    config = tmp_path / "rm_eval.yaml"
+    config.write_text(f"model: {{path: {CONFIGS / 'tiny-model'}}}\n"
+                      f"datasets: [{{path: {CONFIGS / 'data' / 'dpo_small.json'}, format: preference}}]\n"
+                      "training: {stage: rm}\nevaluation: {tasks: [arc_easy]}\n")
+    errors = [str(e) for e in lint_file(str(config)).errors]
+    assert any("evaluation.tasks" in e and "reward model" in e for e in errors), errors

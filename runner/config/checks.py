@@ -80,6 +80,10 @@ def check(cfg: dict, raw: dict, where) -> Findings:
             error(("training", key), "evaluation is asked for but there is no eval data",
                   "add eval_datasets or val_size (e.g. val_size: 0.1)")
     check_evaluation(cfg, has_eval, error)
+    if stage == "rm" and (cfg.get("evaluation") or {}).get("tasks"):
+        error(("evaluation", "tasks"), "lm-evaluation-harness tasks score language models; stage rm trains a "
+              "reward model (a score head)", "drop evaluation.tasks: the run's pairwise accuracy on its eval "
+              "split is in metrics and the card, and `runner eval RUN_DIR` scores it again")
     if cfg["val_size"] >= 1 and cfg["val_size"] != int(cfg["val_size"]):
         error(("val_size",), "a val_size of 1 or more counts rows and must be a whole number")
 

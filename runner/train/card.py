@@ -228,7 +228,8 @@ def _with_class(lines: list[str], auto: str) -> list[str]:
     if auto == "AutoModelForCausalLM":
         return lines
     out = [line.replace("AutoModelForCausalLM", auto) for line in lines]
-    return [line.replace(".from_pretrained(base_dir", ".from_pretrained(base_dir, num_labels=1") for line in out]
+    out = [line.replace(".from_pretrained(base_dir", ".from_pretrained(base_dir, num_labels=1") for line in out]
+    return out + ["model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token"]
 
 
 def _usage_full(run_dir) -> list[str]:
