@@ -128,6 +128,7 @@ def test_lint_refuses_lm_eval_tasks_for_a_reward_model(tmp_path):
     config = tmp_path / "rm_eval.yaml"
     config.write_text(f"model: {{path: {CONFIGS / 'tiny-model'}}}\n"
                       f"datasets: [{{path: {CONFIGS / 'data' / 'dpo_small.json'}, format: preference}}]\n"
-                      "training: {stage: rm}\nevaluation: {tasks: [arc_easy]}\n")
+                      "training: {stage: rm}\nevaluation: {tasks: [arc_easy]}\noutput: {merge: true}\n")
     errors = [str(e) for e in lint_file(str(config)).errors]
     assert any("evaluation.tasks" in e and "reward model" in e for e in errors), errors
+    assert any("output.merge" in e and "reward model" in e for e in errors), errors

@@ -119,3 +119,12 @@ def test_full_fine_tune_reloads_without_naming_the_label_count(tmp_path, trained
     reward = load_reward_model(run_dir)
     ids = [[5, 6, 7, 8], [9, 10]]
     assert score(reward, ids) == pytest.approx(scores(model, ids), abs=1e-5)
+
+
+def test_language_model_commands_refuse_a_reward_model(trained):
+    _, _, run_dir, _ = trained
+    for args in (("generate", str(run_dir), "-p", "Hello"), ("merge", str(run_dir))):
+        done = runner_cli(*args)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "is a reward model (stage rm)" in done.stderr and "Traceback" not in done.stderr
+    assert not (run_dir / "merged").exists()

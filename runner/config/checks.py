@@ -80,6 +80,9 @@ def check(cfg: dict, raw: dict, where) -> Findings:
             error(("training", key), "evaluation is asked for but there is no eval data",
                   "add eval_datasets or val_size (e.g. val_size: 0.1)")
     check_evaluation(cfg, has_eval, error)
+    if stage == "rm" and cfg["output"]["merge"]:
+        error(("output", "merge"), "a reward model is not merged into a language model", "drop output.merge: "
+              "load the run with AutoModelForSequenceClassification (docs/rl.md)")
     if stage == "rm" and (cfg.get("evaluation") or {}).get("tasks"):
         error(("evaluation", "tasks"), "lm-evaluation-harness tasks score language models; stage rm trains a "
               "reward model (a score head)", "drop evaluation.tasks: the run's pairwise accuracy on its eval "

@@ -32,6 +32,17 @@ def is_reward_run(plan) -> bool:
     return stages.get(plan.training.stage).auto_class == "AutoModelForSequenceClassification"
 
 
+def refuse_generation(plan, run_dir, command: str) -> None:
+    """Commands that load a run as a language model (generate, chat, serve, merge, export) refuse a
+    reward model: its adapter on a causal LM would load without its score head and write nonsense."""
+    if plan is not None and is_reward_run(plan):
+        raise UserError(f"{run_dir} is a reward model (stage rm): it scores sequences and does not generate text, "
+                        f"so `runner {command}` cannot use it", where=str(run_dir),
+                        hint="`runner eval RUN_DIR` reports its pairwise accuracy; load it with "
+                             "runner.evaluate.reward_model.load_reward_model or AutoModelForSequenceClassification "
+                             "(docs/rl.md)")
+
+
 def load_reward_model(run_dir, plan=None, *, device: str | None = None) -> RewardModel:
     """A finished stage-rm run: its base loaded as a one-label sequence classifier in the dtype it
     trained in, the adapter (with the trained score head) applied, or the full weights."""
