@@ -132,3 +132,16 @@ def test_lint_refuses_lm_eval_tasks_for_a_reward_model(tmp_path):
     errors = [str(e) for e in lint_file(str(config)).errors]
     assert any("evaluation.tasks" in e and "reward model" in e for e in errors), errors
     assert any("output.merge" in e and "reward model" in e for e in errors), errors
+
+
+def test_a_run_written_before_these_stages_is_still_the_same_run():
+    """plan.json of an earlier runner lacks training.rm / simpo / cpo: at their defaults they are no
+    difference (a finished run stays done, an interrupted one resumes); set otherwise they are."""
+    from runner.rundir.judge import plan_differences
+
+    new = make_plan(CONFIGS / "dpo.yaml").to_dict()
+    stored = {**new, "config": {**new["config"], "training": {
+        k: v for k, v in new["config"]["training"].items() if k not in ("rm", "simpo", "cpo")}}}
+    assert plan_differences(stored, new) == []
+    changed = make_plan(CONFIGS / "dpo.yaml", ["training.simpo.gamma=0.9"]).to_dict()
+    assert plan_differences(stored, changed) == ["training.simpo.gamma: '<unset>' -> 0.9"]
