@@ -45,23 +45,12 @@ def plan_differences(stored: dict, new: dict) -> list[str]:
     new_cfg = {k: v for k, v in (new.get("config") or {}).items() if k not in NOT_COMPARED}
     a, b = flatten(old_cfg), flatten(new_cfg)
     diffs = [f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}" for key in sorted(set(a) | set(b))
-             if a.get(key) != b.get(key) and not _added_at_default(key, a, b)]
+             if a.get(key) != b.get(key)]
     for name, what in (("data", "dataset / template / tokenizer bytes"), ("model", "model files")):
         old_h, new_h = (stored.get("hashes") or {}).get(name), (new.get("hashes") or {}).get(name)
         if old_h and new_h and old_h != new_h:
             diffs.append(f"hashes.{name} ({what} changed): {old_h[:12]} -> {new_h[:12]}")
     return diffs
-
-
-def _added_at_default(key: str, old: dict, new: dict) -> bool:
-    """A setting added to runner after the stored run was written, left at its default: the
-    default is what the earlier runner did, so the run is the same run."""
-    if key in old or key not in new:
-        return False
-    from runner.config.schema import subschema
-
-    node = subschema(tuple(key.split(".")))
-    return node is not None and "default" in node and node["default"] == new[key]
 
 
 def clear(run_dir) -> None:
