@@ -18,7 +18,7 @@ RECIPES = sorted(p for p in (REPO / "cookbook").glob("*.yaml"))
 def test_cookbook_has_the_recipes_people_reach_for():
     names = {p.stem for p in RECIPES}
     for needed in ["quickstart", "llama3-8b-lora", "llama3-8b-qlora", "qwen3-thinking-sft", "dora", "rslora",
-                   "pissa", "loraplus", "full-1b", "dpo", "kto", "orpo", "pretrain-text", "tool-calling",
+                   "pissa", "loraplus", "full-1b", "dpo", "kto", "orpo", "reward-model", "simpo", "pretrain-text", "tool-calling",
                    "fsdp2-8b-full", "deepspeed-zero3-8b", "multi-node"]:
         assert needed in names, f"cookbook/{needed}.yaml is missing"
 

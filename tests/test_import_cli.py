@@ -135,3 +135,21 @@ def test_unsloth_lora_kernels_become_fused_lora(tmp_path):
     assert config["training"]["fused_lora"] is True
     assert not {"unsloth_lora_mlp", "unsloth_lora_qkv"} & set(result.translation.unmapped_keys())
     assert "unsloth_lora_o" in result.translation.idle
+
+
+@pytest.mark.parametrize("tool, name, text", [
+    ("axolotl", "ppo.yml", "base_model: meta-llama/Llama-3.2-1B-Instruct\nrl: ppo\nrl_beta: 0.05\n"
+                           "datasets:\n  - path: prompts.jsonl\n    type: chat_template\n"),
+    ("llamafactory", "ppo.yaml", "model_name_or_path: meta-llama/Llama-3.2-1B-Instruct\nstage: ppo\n"
+                                 "reward_model: saves/rm\ndataset: alpaca_en_demo\ntemplate: llama3\n"),
+])
+def test_ppo_is_refused_with_the_reason_and_what_to_use_instead(tmp_path, capsys, tool, name, text):
+    source = tmp_path / name
+    source.write_text(text)
+    out = tmp_path / "imported.yaml"
+    assert main(["import", tool, str(source), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "runner does not train PPO" in err and "value model" in err  # the reason
+    assert "training.stage: grpo" in err and "dpo" in err  # what to use instead
+    assert str(source) in err and "Traceback" not in err
+    assert not out.exists()

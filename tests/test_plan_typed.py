@@ -102,6 +102,7 @@ def test_every_schema_key_has_a_field():
                   "evaluation": sections.Evaluation}
     nested = {("training", "dpo"): sections.DPO, ("training", "kto"): sections.KTO, ("training", "orpo"): sections.ORPO,
               ("training", "grpo"): sections.GRPO,
+              ("training", "rm"): sections.RM, ("training", "simpo"): sections.SimPO, ("training", "cpo"): sections.CPO,
               ("distributed", "fsdp"): sections.FSDP, ("distributed", "deepspeed"): sections.DeepSpeed,
               ("tracking", "wandb"): sections.WandB, ("training", "early_stopping"): sections.EarlyStopping}
     schema = load_schema()["properties"]

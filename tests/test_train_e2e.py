@@ -59,11 +59,11 @@ def assert_complete(run_dir, *, adapter: bool):
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p not in rundir.complete_checkpoints(run_dir)]
 
 
-@pytest.mark.parametrize("stage", ["sft", "pt", "dpo", "kto", "orpo"])
+@pytest.mark.parametrize("stage", ["sft", "pt", "dpo", "kto", "orpo", "simpo", "cpo"])
 def test_each_stage_trains_saves_and_reloads(tmp_path, model_dir, stage):
     # Short pretraining rows: a memorisable amount of text for a 48-wide model.
     # Long texts are memorised slowly by a LoRA on a random 48-wide model: take short slices there.
-    small = {"sequence": {"max_length": 32}, "dataset": {"num_samples": 4}} if stage in ("pt", "orpo") else {}
+    small = {"sequence": {"max_length": 32}, "dataset": {"num_samples": 4}} if stage in ("pt", "orpo", "simpo", "cpo") else {}
     run_dir, probe = train(tmp_path, model_dir, stage=stage, training={"learning_rate": 2e-2}, **small)
     assert_learned(run_dir)
     assert_complete(run_dir, adapter=True)

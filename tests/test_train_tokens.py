@@ -113,13 +113,14 @@ def test_pt_rows_are_the_pipelines(tmp_path, model_dir):
         assert set(unpadded(call["input_ids"], call["attention_mask"])) <= expected
 
 
-@pytest.mark.parametrize("stage", ["dpo", "orpo"])
+@pytest.mark.parametrize("stage", ["dpo", "orpo", "simpo", "cpo", "rm"])
 def test_preference_pairs_are_the_pipelines(tmp_path, model_dir, stage):
     capture, rows = captured(tmp_path, model_dir, stage)
     chosen = {tuple(r["prompt_input_ids"] + r["chosen_input_ids"]) for r in rows}
     rejected = {tuple(r["prompt_input_ids"] + r["rejected_input_ids"]) for r in rows}
     seen = [seq for call in capture.calls for seq in unpadded(call["input_ids"], call["attention_mask"])]
-    # chosen and rejected of 3 pairs, 2 steps (DPO runs its reference through the same model too)
+    # chosen and rejected of 3 pairs, 2 steps (DPO runs its reference through the same model too; a
+    # reward model scores both sides in one forward)
     assert len(seen) % (2 * 2 * 3) == 0 and seen
     assert set(seen) <= chosen | rejected
     assert set(seen) & chosen and set(seen) & rejected

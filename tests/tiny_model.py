@@ -67,6 +67,9 @@ STAGE_DATA = {
     "orpo": ("dpo_en_demo.json", "preference", 8),
     "kto": ("kto_en_demo.json", "kto", 8),
     "grpo": ("identity.json", "alpaca", 8),
+    "rm": ("dpo_en_demo.json", "preference", 8),
+    "simpo": ("dpo_en_demo.json", "preference", 8),
+    "cpo": ("dpo_en_demo.json", "preference", 8),
 }
 
 

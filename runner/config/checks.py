@@ -64,7 +64,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
             if ds["format"] not in STAGE_FORMATS[stage]:
                 want = ", ".join(sorted(STAGE_FORMATS[stage]))
                 error((group, i, "format"), f"format {ds['format']!r} cannot train stage {stage!r} (needs {want})",
-                      "dpo/orpo take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
+                      "dpo/orpo/simpo/cpo/rm take `preference` data, kto takes `kto`, sft takes chat/instruction formats, pt takes text")
     if seq["packing"] and model["trust_remote_code"]:
         warn(("sequence", "packing"), "a model with its own code may ignore per-sample position ids; packed samples "
              "could then attend to each other", "check its attention code, or set sequence.packing: false")
@@ -80,6 +80,13 @@ def check(cfg: dict, raw: dict, where) -> Findings:
             error(("training", key), "evaluation is asked for but there is no eval data",
                   "add eval_datasets or val_size (e.g. val_size: 0.1)")
     check_evaluation(cfg, has_eval, error)
+    if stage == "rm" and cfg["output"]["merge"]:
+        error(("output", "merge"), "a reward model is not merged into a language model", "drop output.merge: "
+              "load the run with AutoModelForSequenceClassification (docs/rl.md)")
+    if stage == "rm" and (cfg.get("evaluation") or {}).get("tasks"):
+        error(("evaluation", "tasks"), "lm-evaluation-harness tasks score language models; stage rm trains a "
+              "reward model (a score head)", "drop evaluation.tasks: the run's pairwise accuracy on its eval "
+              "split is in metrics and the card, and `runner eval RUN_DIR` scores it again")
     if cfg["val_size"] >= 1 and cfg["val_size"] != int(cfg["val_size"]):
         error(("val_size",), "a val_size of 1 or more counts rows and must be a whole number")
 
@@ -94,7 +101,7 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     if stage == "pt" and "template" in raw:
         warn(("template",), "stage pt trains on plain text; the chat template is used only for chat formats")
 
-    for other in ("dpo", "kto", "orpo"):
+    for other in ("dpo", "kto", "orpo", "rm", "simpo", "cpo"):
         if other != stage and other in (raw.get("training") or {}):
             warn(("training", other), f"these settings apply to stage {other}, but the stage is {stage}; ignored")
     if training["warmup_steps"] is not None and "warmup_ratio" in (raw.get("training") or {}):

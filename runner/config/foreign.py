@@ -24,7 +24,7 @@ MARKERS = {
                      "template", "dataset", "report_to"),
 }
 MIN_EVIDENCE = 3  # top-level keys of that tool (markers or not) before a file is called foreign
-MAX_SUGGESTIONS = 3
+MAX_SUGGESTIONS = 6  # a knob every preference stage has (beta) is still worth listing
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,7 +3,7 @@
 sft:  input_ids, labels (-100 where no loss; the first token is always -100 so that packing
       never trains across a sample boundary).
 pt:   input_ids, labels (= input_ids), the document followed by EOS.
-dpo / orpo: prompt_input_ids, chosen_input_ids, rejected_input_ids (completions carry their
+dpo / orpo / simpo / cpo / rm: prompt_input_ids, chosen_input_ids, rejected_input_ids (completions carry their
       end-of-turn token).
 kto:  prompt_input_ids, completion_input_ids, label.
 grpo: prompt, reference, prompt_input_ids (runner.data.prompts).
@@ -51,7 +51,7 @@ def tokenize_items(items: list[Item], stage: str, tokenizer, renderer: Renderer 
                    sequence_cfg: dict, progress: bool = True) -> Encoded:
     global TOKENIZE_CALLS
     TOKENIZE_CALLS += 1
-    stage = {"orpo": "dpo"}.get(stage, stage)
+    stage = {"orpo": "dpo", "simpo": "dpo", "cpo": "dpo", "rm": "dpo"}.get(stage, stage)
     if stage == "grpo":
         from runner.data.prompts import grpo_rows
 

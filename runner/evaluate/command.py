@@ -48,12 +48,38 @@ def run(args) -> int:
     else:
         raise UserError(f"{args.target} is neither a run directory nor a config file", where=args.target,
                         hint="pass a finished run's output.dir, or a config (.yaml) to score its base model")
+    from runner.evaluate import reward_model
+
+    if reward_model.is_reward_run(plan):
+        return _reward_model(args, plan, target, out, debug)
     settings = settings_from(args, plan.evaluation)
     if target is None and settings.baseline:
         raise UserError("--baseline compares a run with its base; a config has no trained run",
                         where="--baseline", hint="evaluate the run directory, or drop --baseline")
     _quiet(plan, debug)
     evaluate_target(plan, target, settings, out=out, task_base=Path.cwd(), quiet=not debug)
+    return 0
+
+
+def _reward_model(args, plan, run_dir: Path | None, out: Path, debug: bool) -> int:
+    """A stage-rm run has a score head, no LM head: its evaluation is pairwise accuracy, not lm-eval."""
+    from runner.evaluate import reward_model
+
+    if run_dir is None:
+        raise UserError("a stage-rm config's base model has no trained score head to evaluate", where=args.target,
+                        hint="train it, then run `runner eval RUN_DIR` on its output.dir")
+    for flag, value in (("--tasks", args.tasks), ("--num-fewshot", args.num_fewshot), ("--chat", args.chat),
+                        ("--baseline", args.baseline)):
+        if value:
+            raise UserError(f"{flag} is for language models; this run is a reward model (stage rm), which "
+                            "`runner eval` scores by pairwise accuracy on its preference pairs", where=flag,
+                            hint=f"drop {flag}; --limit and --batch-size apply")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be positive, got {args.limit}", where="--limit")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}", where="--batch-size")
+    _quiet(plan, debug)
+    reward_model.evaluate_run(run_dir, plan, out=out, limit=args.limit, batch_size=args.batch_size or 8)
     return 0
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.errors import UserError
 from runner.importers import axolotl_datasets as ds
-from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PREFIX_UNSUPPORTED, QUANT_KEYS,
-                                           RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS, UNSUPPORTED)
+from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PPO_HINT, PPO_REFUSED,
+                                           PREFIX_UNSUPPORTED, QUANT_KEYS, RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS,
+                                           UNSUPPORTED)
 from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
 from runner.importers.distributed import deepspeed_from_file, fsdp_from_config
@@ -141,9 +143,46 @@ def _model_and_adapter(keys: dict, tr: Translation) -> None:
         tr.note("tokens", "added as special tokens (runner adds no plain tokens)")
 
 
+def _reward_model(keys: dict, rl, tr: Translation) -> bool:
+    """Axolotl's `reward_model: true` (with model_type AutoModelForSequenceClassification and
+    num_labels 1): stage rm. Returns whether it applies."""
+    if not _flag(keys, "reward_model", tr):
+        return False
+    if rl is not None:
+        tr.skip("reward_model", True, f"rl: {rl} is set too; imported as that stage")
+        return False
+    tr.set("training.stage", "rm")
+    model_type = _pop(keys, "model_type", tr)
+    if model_type not in (None, "AutoModelForSequenceClassification"):
+        tr.skip("model_type", model_type, "stage rm loads the base as AutoModelForSequenceClassification")
+    labels = _pop(keys, "num_labels", tr)
+    if labels not in (None, 1):
+        tr.skip("num_labels", labels, "runner's reward model has one label: a scalar score")
+    tr.note("reward_model", "stage rm: a one-label sequence classifier trained on the preference pairs")
+    return True
+
+
 def _stage(keys: dict, tr: Translation) -> None:
     rl = _pop(keys, "rl", tr)
+    if str(rl) == "ppo":
+        raise UserError(PPO_REFUSED, where=f"{tr.source}: rl", hint=PPO_HINT)
     beta = _pop(keys, "rl_beta", tr)
+    gamma, alpha = _pop(keys, "simpo_gamma", tr), _pop(keys, "cpo_alpha", tr)
+    if _reward_model(keys, rl, tr):
+        for key, value in (("rl_beta", beta), ("simpo_gamma", gamma), ("cpo_alpha", alpha)):
+            if value is not None:
+                tr.skip(key, value, "applies to an rl stage; this config trains a reward model")
+        return
+    if rl == "simpo":
+        if gamma is not None:
+            tr.set("training.simpo.gamma", as_number(gamma, "simpo_gamma", tr))
+        if alpha not in (None, 0, 0.0):
+            tr.skip("cpo_alpha", alpha, "runner's simpo has no behaviour-cloning term; stage cpo has one "
+                                        "(training.cpo.alpha) with a sigmoid, hinge or ipo loss")
+    else:
+        for key, value in (("simpo_gamma", gamma), ("cpo_alpha", alpha)):
+            if value is not None:
+                tr.skip(key, value, "applies to rl: simpo only")
     trl = keys.get("trl") or {}
     if beta is None and not is_unset(trl.get("beta")):
         beta = trl["beta"]
@@ -153,7 +192,7 @@ def _stage(keys: dict, tr: Translation) -> None:
             tr.skip("rl_beta", beta, "no rl stage is set")
         return
     if str(rl) not in RL_STAGES:
-        tr.skip("rl", rl, "runner trains sft, pt, dpo, kto and orpo; imported as sft")
+        tr.skip("rl", rl, "runner trains sft, pt, dpo, kto, orpo, simpo, cpo and rm; imported as sft")
         return
     stage, loss = RL_STAGES[str(rl)]
     tr.set("training.stage", stage)

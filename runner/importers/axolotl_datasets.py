@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.importers.axolotl_keys import PREFERENCE_STAGES
 from runner.importers.common import Translation, columns_for, dataset_path, is_unset, split_list, standard_role
 
 # Axolotl chat_template names (and legacy sharegpt `conversation:` names) -> runner template.name.
@@ -184,7 +185,7 @@ def _training_turns(entry: dict, where: str, tr: Translation) -> None:
 def _custom(entry_type: dict, where: str, stage: str) -> tuple[str, dict, list]:
     """A `type:` mapping of field names (Axolotl's custom/user_defined formats)."""
     spec, left = dict(entry_type), []
-    if stage in ("dpo", "orpo"):
+    if stage in PREFERENCE_STAGES:
         fmt, fields = "preference", {"prompt": "field_prompt", "system": "field_system", "chosen": "field_chosen",
                                      "rejected": "field_rejected"}
     elif stage == "kto":
@@ -221,7 +222,7 @@ def _entry(entry, where: str, stage: str, tr: Translation, bases: list[Path], ou
     else:
         prefix, loader = _split_type(kind) if kind else ("", "")
         full = f"{prefix}.{loader}" if loader else prefix
-        if stage in ("dpo", "orpo"):
+        if stage in PREFERENCE_STAGES:
             fmt, columns, roles = _preference(entry, prefix, loader, where, tr)
         elif stage == "kto":
             fmt, columns = _kto(prefix, loader, kind, where, tr)
@@ -270,6 +271,11 @@ def _entry(entry, where: str, stage: str, tr: Translation, bases: list[Path], ou
 
 
 def _preference(entry: dict, prefix: str, loader: str, where: str, tr: Translation) -> tuple:
+    if prefix == "bradley_terry" and loader == "chat_template":
+        # Axolotl's reward-model rows: a conversation plus a chosen and a rejected reply.
+        tr.note(f"{where}.type", "bradley_terry.chat_template read as chat preference rows; check with "
+                                 "`runner preprocess --show`")
+        prefix = "chat_template"
     if prefix == "chat_template":
         fmt, columns, roles = _chat_columns(entry, where, tr)
         wanted = {"messages": entry.get("field_messages") or "messages",

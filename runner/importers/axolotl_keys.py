@@ -55,9 +55,9 @@ UNSUPPORTED = {
     "gptq": "GPTQ models are not supported (bitsandbytes 4/8-bit only)", "qat": "no quantization-aware training",
     "quantization": "no post-training quantization (torchao)", "gpu_memory_limit": "no per-GPU memory cap",
     "lora_on_cpu": "no CPU placement of adapters", 
-    "dataset_exact_deduplication": "no deduplication", "reward_model": "no reward-model training",
-    "process_reward_model": "no process-reward-model training", "dpo_use_weighting": "no weighted DPO",
-    "cpo_alpha": "no CPO/SimPO trainer", "simpo_gamma": "no SimPO trainer", "eot_tokens": "runner finds end-of-turn tokens from the template",
+    "dataset_exact_deduplication": "no deduplication",
+    "process_reward_model": "no process-reward-model training (stage rm scores whole sequences)",
+    "dpo_use_weighting": "no weighted DPO", "eot_tokens": "runner finds end-of-turn tokens from the template",
     "push_dataset_to_hub": "no dataset upload", "dataset_processes": "runner picks preprocessing workers",
     "dataset_num_proc": "runner picks preprocessing workers",
     "dataset_keep_in_memory": "runner caches tokenized data on disk by data hash",
@@ -122,6 +122,13 @@ OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_torch_fused": "adamw_torch_fu
               "paged_adamw_32bit": "paged_adamw_32bit", "adafactor": "adafactor", "sgd": "sgd", "lion_8bit": "lion_8bit"}
 RL_STAGES = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo"), "kto": ("kto", None), "orpo": ("orpo", None),
              "grpo": ("grpo", None)}
+RL_STAGES["simpo"] = ("simpo", None)  # TRL's CPO trainer with the simpo loss, as Axolotl runs it
+# Preference stages: their datasets are read as preference pairs.
+PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "cpo", "rm")
+PPO_REFUSED = ("runner does not train PPO: it needs a value model and a reward model in memory beside the policy "
+               "and its own generation loop; GRPO takes its baseline from a group of sampled answers and needs no value model")
+PPO_HINT = ("use training.stage: grpo (rewards from functions or a stage-rm run as `reward_model:`), or dpo / simpo on "
+            "the preference pairs a PPO reward model would have been trained on")
 LORA_INITS = {"gaussian", "pissa", "olora"}
 QUANT_KEYS = {"bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
               "bnb_4bit_compute_dtype": "compute_dtype", "bnb_4bit_quant_storage": "quant_storage"}

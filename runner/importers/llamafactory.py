@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.errors import UserError
 from runner.importers import llamafactory_datasets as lfd
 from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
 from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
@@ -76,7 +77,7 @@ UNSUPPORTED = {
     "preprocessing_batch_size": "runner picks preprocessing batches", "preprocessing_num_workers": "runner picks preprocessing workers",
     "eval_num_beams": "no generation during eval", "eval_on_each_dataset": "one validation loss over all eval data",
     "tokenized_path": "runner caches tokenized data by data hash", "media_dir ": "text-only",
-    "pref_bco_weight": "no BCO term", "simpo_gamma": "no SimPO", "ref_model": "the reference model is the base model",
+    "pref_bco_weight": "no BCO term", "ref_model": "the reference model is the base model",
     "ref_model_adapters": "the reference model is the base model", "ref_model_quantization_bit": "the reference model is the base model",
     "reward_model": "no PPO / reward models", "reward_model_adapters": "no PPO / reward models",
     "reward_model_quantization_bit": "no PPO / reward models", "reward_model_type": "no PPO / reward models",
@@ -155,22 +156,32 @@ def _simple(key: str, value, tr: Translation) -> None:
 def _stage_and_adapter(keys: dict, tr: Translation) -> None:
     stage = _pop(keys, "stage", tr) or "sft"
     loss = _pop(keys, "pref_loss", tr)
-    if stage in ("sft", "pt", "dpo", "kto"):
+    if stage == "ppo":
+        from runner.importers.axolotl_keys import PPO_HINT, PPO_REFUSED
+
+        raise UserError(PPO_REFUSED, where=f"{tr.source}: stage", hint=PPO_HINT)
+    if stage in ("sft", "pt", "dpo", "kto", "rm"):
         tr.set("training.stage", stage)
     else:
         tr.set("training.stage", "sft")
-        tr.skip("stage", stage, "runner trains sft, pt, dpo, kto and orpo; imported as sft")
+        tr.skip("stage", stage, "runner trains sft, pt, dpo, kto, orpo, simpo, cpo and rm; imported as sft")
     if loss is not None and stage == "dpo":
-        if loss == "orpo":
-            tr.set("training.stage", "orpo")
+        if loss in ("orpo", "simpo"):
+            tr.set("training.stage", loss)
         elif loss in ("sigmoid", "hinge", "ipo"):
             tr.set("training.dpo.loss_type", loss)
         else:
-            tr.skip("pref_loss", loss, "runner's DPO losses: sigmoid, hinge, ipo (and orpo as its own stage)")
+            tr.skip("pref_loss", loss, "runner's DPO losses: sigmoid, hinge, ipo (orpo and simpo are stages of their own)")
     beta = _pop(keys, "pref_beta", tr)
     final = tr.get("training.stage")
+    gamma = _pop(keys, "simpo_gamma", tr)
+    if gamma is not None:
+        if final == "simpo":
+            tr.set("training.simpo.gamma", as_number(gamma, "simpo_gamma", tr))
+        else:
+            tr.idle.append("simpo_gamma")
     if beta is not None:
-        if final in ("dpo", "kto", "orpo"):
+        if final in ("dpo", "kto", "orpo", "simpo"):
             tr.set(f"training.{final}.beta", as_number(beta, "pref_beta", tr))
         else:
             tr.idle.append("pref_beta")

@@ -189,6 +189,24 @@ class GRPO:
 
 
 @dataclass(frozen=True)
+class RM:
+    center_rewards: float
+
+
+@dataclass(frozen=True)
+class SimPO:
+    beta: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class CPO:
+    beta: float
+    alpha: float
+    loss_type: str
+
+
+@dataclass(frozen=True)
 class EarlyStopping:
     metric: str                    # resolved: always with its `eval_` prefix
     patience: int
@@ -229,6 +247,9 @@ class Training:
     kto: KTO
     orpo: ORPO
     grpo: GRPO | None              # None only in a plan.json written before stage grpo existed
+    rm: RM | None          # None only in a plan.json written before these stages existed
+    simpo: SimPO | None
+    cpo: CPO | None
     liger: Union[bool, str]
     chunked_loss: Union[bool, str]
     fused_lora: Union[bool, str]

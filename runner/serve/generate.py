@@ -47,6 +47,9 @@ def load_for_generation(run_dir, *, dtype: str | None = None):
 
     run_dir = Path(run_dir)
     plan = load_run_plan(run_dir) if (run_dir / "plan.json").is_file() else None
+    from runner.evaluate.reward_model import refuse_generation
+
+    refuse_generation(plan, run_dir, "generate / chat / serve")
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if (run_dir / "adapter_config.json").is_file():
         from peft import PeftModel

@@ -45,6 +45,9 @@ def export_run(run_dir, fmt: str = "gguf", quant: str = "f16", out=None, *, forc
     run_dir = Path(run_dir)
     check_quant(quant)
     plan = load_run_plan(run_dir)
+    from runner.evaluate.reward_model import refuse_generation
+
+    refuse_generation(plan, run_dir, "export")
     out = Path(out) if out else run_dir / "gguf" / f"{plan.name}-{quant}.gguf"
     if out.suffix != ".gguf":
         raise UserError(f"the output file {out} does not end in .gguf", where="-o", hint="name it NAME.gguf")

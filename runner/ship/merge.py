@@ -68,6 +68,9 @@ def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "merged"
     plan = load_run_plan(run_dir)
+    from runner.evaluate.reward_model import refuse_generation
+
+    refuse_generation(plan, run_dir, "merge")
     if not (run_dir / "adapter_config.json").is_file():
         raise UserError(f"{run_dir} holds a full model, not an adapter: there is nothing to merge",
                         where=str(run_dir), hint="load the run directory itself with AutoModelForCausalLM")

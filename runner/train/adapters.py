@@ -40,7 +40,9 @@ def peft_init(init: str):
     return True if init == "default" else init
 
 
-def lora_config(adapter, target_modules):
+def lora_config(adapter, target_modules, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoraConfig; task_type SEQ_CLS (a reward model) makes PEFT train and save the score head
+    with the adapter (its modules_to_save)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -54,7 +56,7 @@ def lora_config(adapter, target_modules):
         init_lora_weights=peft_init(adapter.init),
         bias=adapter.bias,
         modules_to_save=list(adapter.modules_to_save) or None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
@@ -81,7 +83,8 @@ def apply_adapter(model, adapter, runtime):
             )
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(adapter, runtime.target_modules))
+        task = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+        model = get_peft_model(model, lora_config(adapter, runtime.target_modules, task))
     info = AdapterInfo(kind, target_modules=list(runtime.target_modules))
     info.trainable_params, info.total_params = count_parameters(model)
     if info.trainable_params == 0:

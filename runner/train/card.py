@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from runner.train import stages
+
 WEIGHT_SUFFIXES = (".safetensors",)
 LOCAL = "<local>"
 # Models shipped inside Python packages (model.path `package:NAME`), by the hub repo they come from:
@@ -36,6 +38,8 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
     if hub_id and hub_id != written:
         base += f", from [{hub_id}](https://huggingface.co/{hub_id})"
     is_adapter = (run_dir / "adapter_config.json").is_file()
+    auto = stages.get(plan.training.stage).auto_class
+    scores = auto == "AutoModelForSequenceClassification"  # a reward model: no generation, no merge
     weights = sorted(p for p in run_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     datasets = [f"{Path(d.path).name} ({d.format})" for d in plan.data.datasets]
     front = {
@@ -57,6 +61,8 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         f"- optimizer steps: {summary.get('steps')}",
         f"- final train loss: {summary.get('final_loss')}",
         *([f"- final eval loss: {summary['final_eval_loss']}"] if summary.get("final_eval_loss") is not None else []),
+        *([f"- pairwise accuracy on the eval split (chosen scored above rejected): "
+           f"{summary['final_eval_accuracy']}"] if summary.get("final_eval_accuracy") is not None else []),
         *_outcome_lines(plan, summary),
         f"- {info.summary()}",
         f"- datasets: {', '.join(datasets)}",
@@ -79,13 +85,17 @@ def write_model_card(run_dir, plan, info, summary: dict) -> Path:
         "## Use",
         "",
         "```python",
-        *(_usage_adapter(run_dir, model, written, hub_id) if is_adapter else _usage_full(run_dir)),
+        *_with_class(_usage_adapter(run_dir, model, written, hub_id) if is_adapter else _usage_full(run_dir), auto),
         "```",
         "",
         *(["`AutoPeftModelForCausalLM.from_pretrained(run)` does both steps: adapter_config.json names the base "
-           "model.", ""] if is_adapter and not model.gguf_file else []),
-        f"Or: `runner generate {_run_dir_shown(run_dir)} -p \"Hello\"`; `runner merge {_run_dir_shown(run_dir)}` "
-        "writes a standalone model.",
+           "model.", ""] if is_adapter and not model.gguf_file and not scores else []),
+        *([f"Or: `runner generate {_run_dir_shown(run_dir)} -p \"Hello\"`; `runner merge {_run_dir_shown(run_dir)}` "
+           "writes a standalone model."] if not scores else
+          ["The model returns one score per sequence (`model(**tokenizer(text, return_tensors='pt')).logits[0, 0]`): "
+           "higher means preferred. Render conversations with the run's chat template "
+           "(`tokenizer.apply_chat_template`) as in training. "
+           f"`runner eval {_run_dir_shown(run_dir)}` reports its pairwise accuracy."]),
         "",
         "## Config",
         "",
@@ -211,6 +221,15 @@ def _usage_adapter(run_dir, model, written: str, hub_id: str | None) -> list[str
         "tokenizer = AutoTokenizer.from_pretrained(run)",
     ]
     return lines
+
+
+def _with_class(lines: list[str], auto: str) -> list[str]:
+    """The usage lines for the stage's model class (a reward model's base needs its one label)."""
+    if auto == "AutoModelForCausalLM":
+        return lines
+    out = [line.replace("AutoModelForCausalLM", auto) for line in lines]
+    out = [line.replace(".from_pretrained(base_dir", ".from_pretrained(base_dir, num_labels=1") for line in out]
+    return out + ["model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token"]
 
 
 def _usage_full(run_dir) -> list[str]:

@@ -81,6 +81,7 @@ def metrics_callback(path, tally, *, prefixes=(), wandb_run=None, progress: bool
                 self.postfix = {"loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
             elif "eval_loss" in logs:
                 row.update(kind="eval", eval_loss=logs["eval_loss"])
+                row.update({k: v for k, v in logs.items() if prefixes and k.startswith(tuple(f"eval_{p}" for p in prefixes))})
                 self.postfix["eval"] = f"{logs['eval_loss']:.4f}"
             elif "train_runtime" in logs:
                 row.update(kind="summary", **{k: v for k, v in logs.items() if isinstance(v, (int, float))})

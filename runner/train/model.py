@@ -168,16 +168,19 @@ def _load_error(plan, exc: Exception) -> UserError:
 
 
 def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = True, for_training: bool = True,
-               gradient_checkpointing: bool = False, device_map=None):
+               gradient_checkpointing: bool = False, device_map=None, auto_class: str = "AutoModelForCausalLM"):
     """plan.model in `dtype` with the given attention (runner.train.runtime decides both). With
     `quantize` and plan.quantization set, the base is loaded in 4/8-bit and prepared for k-bit
-    training."""
-    from transformers import AutoModelForCausalLM
+    training. `auto_class`: the stage's (a reward model loads as a one-label sequence classifier)."""
+    import transformers
 
+    auto = getattr(transformers, auto_class)
     if plan.model.trust_remote_code:
         print(f"warning: trust_remote_code is on: Python code shipped with {plan.model.path} will run", file=sys.stderr)
     kwargs = {"dtype": torch_dtype(dtype), "attn_implementation": attn_for_transformers(attn_implementation, for_training),
               **_source_kwargs(plan)}
+    if auto_class == "AutoModelForSequenceClassification":
+        kwargs["num_labels"] = 1  # one scalar reward per sequence
     quant = bnb_config(plan.quantization, dtype) if quantize else None
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -187,11 +190,13 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
         kwargs["device_map"] = device_map
     try:
         if plan.model.random_init:
-            model = _random_model(plan, kwargs)
+            model = _random_model(plan, kwargs, auto)
         else:
             if plan.model.rope_scaling is not None or plan.model.max_position is not None:
                 kwargs["config"] = load_config(plan)
-            model = AutoModelForCausalLM.from_pretrained(plan.model.path, **kwargs)
+                if "num_labels" in kwargs:  # from_pretrained ignores it once a config is given
+                    kwargs["config"].num_labels = kwargs.pop("num_labels")
+            model = auto.from_pretrained(plan.model.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc
     drop_gguf_quantizer(model)
@@ -221,27 +226,28 @@ def prepare_quantized(model, dtype: str, checkpointing: bool) -> None:
         param.requires_grad_(False)
 
 
-def _random_model(plan, kwargs: dict):
+def _random_model(plan, kwargs: dict, auto):
     """model.random_init: the architecture of config.json with seeded random weights, built on the
     local device (an 8B model initialises in seconds on a GPU, minutes on a CPU). A quantized base
     is saved once in plan dtype under the cache and loaded back through bitsandbytes."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     config = load_config(plan)
+    if "num_labels" in kwargs:
+        config.num_labels = kwargs.pop("num_labels")
     torch.manual_seed(plan.training.seed)
     quant = kwargs.pop("quantization_config", None)
     device_map = kwargs.pop("device_map", None)
     device = local_device() if (quant is not None or device_type() == "cuda") else "cpu"
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"],
-                                                 attn_implementation=kwargs["attn_implementation"],
-                                                 trust_remote_code=kwargs["trust_remote_code"])
+        model = auto.from_config(config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"],
+                                 trust_remote_code=kwargs["trust_remote_code"])
     if quant is None:
         return model
     from pathlib import Path
 
-    staged = Path(plan.data.cache_dir) / "random-init" / f"{plan.hashes.model or 'model'}-{plan.training.seed}"
+    head = "" if auto.__name__ == "AutoModelForCausalLM" else f"-{auto.__name__}"  # another head, another file
+    staged = Path(plan.data.cache_dir) / "random-init" / f"{plan.hashes.model or 'model'}-{plan.training.seed}{head}"
     if not (staged / "config.json").is_file():
         tmp = staged.with_name(staged.name + ".tmp")
         model.save_pretrained(tmp)
@@ -249,7 +255,7 @@ def _random_model(plan, kwargs: dict):
     del model
     if device_type() == "cuda":
         torch.cuda.empty_cache()
-    return AutoModelForCausalLM.from_pretrained(staged, quantization_config=quant, device_map=device_map, **kwargs)
+    return auto.from_pretrained(staged, quantization_config=quant, device_map=device_map, **kwargs)
 
 
 def drop_gguf_quantizer(model) -> None:

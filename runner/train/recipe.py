@@ -131,7 +131,7 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
     rt = plan.runtime
     set_seed(plan.training.seed)  # before the adapter exists: LoRA init is random
     model = load_model(plan, dtype=rt.dtype, attn_implementation=rt.attn_implementation,
-                       gradient_checkpointing=bool(plan.training.gradient_checkpointing))
+                       gradient_checkpointing=bool(plan.training.gradient_checkpointing), auto_class=stage.auto_class)
     resized = match_tokenizer(model, tokenizer)
     if rt.fast_path.liger:
         from runner.train.fast.liger import apply_liger
@@ -248,7 +248,7 @@ def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
         final_eval = {"eval_loss": best["eval_loss"]}
     else:
         final_eval = trainer.evaluate() if data.eval is not None and len(data.eval) else {}
-    summary = {**run_summary(trainer.state, final_eval), **ended}
+    summary = {**run_summary(trainer.state, final_eval), **ended, **stage_summary(run.plan, final_eval)}
     if ended:
         run = dataclasses.replace(run, plan=run.plan.with_launch(dataclasses.replace(run.plan.launch, outcome=ended)))
     with diskfull.guard(run.dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
@@ -289,6 +289,14 @@ def loraplus_groups(plan: Plan, args):
                                      lr_embedding=adapter.loraplus_lr_embedding, weight_decay=args.weight_decay)
 
     return groups
+
+
+def stage_summary(plan: Plan, final_eval: dict) -> dict:
+    """The stage's own results of the final evaluation (a reward model's pairwise accuracy)."""
+    from runner.train.metrics import _rounded
+
+    wanted = stages.get(plan.training.stage).summary_metrics
+    return {name: _rounded(final_eval[key]) for key, name in wanted.items() if key in final_eval}
 
 
 def launch_record(data: Data, model: Model, wandb_run, tracker_ids: dict | None = None) -> Launch:

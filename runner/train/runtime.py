@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from runner.errors import UserError
 from runner.plan.plan import FastPath, Plan, Runtime
+from runner.train import stages
 
 LIGER_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
 # Model types whose forward hands the LM head's output to the loss unchanged: the chunked loss may
@@ -228,12 +229,17 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
 def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: str) -> FastPath:
     training, model_type = plan.training, facts.model_type
     sharded = plan.distributed.sharded
-    liger_fits = env.device == "cuda" and env.liger_available and model_type in LIGER_FAMILIES
+    # A stage that scores sequences (rm) has no LM head for Liger's fused loss or the chunked loss.
+    lm_head = stages.get(training.stage).lm_head
+    liger_fits = env.device == "cuda" and env.liger_available and model_type in LIGER_FAMILIES and lm_head
     if training.liger is True and not (env.liger_available and model_type in LIGER_FAMILIES):
         raise UserError(f"training.liger is true but Liger kernels are not available for {model_type!r} here",
                         where="training.liger", hint="pip install 'runner[liger]' on the GPU machine, or use auto")
     liger = training.liger is True or (training.liger == "auto" and liger_fits)
-    known = model_type in PLAIN_LOGITS or model_type in TRANSFORMED_LOGITS
+    known = (model_type in PLAIN_LOGITS or model_type in TRANSFORMED_LOGITS) and lm_head
+    if training.chunked_loss is True and not lm_head:
+        raise UserError(f"training.chunked_loss is true, but stage {training.stage} scores sequences and has no LM "
+                        "head loss to chunk", where="training.chunked_loss", hint="use auto or false")
     if training.chunked_loss is True and not known:
         raise UserError(f"training.chunked_loss is true, but runner does not know how a {model_type!r} model turns "
                         "its hidden states into logits (a forward may scale or cap them)",
@@ -242,7 +248,8 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
     chunked = not liger and (training.chunked_loss is True or (training.chunked_loss == "auto" and known))
     off = None
     if training.chunked_loss == "auto" and not liger and not known:
-        off = f"model type {model_type!r} is not known to hand its logits to the loss unchanged"
+        off = (f"model type {model_type!r} is not known to hand its logits to the loss unchanged" if lm_head
+               else f"stage {training.stage} has no LM head loss")
     if chunked and sharded:
         # The chunked loss runs the LM head outside the root module's forward: FSDP2 has resharded it
         # by then and ZeRO-3 would recompute against partitioned weights.
