@@ -193,7 +193,8 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
             part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
         else:
             commit = continuing.hub_dataset_commit(d)
-            if commit:
+            if commit:  # the commit, not the name that led to it (a branch moves, a tag may)
+                part.pop("revision", None)
                 part.update(repo=d["path"], commit=commit)
             else:
                 unresolved.append(f"dataset {d['path']}: a hub dataset is hashed by its commit, known once it is "

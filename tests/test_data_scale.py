@@ -1,0 +1,178 @@
+"""Data at scale: max_samples (a cap, never repeated), hub subsets and revisions from a local
+dataset repository (the Hugging Face cache layout, no network), data.streaming (the same rows as
+the whole pipeline, bounded memory), data.num_proc (byte-identical to one process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_data_support import tiny_model_dir
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def alpaca_jsonl(path: Path, n: int) -> Path:
+    rows = json.loads((SHARED / "alpaca_en_demo.json").read_text())[:n]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp_path: Path, datasets: list, name="cfg.yaml", **sections) -> Path:
+    cfg = {"model": {"path": str(tiny_model_dir(tmp_path))}, "datasets": datasets,
+           "template": {"name": "chatml"}, "sequence": {"max_length": 256, "packing": True},
+           "data": {"cache_dir": str(tmp_path / "cache")}, "training": {"max_steps": 4},
+           "output": {"dir": str(tmp_path / "run")}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def plan_of(path: Path, overrides=()):
+    from runner.plan.resolve import make_plan
+
+    return make_plan(path, list(overrides))
+
+
+def rows_of(dataset) -> list[dict]:
+    return [dict(r) for r in dataset]
+
+
+# ---- max_samples ---------------------------------------------------------------------------------
+def test_max_samples_caps_at_the_first_rows_and_never_repeats(tmp_path):
+    from runner.data.build import _load_items
+    from runner.plan.sections import to_dict
+
+    data = alpaca_jsonl(tmp_path / "a.jsonl", 30)
+    plan = plan_of(config(tmp_path, [{"path": str(data), "max_samples": 10}]))
+    items, stats = _load_items(to_dict(plan.data)["datasets"], to_dict(plan.data), mix=False)
+    assert [i.origin for i in items] == [f"{data}:{n}" for n in range(1, 11)]
+    assert stats[0]["rows_read"] == 10
+    over = plan_of(config(tmp_path, [{"path": str(data), "max_samples": 500}], name="over.yaml"))
+    items = _load_items(to_dict(over.data)["datasets"], to_dict(over.data), mix=False)[0]
+    assert len(items) == 30 and len({i.origin for i in items}) == 30  # the cap never repeats a row
+    # num_samples is another thing: it samples, and repeats a small file
+    both = plan_of(config(tmp_path, [{"path": str(data), "max_samples": 5, "num_samples": 12}], name="both.yaml"))
+    items = _load_items(to_dict(both.data)["datasets"], to_dict(both.data), mix=False)[0]
+    assert len(items) == 12 and {i.origin for i in items} == {f"{data}:{n}" for n in range(1, 6)}
+    assert over.hashes.data != plan.hashes.data
+
+
+def test_llamafactory_max_samples_becomes_the_cap(tmp_path):
+    (tmp_path / "data").mkdir()
+    alpaca_jsonl(tmp_path / "data" / "mine.jsonl", 5)
+    (tmp_path / "data" / "dataset_info.json").write_text(json.dumps(
+        {"mine": {"file_name": "mine.jsonl"}, "hubbed": {"hf_hub_url": "acme/chat", "subset": "fr", "split": "test"}}))
+    lf = tmp_path / "lf.yaml"
+    lf.write_text(yaml.safe_dump({"model_name_or_path": "org/model", "stage": "sft", "finetuning_type": "lora",
+                                  "dataset": "mine,hubbed", "dataset_dir": str(tmp_path / "data"), "template": "qwen",
+                                  "max_samples": 3, "output_dir": "out"}))
+    out = tmp_path / "runner.yaml"
+    done = subprocess.run([sys.executable, "-m", "runner", "import", "llamafactory", str(lf), "-o", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    cfg = yaml.safe_load(out.read_text())
+    assert [d.get("max_samples") for d in cfg["datasets"]] == [3, 3]
+    assert "num_samples" not in cfg["datasets"][0]
+    assert (cfg["datasets"][1]["subset"], cfg["datasets"][1]["split"]) == ("fr", "test")
+
+
+# ---- hub datasets: subset, split, revision --------------------------------------------------------
+COMMIT_V1, COMMIT_V2 = "1" * 40, "2" * 40
+README = """---
+configs:
+- config_name: en
+  data_files:
+  - {split: train, path: en/train.jsonl}
+  - {split: test, path: en/test.jsonl}
+- config_name: fr
+  data_files:
+  - {split: train, path: fr/train.jsonl}
+---
+A dataset repository as the hub serves it.
+"""
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """acme/chat in a Hugging Face cache: main at COMMIT_V2, tag v1 at COMMIT_V1."""
+    repo = tmp_path / "hub" / "datasets--acme--chat"
+    for commit, word in ((COMMIT_V1, "one"), (COMMIT_V2, "two")):
+        snap = repo / "snapshots" / commit
+        for sub, split, n in (("en", "train", 6), ("en", "test", 2), ("fr", "train", 4)):
+            (snap / sub).mkdir(parents=True, exist_ok=True)
+            (snap / sub / f"{split}.jsonl").write_text("".join(
+                json.dumps({"instruction": f"{sub} {split} {i} {word}", "output": f"answer {i}"}) + "\n" for i in range(n)))
+        (snap / "README.md").write_text(README)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT_V2)
+    (repo / "refs" / "v1").write_text(COMMIT_V1)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return repo
+
+
+def test_hub_subset_split_and_revision_from_the_local_cache(tmp_path, hub_cache):
+    from runner.data import build_datasets
+    from runner.data.build import _load_items
+    from runner.plan.sections import to_dict
+
+    def read(**ds):
+        plan = plan_of(config(tmp_path, [{"path": "acme/chat", "format": "alpaca", **ds}], name="h.yaml"))
+        items = _load_items(to_dict(plan.data)["datasets"], to_dict(plan.data), mix=False)[0]
+        return plan, [i.row["messages"][0]["content"] for i in items]
+
+    plan_fr, fr = read(subset="fr")
+    assert fr == [f"fr train {i} two" for i in range(4)]
+    _, test = read(subset="en", split="test")
+    assert test == ["en test 0 two", "en test 1 two"]
+    plan_v1, v1 = read(subset="fr", revision="v1")
+    assert v1 == [f"fr train {i} one" for i in range(4)]
+    plan_pinned, _ = read(subset="fr", revision=COMMIT_V1)
+    # hashed by the commit the revision names: a tag and its commit agree, main differs
+    assert plan_fr.hashes.data and plan_v1.hashes.data
+    assert plan_v1.hashes.data == plan_pinned.hashes.data != plan_fr.hashes.data
+    assert not plan_fr.hashes.unresolved
+    # resolved, so cached like a local file
+    prepared = build_datasets(plan_fr, progress=False)
+    assert prepared.stats["cache"] == "built" and len(prepared.train) >= 1
+
+
+def test_hub_subset_that_is_not_there_names_the_subsets(tmp_path, hub_cache):
+    from runner.data import build_datasets
+    from runner.errors import UserError
+
+    plan = plan_of(config(tmp_path, [{"path": "acme/chat", "format": "alpaca", "subset": "de"}]))
+    with pytest.raises(UserError) as e:
+        build_datasets(plan, progress=False)
+    assert "subset 'de'" in str(e.value) and "en, fr" in e.value.hint
+
+
+def test_hub_dataset_not_cached_offline_is_unresolved_and_refused(tmp_path, hub_cache):
+    from runner.data import build_datasets
+    from runner.errors import UserError
+
+    plan = plan_of(config(tmp_path, [{"path": "acme/other", "format": "alpaca", "revision": "v3"}]))
+    assert plan.hashes.data is None and any("acme/other" in u for u in plan.hashes.unresolved)
+    with pytest.raises(UserError) as e:
+        build_datasets(plan, progress=False)
+    assert "HF_HUB_OFFLINE" in str(e.value) and "--revision v3" in e.value.hint
+
+
+def test_local_repository_folder_with_a_subset(tmp_path, hub_cache):
+    from runner.data.build import _load_items
+    from runner.plan.sections import to_dict
+
+    folder = hub_cache / "snapshots" / COMMIT_V1
+    plan = plan_of(config(tmp_path, [{"path": str(folder), "format": "alpaca", "subset": "en", "split": "test"}]))
+    items = _load_items(to_dict(plan.data)["datasets"], to_dict(plan.data), mix=False)[0]
+    assert [i.row["messages"][0]["content"] for i in items] == ["en test 0 one", "en test 1 one"]
