@@ -176,3 +176,116 @@ def test_local_repository_folder_with_a_subset(tmp_path, hub_cache):
     plan = plan_of(config(tmp_path, [{"path": str(folder), "format": "alpaca", "subset": "en", "split": "test"}]))
     items = _load_items(to_dict(plan.data)["datasets"], to_dict(plan.data), mix=False)[0]
     assert [i.row["messages"][0]["content"] for i in items] == ["en test 0 one", "en test 1 one"]
+
+
+# ---- streaming -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_streamed_rows_equal_the_whole_pipeline_on_a_small_file(tmp_path, shuffle):
+    from runner.data import build_datasets
+
+    data = alpaca_jsonl(tmp_path / "a.jsonl", 120)
+    ds = [{"path": str(data), "format": "alpaca"}]
+    whole = plan_of(config(tmp_path, ds, data={"shuffle": shuffle}))
+    streamed = plan_of(config(tmp_path, ds, name="s.yaml", data={"shuffle": shuffle, "streaming": True}))
+    expected = rows_of(build_datasets(whole, progress=False).train)
+    prepared = build_datasets(streamed, progress=False)
+    assert prepared.stats["cache"].startswith("off")
+    assert list(prepared.train) == expected  # packed rows: ids, labels and positions, in order
+    assert "position_ids" in expected[0] and len(expected) < 120  # really packed
+    assert list(prepared.train) == expected  # a second pass reads the file again, the same
+    assert streamed.hashes.data and streamed.hashes.data != whole.hashes.data
+
+
+def test_streaming_in_buffers_keeps_every_sample(tmp_path):
+    """Buffers smaller than the file: packed per buffer, each sample exactly once."""
+    from runner.data import build_datasets
+
+    data = alpaca_jsonl(tmp_path / "a.jsonl", 90)
+    ds = [{"path": str(data), "format": "alpaca"}]
+    whole = plan_of(config(tmp_path, ds, sequence={"packing": False}, data={"shuffle": False}))
+    streamed = plan_of(config(tmp_path, ds, name="s.yaml", sequence={"packing": False},
+                              data={"shuffle": True, "streaming": True, "stream_buffer": 25}))
+    key = lambda r: (tuple(r["input_ids"]), tuple(r["labels"]))  # noqa: E731
+    got = sorted(map(key, build_datasets(streamed, progress=False).train))
+    assert got == sorted(map(key, rows_of(build_datasets(whole, progress=False).train)))
+
+
+def test_streaming_refusals_at_plan_time(tmp_path):
+    from runner.errors import ConfigErrors
+
+    data = alpaca_jsonl(tmp_path / "a.jsonl", 5)
+    cases = [({"training": {"max_steps": None}}, "training.max_steps"),
+             ({"val_size": 0.1}, "val_size"),
+             ({"datasets": [{"path": str(data), "num_samples": 3}]}, "max_samples"),
+             ({"training": {"stage": "dpo", "max_steps": 2}}, "stage dpo")]
+    for extra, needle in cases:
+        extra = dict(extra)
+        datasets = extra.pop("datasets", [{"path": str(data)}])
+        with pytest.raises(ConfigErrors) as e:
+            plan_of(config(tmp_path, datasets, data={"streaming": True}, **extra))
+        assert needle in str(e.value), (extra, str(e.value))
+
+
+def test_streaming_a_large_file_holds_one_buffer(tmp_path):
+    """A 40 MB file streamed in a child process: its peak memory stays flat over 15 buffers, and
+    all it ever grew is less than the file."""
+    big = tmp_path / "big.jsonl"
+    row = json.dumps({"instruction": "Summarize the text. " + "word " * 60, "output": "A summary. " * 10}) + "\n"
+    with open(big, "w") as f:
+        f.write(row * (40 * 2**20 // len(row)))
+    cfg = config(tmp_path, [{"path": str(big), "format": "alpaca"}], data={"streaming": True, "stream_buffer": 200},
+                 sequence={"max_length": 2048})
+    script = f"""
+import json, time, resource
+def hwm():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024
+from runner.plan.resolve import make_plan
+from runner.data import build_datasets
+plan = make_plan({str(cfg)!r})
+import torch, transformers  # loaded before the baseline: training has them
+start = time.time(); base = hwm()
+prepared = build_datasets(plan, progress=False)
+rows = 0
+for r in prepared.train:
+    rows += 1
+    if rows == 1:
+        first, first_s = hwm(), time.time() - start
+    if rows == 3000: break
+print(json.dumps({{"setup_mb": first - base, "then_grew_mb": hwm() - first, "first_row_s": first_s, "rows": rows}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["rows"] == 3000  # about 15 buffers
+    assert found["then_grew_mb"] < 8, found  # flat while reading on
+    assert found["setup_mb"] < 40, found  # the file is 40 MB; its rows in memory would be several times that
+
+
+# ---- num_proc ------------------------------------------------------------------------------------
+def test_num_proc_output_is_byte_identical_to_one_process(tmp_path):
+    from runner.data import build_datasets
+    from runner.data import parallel
+    from runner.data.parallel import MIN_ROWS_PER_PROCESS
+
+    data = tmp_path / "a.json"
+    data.write_text((SHARED / "alpaca_en_demo.json").read_text())
+    n = len(json.loads(data.read_text()))
+    assert n >= 4 * MIN_ROWS_PER_PROCESS
+    entries = {}
+    for procs in (1, 2):
+        plan = plan_of(config(tmp_path, [{"path": str(data), "format": "alpaca"}], name=f"p{procs}.yaml",
+                              sequence={"max_length": 64, "truncation": "truncate"}, val_size=0.05,
+                              data={"num_proc": procs, "cache_dir": str(tmp_path / f"cache{procs}")}))
+        forked = parallel.SHARES_FORKED
+        prepared = build_datasets(plan, progress=False)
+        assert prepared.stats["cache"] == "built"
+        assert parallel.SHARES_FORKED - forked == (0 if procs == 1 else 2)  # the training rows in two shares (eval is small)
+        entries[procs] = (plan.hashes, Path(prepared.stats["cache_dir"]))
+    assert entries[1][0] == entries[2][0]  # num_proc joins no hash
+    one, two = entries[1][1], entries[2][1]
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert any(f.suffix == ".arrow" for f in files)
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f

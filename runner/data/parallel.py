@@ -15,6 +15,8 @@ from runner.errors import UserError
 # Below this many rows per process, starting processes costs more than it saves.
 MIN_ROWS_PER_PROCESS = 64
 _JOB: tuple | None = None  # (stage, tokenizer, renderer, template, sequence), set before forking
+# Shares tokenized in worker processes so far: tests prove the parallel path ran.
+SHARES_FORKED = 0
 
 
 def tokenize_parallel(plan, items: list, tokenizer, renderer, progress: bool):
@@ -26,13 +28,14 @@ def tokenize_parallel(plan, items: list, tokenizer, renderer, progress: bool):
     procs = min(plan.data.num_proc or 1, max(1, len(items) // MIN_ROWS_PER_PROCESS))
     if procs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return tokenize_items(items, stage, tokenizer, renderer, template, seq, progress)
-    global _JOB
+    global _JOB, SHARES_FORKED
     _JOB = (stage, tokenizer, renderer, template, seq)
     bounds = [len(items) * k // procs for k in range(procs + 1)]
     shares = [items[a:b] for a, b in zip(bounds, bounds[1:])]
     try:
         with multiprocessing.get_context("fork").Pool(procs) as pool:
             parts = pool.map(_tokenize_share, shares, chunksize=1)
+        SHARES_FORKED += len(shares)
     finally:
         _JOB = None
     if any(isinstance(p, BaseException) for p in parts):
