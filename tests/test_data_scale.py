@@ -289,3 +289,29 @@ def test_num_proc_output_is_byte_identical_to_one_process(tmp_path):
     assert any(f.suffix == ".arrow" for f in files)
     for f in files:
         assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
+def test_streaming_trains_a_tiny_model_end_to_end(tmp_path):
+    """`runner train` on a stream: the steps max_steps asks for, each logged with a finite loss,
+    across more than one pass over a small file (set_epoch reshuffles)."""
+    import math
+
+    from tiny_model import save_tiny_model, write_config
+    from tiny_tokenizer import save_tiny_tokenizer
+
+    model = save_tiny_model(tmp_path / "model")
+    save_tiny_tokenizer(model)
+    data = alpaca_jsonl(tmp_path / "a.jsonl", 12)
+    cfg = write_config(tmp_path, model, training={"max_steps": 6}, sequence={"packing": True, "max_length": 128},
+                       dataset={"path": str(data), "format": "alpaca", "num_samples": None, "max_samples": 10},
+                       extra={"data": {"streaming": True, "stream_buffer": 4}, "template": {"name": "chatml"}})
+    done = subprocess.run([sys.executable, "-m", "runner", "train", str(cfg)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in steps if m["kind"] == "train"]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["launch"]["data_stats"]["cache"].startswith("off")
+    assert "first" in plan["launch"]["data_stats"]["train"]["streamed"]

@@ -54,6 +54,7 @@ class TokenStream:
     def __init__(self, plan, tokenizer, renderer):
         self.plan, self.tokenizer, self.renderer = plan, tokenizer, renderer
         self.epoch = 0
+        self._started = None  # (first block, the pass it came from): the first pass goes on from it
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -74,10 +75,22 @@ class TokenStream:
             yield encoded_columns(self.plan, encoded)
 
     def first_block(self):
-        return next(self.blocks(), None)
+        """The first buffer, prepared once: the first pass starts from it rather than read it again."""
+        blocks = self.blocks()
+        first = next(blocks, None)
+        self._started = (first, blocks) if first is not None else None
+        return first
+
+    def _pass(self):
+        if self._started is not None and self.epoch == 0:
+            (first, rest), self._started = self._started, None
+            yield first
+            yield from rest
+        else:
+            yield from self.blocks()
 
     def __iter__(self):
-        for columns, _ in self.blocks():
+        for columns, _ in self._pass():
             names = list(columns)
             for values in zip(*(columns[n] for n in names)):
                 yield dict(zip(names, values))
