@@ -1,7 +1,7 @@
 """data.streaming at scale, on the CPU: a generated jsonl file of SIZE MB trained through
 `runner train` with streaming on, while this script samples the training process's resident memory.
 
-    python bench/streaming_bench.py [--size-mb 1024] [--steps 40] [--baseline-mb 64] [--out bench/results] [--smoke]
+    python bench/streaming_bench.py [--size-mb 1024] [--steps 30] [--buffer 200] [--baseline-mb 64] [--out bench/results] [--smoke]
 
 Records (OUT/streaming.json and a line in OUT/streaming.md):
 - launch → first optimizer step logged (seconds), and the plan's share of it (hashing the file);
@@ -58,14 +58,15 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def run(name: str, model: Path, data: Path, work: Path, steps: int, streaming: bool) -> dict:
+def run(name: str, model: Path, data: Path, work: Path, steps: int, streaming: bool, buffer: int) -> dict:
     out = work / f"run-{name}"
     cfg = {"name": name, "model": {"path": str(model), "dtype": "float32"},
            "adapter": {"kind": "lora", "r": 8},
            "datasets": [{"path": str(data), "format": "alpaca"}],
-           "template": {"name": "chatml"}, "sequence": {"max_length": 1024, "packing": True},
-           "data": {"cache_dir": str(work / f"cache-{name}"), "streaming": streaming, "shuffle": True},
-           "training": {"max_steps": steps, "micro_batch_size": 4, "gradient_accumulation": 1, "precision": "fp32",
+           "template": {"name": "chatml"}, "sequence": {"max_length": 512, "packing": True},
+           "data": {"cache_dir": str(work / f"cache-{name}"), "streaming": streaming, "shuffle": True,
+                    **({"stream_buffer": buffer} if streaming else {})},
+           "training": {"max_steps": steps, "micro_batch_size": 8, "gradient_accumulation": 1, "precision": "fp32",
                         "learning_rate": 1e-3},
            "tracking": {"log_every": 1, "progress_bar": False},
            "output": {"dir": str(out), "overwrite": True}}
@@ -73,7 +74,7 @@ def run(name: str, model: Path, data: Path, work: Path, steps: int, streaming: b
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "WANDB_MODE": "offline"}
-    samples, start = [], time.time()
+    samples, start, wall = [], time.time(), time.time()
     proc = subprocess.Popen([sys.executable, "-m", "runner", "train", str(path)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = []
@@ -85,7 +86,8 @@ def run(name: str, model: Path, data: Path, work: Path, steps: int, streaming: b
         now, mem = time.time() - start, rss_mb(proc.pid)
         if mem is not None:
             samples.append((round(now, 2), round(mem, 1)))
-        if first_step is None and metrics.is_file() and '"kind": "train"' in metrics.read_text():
+        if (first_step is None and metrics.is_file() and metrics.stat().st_mtime >= wall
+                and '"kind": "train"' in metrics.read_text()):
             first_step = (round(now, 2), round(mem or 0, 1))
         time.sleep(0.2)
     reader.join(timeout=5)
@@ -105,7 +107,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-mb", type=int, default=1024)
     p.add_argument("--baseline-mb", type=int, default=64)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--buffer", type=int, default=200,
+                   help="data.stream_buffer: small, so that the measured steps read several buffers")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--work", default=str(ROOT / ".runner_cache" / "bench-streaming"))
     p.add_argument("--smoke", action="store_true")
@@ -124,8 +128,9 @@ def main() -> int:
     generate(small, args.baseline_mb)
     result = {"file_mb": round(size / 2**20, 1), "baseline_file_mb": args.baseline_mb, "steps": args.steps,
               "cpus": os.cpu_count(), "smoke": args.smoke,
-              "runner": run("streaming", model, big, work, args.steps, streaming=True),
-              "baseline": run("whole", model, small, work, args.steps, streaming=False)}
+              "stream_buffer": args.buffer,
+              "runner": run("streaming", model, big, work, args.steps, streaming=True, buffer=args.buffer),
+              "baseline": run("whole", model, small, work, args.steps, streaming=False, buffer=args.buffer)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "streaming.smoke" if args.smoke else "streaming"

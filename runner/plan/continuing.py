@@ -26,11 +26,11 @@ def at_default(section: dict) -> dict:
 
 def streaming_part(data: dict) -> dict:
     """What streaming adds to the data hash: how rows are grouped for shuffling and packing."""
-    return {"streaming": True, "stream_buffer": data["stream_buffer"]} if data.get("streaming") else {}
+    return {"streaming": True, "stream_buffer": data["stream_buffer"]} if data["streaming"] else {}
 
 
 def hub_dataset_commit(ds: dict) -> str | None:
-    return hub.cached(ds["path"], ds.get("revision"))[0]
+    return hub.cached(ds["path"], ds["revision"])[0]
 
 
 def adapter_files(folder: Path) -> list[Path]:
