@@ -150,6 +150,9 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     check_optimizer(cfg, raw, error, warn)
     for severity, path, message, *hint in check_distributed(cfg, raw):
         (error if severity == "error" else warn)(path, message, hint[0] if hint else None)
+    from runner.config.checks_scale import check_scale
+
+    check_scale(cfg, raw, error, warn)
     return Findings(errors, warnings)
 
 

@@ -36,6 +36,10 @@ def build_datasets(plan, tokenizer=None, progress: bool = True) -> PreparedData:
     callable: it is loaded only when the cache must be built."""
     from runner.data import cache
 
+    if plan.data.streaming:  # read as training goes: nothing is prepared whole or cached
+        from runner.data.streaming import build_streaming
+
+        return build_streaming(plan, _get_tokenizer(plan, tokenizer), progress)
     if not plan.hashes.data:  # a hub dataset not downloaded yet has no content hash: no cache
         train, evaluation, stats = _build(plan, tokenizer, progress)
         return PreparedData(train, evaluation, dict(stats, cache="off", cache_dir=None))
@@ -54,14 +58,6 @@ def _get_tokenizer(plan, tokenizer):
 
 
 def _build(plan, tokenizer, progress):
-    import datasets
-
-    from runner.data.packing import pack
-    from runner.data.render import Renderer
-    from runner.data.stats import summarize
-    from runner.data.templates import resolve_template
-    from runner.data.tokenize import tokenize_items
-
     problems = check_formats(plan)
     if problems:
         raise UserError(problems[0][len("error: "):], where="datasets")
@@ -80,12 +76,7 @@ def _build(plan, tokenizer, progress):
         raise UserError("no training rows are left after reading the datasets", where="datasets")
 
     tok = _get_tokenizer(plan, tokenizer)
-    renderer, template_info = None, {"name": None, "origin": None}
-    if stage != "pt":
-        template_info["warnings"] = refuse_bad_template(plan, tok)
-        template = resolve_template(data["template"], tok)
-        renderer = Renderer.for_tokenizer(template, tok)
-        template_info.update(name=template.name, origin=template.origin)
+    renderer, template_info = make_renderer(plan, tok)
     seq = dict(data["sequence"], prompt_budget=data.get("prompt_budget"))
     stats = {"data_hash": plan.hashes.data, "stage": stage, "template": template_info, "datasets": ds_stats}
     splits = {}
@@ -93,21 +84,55 @@ def _build(plan, tokenizer, progress):
         if not items:
             splits[split], stats[split] = None, None
             continue
-        encoded = tokenize_items(items, stage, tok, renderer, data["template"], seq, progress)
-        part = summarize(encoded.columns, stage)
-        part["rows_in"] = encoded.rows_in
-        part["counts"] = dict(encoded.counts)
-        part["template_refused_skipped"] = sum(encoded.skipped.values())
-        if part["template_refused_skipped"]:
-            part["counts"]["skipped_template_refused"] = part["template_refused_skipped"]
-        columns = encoded.columns
-        if seq.get("packing") and stage in ("sft", "pt"):
-            columns, part["packing"] = pack(columns, seq["max_length"])
-        if not columns[next(iter(columns))]:
-            raise UserError(f"no {split} samples are left after the length policy", where="sequence",
-                            hint="see the counts of dropped rows; raise max_length or change truncation")
-        splits[split], stats[split] = datasets.Dataset.from_dict(columns), part
+        splits[split], stats[split] = encode_split(plan, split, items, tok, renderer, progress)
     return splits["train"], splits["eval"], stats
+
+
+def make_renderer(plan, tok):
+    """The chat-template renderer (None for pt) and what the statistics say of the template."""
+    from runner.data.render import Renderer
+    from runner.data.templates import resolve_template
+    from runner.plan.sections import to_dict
+
+    renderer, template_info = None, {"name": None, "origin": None}
+    if plan.data.stage != "pt":
+        template_info["warnings"] = refuse_bad_template(plan, tok)
+        template = resolve_template(to_dict(plan.data.template), tok)
+        renderer = Renderer.for_tokenizer(template, tok)
+        template_info.update(name=template.name, origin=template.origin)
+    return renderer, template_info
+
+
+def encode_split(plan, split: str, items: list, tok, renderer, progress: bool):
+    """(datasets.Dataset, statistics) of one split's rows: tokenized, length policy, packed."""
+    import datasets
+
+    from runner.data.parallel import tokenize_parallel
+
+    encoded = tokenize_parallel(plan, items, tok, renderer, progress)
+    columns, part = encoded_columns(plan, encoded)
+    if not columns[next(iter(columns))]:
+        raise UserError(f"no {split} samples are left after the length policy", where="sequence",
+                        hint="see the counts of dropped rows; raise max_length or change truncation")
+    return datasets.Dataset.from_dict(columns), part
+
+
+def encoded_columns(plan, encoded) -> tuple[dict, dict]:
+    """The training columns of tokenized rows (packed when the plan packs) and their statistics."""
+    from runner.data.packing import pack
+    from runner.data.stats import summarize
+
+    stage, seq = plan.data.stage, plan.data.sequence
+    part = summarize(encoded.columns, stage)
+    part["rows_in"] = encoded.rows_in
+    part["counts"] = dict(encoded.counts)
+    part["template_refused_skipped"] = sum(encoded.skipped.values())
+    if part["template_refused_skipped"]:
+        part["counts"]["skipped_template_refused"] = part["template_refused_skipped"]
+    columns = encoded.columns
+    if seq.packing and stage in ("sft", "pt"):
+        columns, part["packing"] = pack(columns, seq.max_length)
+    return columns, part
 
 
 def refuse_bad_template(plan, tokenizer) -> list[str]:

@@ -89,7 +89,7 @@ def load_rows(ds: dict, base_dir: str | None = None, need_answer: bool = True) -
                            ds.get("substitute"), ds.get("system"), need_answer=need_answer)
     out = LoadedDataset(name=ds["path"])
     bad = _BadRows(ds.get("on_bad_row", "error"), ds.get("format", "alpaca"))
-    for where, raw in iter_raw_rows(ds, base_dir):
+    for where, raw in capped(iter_raw_rows(ds, base_dir), ds.get("max_samples")):
         out.rows_read += 1
         if isinstance(raw, RowError):
             bad.add(where, str(raw))
@@ -109,12 +109,29 @@ def load_rows(ds: dict, base_dir: str | None = None, need_answer: bool = True) -
     return out
 
 
+def capped(rows, max_samples: int | None):
+    """The first max_samples rows (bad rows count: the cap is a place in the file); the rest is
+    never read."""
+    if max_samples is None:
+        yield from rows
+        return
+    for n, row in enumerate(rows, 1):
+        yield row
+        if n >= max_samples:
+            return
+
+
 def iter_raw_rows(ds: dict, base_dir: str | None = None):
     """Yield (where, raw row or RowError) for every row of a dataset entry, in file order."""
     path = Path(ds["path"])
     if base_dir and not path.is_absolute():
         path = Path(base_dir) / path
     kind = ds.get("type", "auto")
+    if ds.get("subset") and kind != "hub" and path.is_dir():  # a dataset repository's configuration
+        from runner.data.hubdata import repository_rows
+
+        yield from repository_rows(path, ds, f"{path}")
+        return
     if kind == "hub" or (kind == "auto" and not path.exists()):
         if kind == "auto" and (path.suffix.lower() in SUFFIX_TYPES or ds["path"].startswith((".", "/"))
                                or ds["path"].count("/") > 1):
@@ -345,18 +362,6 @@ def hub_offline_reason() -> str | None:
 
 
 def _hub_rows(ds: dict):
-    reason = hub_offline_reason()
-    if reason:
-        raise UserError(
-            f"dataset {ds['path']!r} is not a local file or folder, and the hub cannot be used: {reason}",
-            where=f"datasets: {ds['path']}",
-            hint="download it while online (datasets.load_dataset(...).to_json(...)) and point path at the file",
-        )
-    import datasets
+    from runner.data.hubdata import hub_rows
 
-    try:
-        data = datasets.load_dataset(ds["path"], split=ds.get("split", "train"))
-    except Exception as e:  # the hub raises many types; the user needs the message, not the class
-        raise UserError(f"could not load hub dataset {ds['path']!r}: {e}", where=f"datasets: {ds['path']}") from None
-    for i, row in enumerate(data):
-        yield f"hub:{ds['path']}[{ds.get('split', 'train')}]:row {i + 1}", row
+    yield from hub_rows(ds)

@@ -276,7 +276,9 @@ def _datasets(keys: dict, tr: Translation, bases: list[Path], out_dir: Path, exp
             if found:
                 tr.config[target] = found
     if max_samples is not None:
-        tr.note("max_samples", "became num_samples per dataset; runner repeats rows when a file has fewer")
+        tr.note("max_samples", "became max_samples per dataset: the first N rows, never repeated")
+    if _pop(keys, "streaming", tr):
+        tr.set("data.streaming", True)
     packing = _pop(keys, "packing", tr)
     neat = _pop(keys, "neat_packing", tr)
     if neat or packing or (packing is None and stage == "pt"):

@@ -20,7 +20,7 @@ ENTRY_KEYS = {"file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url
 ENTRY_UNSUPPORTED = {
     "ms_hub_url": "ModelScope datasets are not supported; download the files and use file_name",
     "om_hub_url": "Modelers datasets are not supported; download the files and use file_name",
-    "script_url": "dataset loading scripts are not supported", "subset": "hub dataset configurations are not supported",
+    "script_url": "dataset loading scripts are not supported",
     "folder": "hub sub-folders are not supported; download the files", "cloud_file_name": "cloud storage is not supported",
 }
 COLUMN_UNSUPPORTED = {"images": "text-only", "videos": "text-only", "audios": "text-only"}
@@ -136,15 +136,16 @@ def _runner_dataset(entry: dict, where: str, stage: str, tr: Translation, files_
         ds["columns"] = found
     if not is_unset(entry.get("split")) and entry["split"] != "train":
         ds["split"] = str(entry["split"])
-    samples = entry.get("num_samples")
-    if not is_unset(max_samples) and (is_unset(samples) or max_samples < samples):
-        samples = max_samples
-    if not is_unset(samples):
-        ds["num_samples"] = int(samples)
+    if not is_unset(entry.get("num_samples")):
+        ds["num_samples"] = int(entry["num_samples"])
+    if not is_unset(max_samples):  # LLaMA-Factory keeps the first max_samples rows: runner's cap
+        ds["max_samples"] = int(max_samples)
+    if not is_unset(entry.get("subset")):
+        ds["subset"] = str(entry["subset"])
     for key in entry:
         if key not in ENTRY_KEYS:
             tr.skip(f"{where}.{key}", entry[key], "not a documented dataset_info key")
-        elif key in ("subset", "folder") and not is_unset(entry[key]):
+        elif key == "folder" and not is_unset(entry[key]):
             tr.skip(f"{where}.{key}", entry[key], ENTRY_UNSUPPORTED[key])
     return ds
 

@@ -26,6 +26,9 @@ TOKENIZER_FILES = (
 )
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
+# What a transformers Trainer checkpoint holds beside the weights: the optimizer's and the
+# loop's state, which a run started from the checkpoint's weights does not read.
+TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")
 
 
 def canonical_json(value) -> str:
@@ -109,7 +112,8 @@ def model_files(directory: Path, gguf_file: str | None) -> list[Path]:
     if gguf_file:
         return [directory / gguf_file]
     files = [directory / n for n in MODEL_CONFIG_FILES if (directory / n).is_file()]
-    files += sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+    files += sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES
+                    and p.name not in TRAINER_STATE_FILES and not p.name.startswith("rng_state"))
     return files
 
 

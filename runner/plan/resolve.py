@@ -15,7 +15,7 @@ from runner.config.checks import best_direction, check, eval_metric_name
 from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load, looks_like_task_path
 from runner.errors import ConfigErrors, UserError
-from runner.plan import hashing, output_dir, remote_code, rope, sections
+from runner.plan import continuing, hashing, output_dir, remote_code, rope, sections
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 from runner.plan.rewards import check_rewards, reward_digests
@@ -66,6 +66,8 @@ def _resolve_model(model: dict, base: Path, where, errors: list) -> dict:
             return out
         else:
             out.update(source="hub")
+    if out.get("source") == "local" and not model["gguf_file"]:
+        errors += continuing.model_folder_errors(Path(out["path"]), where(("model", "path")))
     if out.get("source") == "local" and model["gguf_file"] and not (Path(out["path"]) / model["gguf_file"]).is_file():
         errors.append(UserError(f"model.gguf_file: {model['gguf_file']!r} not found in {out['path']}",
                                 where=where(("model", "gguf_file"))))
@@ -152,15 +154,17 @@ def _strip(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
 
-def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache,
+def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adapter: dict,
             base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
     weights = _strip(cfg, NOT_IN_CONFIG_HASH)
     # The final weights are the best checkpoint's rather than the last step's.
     weights["keep_best"] = cfg["output"]["keep_best"]
-    weights["datasets"] = [_strip(d, ("path",)) for d in cfg["datasets"]]
-    weights["eval_datasets"] = [_strip(d, ("path",)) for d in cfg["eval_datasets"]]
-    weights["data"] = _strip(cfg["data"], ("cache_dir",))
+    weights["datasets"] = [_strip(continuing.at_default(d), ("path",)) for d in cfg["datasets"]]
+    weights["eval_datasets"] = [_strip(continuing.at_default(d), ("path",)) for d in cfg["eval_datasets"]]
+    # num_proc gives byte-identical data: it changes no weight
+    weights["data"] = _strip(continuing.at_default(cfg["data"]), ("cache_dir", "num_proc"))
+    weights["adapter"] = continuing.adapter_part(cfg["adapter"], adapter["init_from"], cache)
     weights["distributed"] = _strip(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
     ds_file = cfg["distributed"]["deepspeed"]["config"]
     if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
@@ -188,11 +192,17 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache,
         unresolved.append(f"model fingerprint: {model['path']} is a hub id not in the local cache")
 
     def ds_part(d):
-        part = _strip(d, ("path", "source"))
+        part = _strip(continuing.at_default(d), ("path", "source"))
         if d.get("source") == "local":
             part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
         else:
-            unresolved.append(f"dataset {d['path']}: a hub dataset is hashed by content once downloaded")
+            commit = continuing.hub_dataset_commit(d)
+            if commit:  # the commit, not the name that led to it (a branch moves, a tag may)
+                part.pop("revision", None)
+                part.update(repo=d["path"], commit=commit)
+            else:
+                unresolved.append(f"dataset {d['path']}: a hub dataset is hashed by its commit, known once it is "
+                                  "in the local cache (or when revision names a commit)")
         return part
 
     data_inputs = {
@@ -200,6 +210,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache,
         "datasets": [ds_part(d) for d in data["datasets"]],
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
         **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
+        **continuing.streaming_part(data),
         # allow_all_truncated decides whether a run may start, not what the data holds
         "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
@@ -263,6 +274,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     training["effective_batch_size"] = training["batch_per_process"] * world if world else None
 
     adapter = dict(cfg["adapter"])
+    if adapter["init_from"] is not None:
+        adapter["init_from"] = continuing.resolve_init_from(adapter["init_from"], base, where(("adapter", "init_from")))
     if adapter["kind"] == "none":
         adapter["kind"] = "full"
     if adapter["alpha"] is None:
@@ -273,6 +286,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     data = {
         "datasets": datasets, "eval_datasets": eval_datasets, "val_size": cfg["val_size"],
         "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,
+        **{k: cfg["data"][k] for k in ("streaming", "stream_buffer", "num_proc")},
         "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
         "prompt_budget": prompt_budget(cfg),
         "tokenizer": {
@@ -282,7 +296,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         },
     }
     cache = hashing.DigestCache(cache_dir / "digests.json")
-    hashes, unresolved = _hashes(cfg, model, data, cache, base)
+    hashes, unresolved = _hashes(cfg, model, data, cache, adapter, base)
     if write_cache:
         cache.save()
     hashes["unresolved"] = unresolved

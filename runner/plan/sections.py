@@ -48,6 +48,7 @@ class Adapter:
     modules_to_save: tuple[str, ...]
     trainable_layers: int | None
     trainable_modules: tuple[str, ...]
+    init_from: str | None          # an existing adapter's folder (absolute) to continue training
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,12 @@ class Dataset:
     format: str
     type: str
     split: str
+    subset: str | None
+    revision: str | None
     columns: dict
     roles: dict
     num_samples: int | None
+    max_samples: int | None
     weight: float
     substitute: dict
     system: str | None
@@ -115,6 +119,9 @@ class Data:
     val_size: float
     cache_dir: str
     shuffle: bool
+    streaming: bool
+    stream_buffer: int | None      # None only in a plan.json written before streaming existed
+    num_proc: int | None           # likewise; None reads as 1
     seed: int
     stage: str
     template: Template

@@ -81,15 +81,33 @@ def apply_adapter(model, adapter, runtime):
                 "quantization.bits is set", where="adapter.init",
                 hint="drop quantization, or use init: default / gaussian with a quantized base",
             )
-        from peft import get_peft_model
-
-        task = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
-        model = get_peft_model(model, lora_config(adapter, runtime.target_modules, task))
-    info = AdapterInfo(kind, target_modules=list(runtime.target_modules))
+        model = _lora_model(model, adapter, runtime)
+    targets = list(runtime.target_modules)
+    if adapter.init_from:  # the existing adapter's own modules
+        targets = sorted(model.peft_config["default"].target_modules or [])
+    info = AdapterInfo(kind, target_modules=targets)
     info.trainable_params, info.total_params = count_parameters(model)
     if info.trainable_params == 0:
         raise UserError("no parameter is left to train", where="adapter", hint="check trainable_layers / trainable_modules")
     return model, info
+
+
+def _lora_model(model, adapter, runtime):
+    """A new LoRA adapter as the plan says, or (adapter.init_from) an existing one, trainable."""
+    if not adapter.init_from:
+        from peft import get_peft_model
+
+        task = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+        return get_peft_model(model, lora_config(adapter, runtime.target_modules, task))
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter.init_from, is_trainable=True)
+    except (ValueError, KeyError, RuntimeError) as e:  # an adapter made for another architecture or size
+        raise UserError(f"adapter.init_from: the adapter in {adapter.init_from} does not fit this model: "
+                        f"{str(e).splitlines()[0][:400]}", where="adapter.init_from",
+                        hint="set model.path to the base model the adapter was trained on "
+                             "(its adapter_config.json names it as base_model_name_or_path)") from None
 
 
 def freeze_all_but(model, layers, patterns) -> None:

@@ -114,10 +114,20 @@ def decide(plan: Plan, env, data: Data, is_main: bool) -> Plan:
     from runner import data as pipeline
 
     pipeline.refuse_untrainable(plan, data)  # before the model loads: exit 2 with the reason
-    decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), len(data.train))
+    decided, notes = runtimes.decide_runtime(plan, env, runtimes.model_facts(plan), train_rows(plan, data, env))
     for note in notes:
         say(note if note.startswith("note:") else f"warning: {note}", is_main)
     return plan.with_runtime(decided)
+
+
+def train_rows(plan: Plan, data: Data, env) -> int:
+    """The training rows; for a stream (no length) the rows max_steps reads, so that an epoch is the run."""
+    from runner.data.streaming import row_count
+
+    rows = row_count(data.train)
+    if rows is None:
+        rows = plan.training.max_steps * plan.training.batch_per_process * env.world_size
+    return rows
 
 
 def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
@@ -165,7 +175,7 @@ def open_run(plan: Plan, launch, data: Data, model: Model, is_main: bool) -> Run
     wandb_run = tracking.start_wandb(plan, run_dir, is_main=is_main, run_id=_stored_wandb_id(stored))
     trackers = tracker_runs.start(plan, run_dir, wandb_run, is_main=is_main, stored=stored,
                                   resume_step=tracker_runs.resume_step(launch.checkpoint))
-    plan = plan.with_launch(launch_record(data, model, wandb_run, trackers.run_ids()))
+    plan = plan.with_launch(launch_record(data, model, wandb_run, plan, trackers.run_ids()))
     if is_main:
         rundir.write_plan(run_dir, plan)
         rundir.write_config_yaml(run_dir, plan)
@@ -299,14 +309,14 @@ def stage_summary(plan: Plan, final_eval: dict) -> dict:
     return {name: _rounded(final_eval[key]) for key, name in wanted.items() if key in final_eval}
 
 
-def launch_record(data: Data, model: Model, wandb_run, tracker_ids: dict | None = None) -> Launch:
+def launch_record(data: Data, model: Model, wandb_run, plan: Plan, tracker_ids: dict | None = None) -> Launch:
     import platform
 
     from runner.plan.hashing import library_versions
 
     return Launch(trainable_params=model.info.trainable_params, total_params=model.info.total_params,
                   fused_lora_layers=model.fused_lora_layers,
-                  train_rows=len(data.train), eval_rows=len(data.eval) if data.eval is not None else 0,
+                  train_rows=train_rows(plan, data, plan.runtime), eval_rows=len(data.eval) if data.eval is not None else 0,
                   data_stats=data.stats, versions={"python": platform.python_version(), **library_versions()},
                   wandb_run_id=wandb_run.id if wandb_run is not None else None, tracker_runs=tracker_ids)
 

@@ -114,5 +114,7 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
         out.append("val_size=2")
     for group in ("datasets", "eval_datasets"):
         for i, _ in enumerate(getattr(plan.data, group)):
-            out.append(f"{group}.{i}.num_samples=8")
+            # a stream cannot sample (num_samples); its first rows are as good a smoke test
+            key = "max_samples" if plan.data.streaming and group == "datasets" else "num_samples"
+            out.append(f"{group}.{i}.{key}=8")
     return out
