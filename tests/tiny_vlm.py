@@ -179,3 +179,33 @@ def save_tiny_vlm(directory, family: str = "qwen2_vl", seed: int = 0) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def write_vlm_config(directory, model_dir, *, dataset: str = "mllm_demo.json", name: str = "tiny-vlm",
+                     training: dict | None = None, extra: dict | None = None) -> Path:
+    """A runner YAML in `directory` that trains the tiny VLM on a shared multimodal demo file."""
+    import yaml
+
+    from tests.tiny_model import SHARED_DATA
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "name": name,
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "adapter": {"kind": "lora", "r": 8, "dropout": 0.0},
+        "datasets": [{"path": str(SHARED_DATA / dataset), "format": "openai"}],
+        "template": {"name": "tokenizer"},
+        "sequence": {"max_length": 512},
+        "data": {"cache_dir": str(directory / "cache")},
+        "training": {"stage": "sft", "max_steps": 12, "micro_batch_size": 2, "gradient_accumulation": 1,
+                     "learning_rate": 1e-2, "lr_scheduler": "constant", "warmup_ratio": 0.0, "precision": "fp32",
+                     **(training or {})},
+        "tracking": {"log_every": 1, "progress_bar": False},
+        "output": {"dir": str(directory / "run")},
+    }
+    for key, value in (extra or {}).items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -80,6 +80,9 @@ def _build(plan, tokenizer, progress):
         raise UserError("no training rows are left after reading the datasets", where="datasets")
 
     tok = _get_tokenizer(plan, tokenizer)
+    from runner.data.vlm_build import check_media_rows
+
+    family, processor = check_media_rows(plan, train_items + eval_items, tok)
     renderer, template_info = None, {"name": None, "origin": None}
     if stage != "pt":
         template_info["warnings"] = refuse_bad_template(plan, tok)
@@ -93,7 +96,13 @@ def _build(plan, tokenizer, progress):
         if not items:
             splits[split], stats[split] = None, None
             continue
-        encoded = tokenize_items(items, stage, tok, renderer, data["template"], seq, progress)
+        if family is not None:  # images and videos through the model's processor
+            from runner.data.vlm_tokenize import tokenize_vlm
+
+            encoded = tokenize_vlm(items, stage, plan, processor, renderer, data["template"].get("train_on", "assistant"),
+                                   seq, family)
+        else:
+            encoded = tokenize_items(items, stage, tok, renderer, data["template"], seq, progress)
         part = summarize(encoded.columns, stage)
         part["rows_in"] = encoded.rows_in
         part["counts"] = dict(encoded.counts)

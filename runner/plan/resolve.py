@@ -187,6 +187,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         part = _strip(d, ("path", "source"))
         if d.get("source") == "local":
             part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
+            media = hashing.media_files(Path(d["path"]))
+            if media:  # the images and videos the rows name, by content
+                part["media"] = hashing.digest_text([cache.file_digest(m) for m in media])
         else:
             unresolved.append(f"dataset {d['path']}: a hub dataset is hashed by content once downloaded")
         return part
@@ -196,6 +199,8 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache) -> t
         "datasets": [ds_part(d) for d in data["datasets"]],
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
         **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
+        # how images and videos become tokens (the tower/projector choice is a training matter)
+        "vision": _strip(data["vision"], ("tower", "projector")),
         # allow_all_truncated decides whether a run may start, not what the data holds
         "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
@@ -256,6 +261,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         "datasets": datasets, "eval_datasets": eval_datasets, "val_size": cfg["val_size"],
         "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,
         "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
+        "vision": dict(cfg["vision"]),
         "tokenizer": {
             "path": (str(_expand(tok, base).resolve()) if tok and _expand(tok, base).exists() else tok) or model["path"],
             "gguf_file": None if tok else model["gguf_file"],

@@ -107,6 +107,16 @@ class TokenizerSource:
 
 
 @dataclass(frozen=True)
+class Vision:
+    max_pixels: int
+    min_pixels: int
+    video_fps: float
+    video_max_frames: int
+    tower: str
+    projector: str
+
+
+@dataclass(frozen=True)
 class Data:
     datasets: tuple[Dataset, ...]
     eval_datasets: tuple[Dataset, ...]
@@ -119,6 +129,7 @@ class Data:
     sequence: Sequence
     special_tokens: SpecialTokens
     tokenizer: TokenizerSource
+    vision: Vision | None = None       # None in a plan.json written before the section existed
 
 
 @dataclass(frozen=True)

@@ -130,13 +130,16 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
     """plan.model in `dtype` with the given attention (runner.train.runtime decides both). With
     `quantize` and plan.quantization set, the base is loaded in 4/8-bit and prepared for k-bit
     training."""
-    from transformers import AutoModelForCausalLM
-
     if plan.model.trust_remote_code:
         print(f"warning: trust_remote_code is on: Python code shipped with {plan.model.path} will run", file=sys.stderr)
     kwargs = {"dtype": torch_dtype(dtype), "attn_implementation": attn_for_transformers(attn_implementation, for_training),
               **_source_kwargs(plan)}
     quant = bnb_config(plan.quantization, dtype) if quantize else None
+    auto = model_class(plan)
+    if quant is not None and auto.__name__ == "AutoModelForImageTextToText":
+        from runner.train.vision import quantization_skips
+
+        quant.llm_int8_skip_modules = quantization_skips()  # the vision side stays in plan dtype
     if quant is not None:
         kwargs["quantization_config"] = quant
         # bitsandbytes places weights at load time; each process takes its own device.
@@ -147,7 +150,7 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
         if plan.model.random_init:
             model = _random_model(plan, kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(plan.model.path, **kwargs)
+            model = auto.from_pretrained(plan.model.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(plan, exc) from exc
     drop_gguf_quantizer(model)
@@ -161,6 +164,14 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
         model.config.use_cache = True
         model.eval()
     return model
+
+
+def model_class(plan):
+    """The transformers Auto class for plan.model: AutoModelForImageTextToText for a supported
+    vision-language model, AutoModelForCausalLM otherwise."""
+    from runner.train.vision import auto_class
+
+    return auto_class(load_config(plan))
 
 
 def prepare_quantized(model, dtype: str, checkpointing: bool) -> None:
@@ -182,9 +193,9 @@ def _random_model(plan, kwargs: dict):
     local device (an 8B model initialises in seconds on a GPU, minutes on a CPU). A quantized base
     is saved once in plan dtype under the cache and loaded back through bitsandbytes."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     config = load_config(plan)
+    AutoModelForCausalLM = model_class(plan)  # noqa: N806 (an Auto class: text or vision-language)
     torch.manual_seed(plan.training.seed)
     quant = kwargs.pop("quantization_config", None)
     device_map = kwargs.pop("device_map", None)

@@ -81,14 +81,14 @@ def environment() -> Environment:
 def model_facts(plan: Plan) -> ModelFacts:
     """The architecture's facts, from the model's config and a weightless (meta device) instance."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from runner.train.fast import varlen
     from runner.train.model import load_config
+    from runner.train.vision import auto_class
 
     config = load_config(plan)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=plan.model.trust_remote_code)
+        model = auto_class(config).from_config(config, trust_remote_code=plan.model.trust_remote_code)
     return facts_of(model)
 
 

@@ -1,0 +1,129 @@
+"""Rows with images and videos -> token ids and labels, through the model's processor.
+
+The conversation is rendered with the processor's chat template (media parts as the family's
+placeholders) and the trained character spans found by incremental rendering, as for text. The
+processor then expands each placeholder into the image's tokens; its ids are the sample. Labels are
+computed on the unexpanded text (its tokens, the spans) and carried over to the expanded ids by
+aligning the two: runs the processor inserted (image and video tokens) get no label, and a trained
+token the alignment cannot place stops the run, so no image token and no prompt token ever trains.
+
+Columns: input_ids, labels, text (the rendering, for the collator's processor call), images,
+videos (absolute paths or data URLs). The collator turns images into pixels per batch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+
+from runner.data import media
+from runner.data.render import TemplateRenderError
+from runner.data.tokenize import IGNORE, Encoded, _encode, _render_all, labels_from_spans
+from runner.errors import DataError, UserError
+
+
+def load_media(row: dict, plan) -> tuple[list, list]:
+    """The row's images (PIL, scaled by the vision section) and videos (paths)."""
+    vision = plan.data.vision
+    images = [media.load_image(ref, vision.max_pixels if vision else None, vision.min_pixels if vision else None)
+              for ref in row.get("images") or []]
+    return images, list(row.get("videos") or [])
+
+
+def process(processor, texts: list, images: list, videos: list, plan, **kwargs):
+    """The processor on rendered texts and each text's media (lists per text)."""
+    from runner.data.vlm import media_kwargs
+
+    call = dict(text=texts, return_tensors="pt", **media_kwargs(plan), **kwargs)
+    if any(images):
+        call["images"] = images
+    if any(videos):
+        call["videos"] = videos
+    else:
+        call.pop("videos_kwargs", None)
+    return processor(**call)
+
+
+def expand_labels(short_ids: list, short_labels: list, long_ids: list, origin: str) -> list:
+    """Labels for the processor's ids from those of the unexpanded text: equal runs keep theirs,
+    inserted or replaced runs (the media tokens) get none."""
+    labels = [IGNORE] * len(long_ids)
+    placed = 0
+    matcher = difflib.SequenceMatcher(None, short_ids, long_ids, autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        labels[b:b + size] = short_labels[a:a + size]
+        placed += sum(1 for x in short_labels[a:a + size] if x != IGNORE)
+    trained = sum(1 for x in short_labels if x != IGNORE)
+    if placed != trained:
+        raise DataError(f"the processor changed {trained - placed} trained token(s) while expanding images",
+                        where=origin, hint="the chat template puts media inside an assistant turn; move the "
+                                           "image or video to a user turn")
+    return labels
+
+
+def tokenize_vlm(items, stage: str, plan, processor, renderer, train_on: str, seq: dict, family) -> Encoded:
+    if stage not in ("sft",):
+        raise UserError(f"stage {stage} is not supported for vision-language rows yet", where="training.stage",
+                        hint="train stage sft on image rows")
+    from runner.data.vlm import as_parts
+
+    tokenizer = processor.tokenizer
+
+    def render_one(row):
+        if row.get("videos") and not family.video:
+            raise TemplateRenderError(f"{family.name} does not read videos; this row has {len(row['videos'])}")
+        messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
+        return renderer.spans(as_parts(messages), tools, train_on), notes
+
+    kept, rendered, notes, skipped = _render_all(items, render_one, False, renderer)
+    counts = Counter(notes)
+    columns = {"input_ids": [], "labels": [], "text": [], "images": [], "videos": []}
+    origins = []
+    max_length, policy = seq.get("max_length", 2048), seq.get("truncation", "truncate")
+    for item, (text, spans) in zip(kept, rendered):
+        short_ids, offsets = _encode(tokenizer, [text], offsets=True)
+        short_labels = labels_from_spans(short_ids[0], offsets[0], spans)
+        images, videos = load_media(item.row, plan)
+        try:
+            enc = process(processor, [text], [images], [videos], plan)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise DataError(f"the processor cannot read this row's media: {e}", where=item.origin,
+                            hint="check the image and video files") from None
+        ids = enc["input_ids"][0].tolist()
+        labels = expand_labels(short_ids[0], short_labels, ids, item.origin)
+        if len(ids) > max_length:
+            # Cutting a sample would cut image tokens away from their pixels: such rows are
+            # dropped (counted), or stop the run with truncation: error.
+            if policy == "error":
+                raise UserError(f"sample is {len(ids)} tokens with its images, longer than "
+                                f"sequence.max_length={max_length}", where=item.origin,
+                                hint="raise max_length, or lower vision.max_pixels")
+            counts["dropped_too_long"] += 1
+            continue
+        if all(x == IGNORE for x in labels):
+            counts["dropped_no_trained_tokens"] += 1
+            continue
+        columns["input_ids"].append(ids)
+        columns["labels"].append(labels)
+        columns["text"].append(text)
+        columns["images"].append(list(item.row.get("images") or []))
+        columns["videos"].append(list(item.row.get("videos") or []))
+        origins.append(item.origin)
+    return Encoded(columns, origins, counts, skipped, len(kept))
+
+
+def media_token_ids(processor) -> set:
+    """Ids of the tokens that stand for media (for checks and `preprocess --show`)."""
+    tokenizer = processor.tokenizer
+    ids = set()
+    for attr in ("image_token_id", "video_token_id", "boi_token_id", "eoi_token_id"):
+        value = getattr(processor, attr, None)
+        if isinstance(value, int):
+            ids.add(value)
+    for attr in ("image_token", "video_token", "fake_image_token", "global_image_token"):
+        token = getattr(processor, attr, None)
+        if isinstance(token, str):
+            found = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(found, int) and found != tokenizer.unk_token_id:
+                ids.add(found)
+    return ids
