@@ -142,3 +142,27 @@ def as_parts(messages: list) -> list:
         out.append({**m, "content": content_parts(content)} if ("<image>" in content or "<video>" in content)
                    else m)
     return out
+
+
+def mark_media(text: str, tokenizer, sample: dict) -> str:
+    """`preprocess --show`: each run of a repeated media token (an image's or a video's span, never
+    trained) shown once as «TOKEN ×N», followed by which file it stands for."""
+    import re
+
+    specials = sorted({t for t in tokenizer.get_added_vocab() if len(t) > 1}, key=len, reverse=True)
+    if not specials:
+        return text
+    files = [("image", f) for f in sample.get("images") or []] + [("video", f) for f in sample.get("videos") or []]
+    pattern = re.compile("(" + "|".join(f"(?:{re.escape(t)})" for t in specials) + r")(?:\1)+")
+
+    def collapse(match):
+        token = match.group(1)
+        return f"«{token} ×{len(match.group(0)) // len(token)}»"
+
+    marked = pattern.sub(collapse, text)
+    listing = "; ".join(f"{kind} {i}: {_file_name(f)}" for i, (kind, f) in enumerate(files, 1))
+    return marked + (f"\n  (media: {listing})" if listing else "")
+
+
+def _file_name(ref: str) -> str:
+    return "data: URL" if ref.startswith("data:") else Path(ref).name
