@@ -120,7 +120,8 @@ def build(family: str):
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                       image_size=56, patch_size=14)
         config = T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=boi,
-                                eoi_token_index=eoi, image_token_index=soft, tie_word_embeddings=False)
+                                eoi_token_index=eoi, image_token_index=soft, tie_word_embeddings=False,
+                                initializer_range=0.2)
         image_proc = T.Gemma3ImageProcessor(size={"height": 56, "width": 56})
         return config, T.Gemma3Processor(image_processor=image_proc, tokenizer=tok, chat_template=template,
                                          image_seq_length=4)

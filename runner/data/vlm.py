@@ -110,15 +110,6 @@ def load_processor(plan, tokenizer):
     return processor
 
 
-def media_kwargs(plan, family: Family | None = None) -> dict:
-    """Processor keyword arguments from the `vision:` section (video sampling)."""
-    vision = plan.data.vision
-    if vision is None:
-        return {}
-    return {"videos_kwargs": {"fps": vision.video_fps, "max_frames": vision.video_max_frames,
-                              "do_sample_frames": True}}
-
-
 def content_parts(text: str) -> list:
     """A turn's text with <image>/<video> placeholders as processor content parts."""
     import re

@@ -23,24 +23,42 @@ from runner.errors import DataError, UserError
 
 
 def load_media(row: dict, plan) -> tuple[list, list]:
-    """The row's images (PIL, scaled by the vision section) and videos (paths)."""
+    """The row's images (PIL, scaled by the vision section) and videos ((frames, metadata),
+    sampled at vision.video_fps, at most vision.video_max_frames)."""
     vision = plan.data.vision
     images = [media.load_image(ref, vision.max_pixels if vision else None, vision.min_pixels if vision else None)
               for ref in row.get("images") or []]
-    return images, list(row.get("videos") or [])
+    return images, [load_video(ref, vision) for ref in row.get("videos") or []]
+
+
+def load_video(path: str, vision):
+    """transformers' own decoder (PyAV), frames picked evenly at the configured rate."""
+    import numpy as np
+    from transformers.video_utils import load_video as decode
+
+    fps, cap = (vision.video_fps, vision.video_max_frames) if vision else (2.0, 32)
+
+    def indices(metadata, **_):
+        total = int(metadata.total_num_frames)
+        duration = total / metadata.fps if metadata.fps else total
+        wanted = max(1, min(cap, total, int(round(duration * fps))))
+        return np.linspace(0, total - 1, wanted).round().astype(int)
+
+    try:
+        return decode(path, backend="pyav", sample_indices_fn=indices)
+    except Exception as e:  # PyAV raises its own error classes for damaged files
+        raise media.RowError(f"video {path} cannot be decoded: {e}") from None
 
 
 def process(processor, texts: list, images: list, videos: list, plan, **kwargs):
     """The processor on rendered texts and each text's media (lists per text)."""
-    from runner.data.vlm import media_kwargs
-
-    call = dict(text=texts, return_tensors="pt", **media_kwargs(plan), **kwargs)
+    call = dict(text=texts, return_tensors="pt", **kwargs)
     if any(images):
         call["images"] = images
     if any(videos):
-        call["videos"] = videos
-    else:
-        call.pop("videos_kwargs", None)
+        call["videos"] = [frames for row in videos for frames, _ in row]
+        call["video_metadata"] = [meta for row in videos for _, meta in row]
+        call["do_sample_frames"] = False  # sampled when decoded
     return processor(**call)
 
 
@@ -83,10 +101,10 @@ def tokenize_vlm(items, stage: str, plan, processor, renderer, train_on: str, se
     for item, (text, spans) in zip(kept, rendered):
         short_ids, offsets = _encode(tokenizer, [text], offsets=True)
         short_labels = labels_from_spans(short_ids[0], offsets[0], spans)
-        images, videos = load_media(item.row, plan)
         try:
+            images, videos = load_media(item.row, plan)
             enc = process(processor, [text], [images], [videos], plan)
-        except (ValueError, RuntimeError, OSError) as e:
+        except (ValueError, RuntimeError, OSError, media.RowError) as e:
             raise DataError(f"the processor cannot read this row's media: {e}", where=item.origin,
                             hint="check the image and video files") from None
         ids = enc["input_ids"][0].tolist()
