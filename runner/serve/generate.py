@@ -24,6 +24,10 @@ def run(args) -> int:
     from runner.quiet import quiet_for_run_dir
 
     quiet_for_run_dir(args.run_dir, getattr(args, "debug", False))
+    if args.image:  # before the model loads: a wrong path fails at once
+        from runner.serve.vision_generate import check_paths
+
+        check_paths(args.image)
     model, tokenizer, plan = load_for_generation(args.run_dir)
     system = args.system if args.system is not None else default_system_prompt(plan)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)

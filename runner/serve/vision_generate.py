@@ -36,15 +36,20 @@ def image_messages(messages: list, images: list) -> list:
     return out
 
 
+def check_paths(paths: list) -> None:
+    for path in paths:
+        if not str(path).startswith("data:") and not Path(path).is_file():
+            raise UserError(f"image {path} does not exist", where="--image")
+
+
 def read_images(paths: list, plan=None) -> list:
     from runner.data.media import load_image
     from runner.data.rowjson import RowError
 
     vision = plan.data.vision if plan is not None else None
     images = []
+    check_paths(paths)
     for i, path in enumerate(paths, 1):
-        if not str(path).startswith("data:") and not Path(path).is_file():
-            raise UserError(f"image {path} does not exist", where="--image")
         try:
             images.append(load_image(str(path), vision.max_pixels if vision else None,
                                      vision.min_pixels if vision else None))

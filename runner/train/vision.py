@@ -64,15 +64,30 @@ def lora_targets(model, vision, names) -> list[str]:
 
 
 def fully_trained(model, vision) -> list[str]:
-    """Top modules of the parts set to full (PEFT's modules_to_save: trained and saved whole)."""
-    parts = {p for p in ("tower", "projector") if getattr(vision, p) == "full"}
+    """The modules PEFT keeps whole (modules_to_save: trained and saved) for the parts set to full:
+    the largest modules whose parameters all belong to such a part (Qwen's projector sits inside
+    its vision tower, so a full tower there is its blocks and patch embedding, not the merger)."""
+    wanted = {p for p in ("tower", "projector") if getattr(vision, p) == "full"}
+    if not wanted:
+        return []
+    parts: dict[str, set] = {}
+    for name, _ in model.named_parameters():
+        part, pieces = part_of(name), name.split(".")
+        for i in range(len(pieces)):
+            parts.setdefault(".".join(pieces[:i]), set()).add(part)
+    import torch
+
+    modules = dict(model.named_modules())
+    containers = (torch.nn.ModuleList, torch.nn.ModuleDict)  # PEFT cannot wrap these: their items instead
     tops = []
-    for name, _ in model.named_modules():
-        part = part_of(name) if name else "language"
-        parent = name.rpartition(".")[0]
-        if part in parts and (not parent or part_of(parent) != part):
-            tops.append(name)
-    return tops
+    for name, found in parts.items():
+        parent = name.rpartition(".")[0] if "." in name else ""
+        if not name or len(found) != 1 or not found <= wanted:
+            continue
+        if parts.get(parent) != found or isinstance(modules.get(parent), containers):
+            if not isinstance(modules.get(name), containers):
+                tops.append(name)
+    return sorted(tops)
 
 
 def apply_adapter(model, plan, runtime):
