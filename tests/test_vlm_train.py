@@ -155,3 +155,29 @@ def test_qlora_keeps_the_vision_side_unquantized():
 
     skips = quantization_skips()
     assert {"visual", "vision_tower", "vision_model", "multi_modal_projector", "merger", "lm_head"} <= set(skips)
+
+
+def test_dpo_with_images_trains(tmp_path):
+    """LLaMA-Factory's preference layout with images (sharegpt conversations, chosen/rejected):
+    the image stays in the prompt, TRL's DPO pulls the chosen answer above the rejected one."""
+    from runner.plan.resolve import make_plan
+    from runner.train.recipe import train
+
+    demo = json.loads((SHARED_DATA / "mllm_demo.json").read_text())
+    rows = []
+    for i, r in enumerate(demo):
+        first = r["messages"][0]["content"]
+        rows.append({"conversations": [{"from": "human", "value": first}],
+                     "chosen": {"from": "gpt", "value": r["messages"][1]["content"]},
+                     "rejected": {"from": "gpt", "value": demo[(i + 1) % len(demo)]["messages"][1]["content"]},
+                     "images": [str(SHARED_DATA / p) for p in r["images"][: first.count("<image>")]]})
+    (tmp_path / "pref.json").write_text(json.dumps(rows, ensure_ascii=False))
+    model_dir = save_tiny_vlm(tmp_path / "model", "qwen2_vl")
+    cfg = write_vlm_config(tmp_path, model_dir, training={"max_steps": 6, "stage": "dpo"})
+    cfg.write_text(cfg.read_text().replace(str(SHARED_DATA / "mllm_demo.json"), str(tmp_path / "pref.json"))
+                   .replace("format: openai", "format: preference"))
+    run_dir = train(make_plan(cfg, []))
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    margins = [d["rewards/margins"] for d in logged if "rewards/margins" in d]
+    assert len(margins) == 6 and sum(margins[-2:]) / 2 > 0.5 and logged[0]["loss"] == pytest.approx(0.693, abs=0.01)
+    assert falling(losses(run_dir))

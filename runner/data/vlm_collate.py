@@ -33,3 +33,29 @@ class VisionCollator:
         out = dict(batch)
         out["labels"] = labels
         return out
+
+
+class VisionPreferenceCollator:
+    """DPO batches: TRL's vision preference collator (the processor on prompt with images, chosen and
+    rejected) over the pipeline's rendered texts, with the images read from their files."""
+
+    def __init__(self, processor, plan):
+        from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+        self.plan = plan
+        self.inner = DataCollatorForVisionPreference(processor)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from runner.data.vlm_tokenize import load_media
+
+        examples = []
+        for r in rows:
+            images, videos = load_media(r, self.plan)
+            if videos:
+                raise RuntimeError("TRL's preference collator takes images only; this row has videos")
+            examples.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "images": images})
+        return self.inner(examples)
+
+
+def collator_for(stage: str, processor, plan):
+    return VisionPreferenceCollator(processor, plan) if stage == "dpo" else VisionCollator(processor, plan)

@@ -80,16 +80,17 @@ def expand_labels(short_ids: list, short_labels: list, long_ids: list, origin: s
 
 
 def tokenize_vlm(items, stage: str, plan, processor, renderer, train_on: str, seq: dict, family) -> Encoded:
-    if stage not in ("sft",):
+    if stage == "dpo":
+        return _dpo(items, plan, processor, renderer, seq, family)
+    if stage != "sft":
         raise UserError(f"stage {stage} is not supported for vision-language rows yet", where="training.stage",
-                        hint="train stage sft on image rows")
+                        hint="train a vision-language model with stage sft or dpo")
     from runner.data.vlm import as_parts
 
     tokenizer = processor.tokenizer
 
     def render_one(row):
-        if row.get("videos") and not family.video:
-            raise TemplateRenderError(f"{family.name} does not read videos; this row has {len(row['videos'])}")
+        _check_video(row, family)
         messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
         return renderer.spans(as_parts(messages), tools, train_on), notes
 
@@ -145,3 +146,56 @@ def media_token_ids(processor) -> set:
             if isinstance(found, int) and found != tokenizer.unk_token_id:
                 ids.add(found)
     return ids
+
+
+def _check_video(row, family):
+    if row.get("videos") and not family.video:
+        raise TemplateRenderError(f"{family.name} does not read videos; this row has {len(row['videos'])}")
+
+
+def _dpo(items, plan, processor, renderer, seq, family) -> Encoded:
+    """Preference rows with media: the prompt (media placeholders in it) and both answers as
+    rendered text, which TRL's vision preference collator hands to the processor per batch; the
+    ids columns (prompt expanded by the processor) serve the statistics and the length policy."""
+    from runner.data.tokenize import _prompt_and_completion
+    from runner.data.vlm import as_parts
+
+    tokenizer = processor.tokenizer
+
+    def render_one(row):
+        _check_video(row, family)
+        messages = as_parts(row["messages"])
+        prompt, chosen, notes = _prompt_and_completion(renderer, messages, row.get("tools"), row["chosen"])
+        prompt_r, rejected, notes_r = _prompt_and_completion(renderer, messages, row.get("tools"), row["rejected"])
+        if prompt_r != prompt:
+            raise TemplateRenderError("the template renders the prompt differently before chosen and rejected")
+        if "<image>" in chosen + rejected or "<video>" in chosen + rejected:
+            raise TemplateRenderError("images and videos belong in the prompt, not in chosen or rejected")
+        return (prompt, chosen, rejected), notes + notes_r
+
+    kept, rendered, notes, skipped = _render_all(items, render_one, False, renderer)
+    counts = Counter(notes)
+    names = ("prompt", "chosen", "rejected", "images", "videos", "prompt_input_ids", "chosen_input_ids",
+             "rejected_input_ids")
+    columns = {k: [] for k in names}
+    origins = []
+    max_length = seq.get("max_length", 2048)
+    for item, (prompt, chosen, rejected) in zip(kept, rendered):
+        try:
+            images, videos = load_media(item.row, plan)
+            prompt_ids = process(processor, [prompt], [images], [videos], plan)["input_ids"][0].tolist()
+        except (ValueError, RuntimeError, OSError, media.RowError) as e:
+            raise DataError(f"the processor cannot read this row's media: {e}", where=item.origin,
+                            hint="check the image and video files") from None
+        (chosen_ids, rejected_ids), _ = _encode(tokenizer, [chosen, rejected])
+        if len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length:
+            if seq.get("truncation", "truncate") == "error":
+                raise UserError(f"preference sample with its images is longer than sequence.max_length={max_length}",
+                                where=item.origin, hint="raise max_length, or lower vision.max_pixels")
+            counts["dropped_too_long"] += 1
+            continue
+        for key, value in zip(names, (prompt, chosen, rejected, list(item.row.get("images") or []),
+                                      list(item.row.get("videos") or []), prompt_ids, chosen_ids, rejected_ids)):
+            columns[key].append(value)
+        origins.append(item.origin)
+    return Encoded(columns, origins, counts, skipped, len(kept))

@@ -220,9 +220,9 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, wa
         runner_callbacks.append(selective(int(plan.training.gradient_checkpointing)))
     extra = {"ref_model": model.reference} if stage.takes_reference else {}
     if data.processor is not None:
-        from runner.data.vlm_collate import VisionCollator
+        from runner.data.vlm_collate import collator_for
 
-        collator = VisionCollator(data.processor, plan)
+        collator = collator_for(stage.name, data.processor, plan)
     else:
         collator = stage.collator(plan, data.tokenizer)
     trainer = stage.trainer_class()(
