@@ -181,3 +181,35 @@ def test_dpo_with_images_trains(tmp_path):
     margins = [d["rewards/margins"] for d in logged if "rewards/margins" in d]
     assert len(margins) == 6 and sum(margins[-2:]) / 2 > 0.5 and logged[0]["loss"] == pytest.approx(0.693, abs=0.01)
     assert falling(losses(run_dir))
+
+
+def test_serve_answers_image_content_parts_and_export_refuses(qwen_run, capsys):
+    """`runner serve` on the VLM run: the official client sends an image part (data URL) and gets
+    the answer `generate` gives for the same image; a local path is a 400; GGUF export refuses."""
+    import base64
+
+    import openai
+
+    from runner.cli import main
+    from tests.serve_proc import Server
+
+    run_dir, _ = qwen_run
+    assert main(["export", str(run_dir)]) == 2
+    assert "does not export it to GGUF" in capsys.readouterr().err
+    url = "data:image/jpeg;base64," + base64.b64encode((SHARED_DATA / "mllm_demo_data" / "1.jpg").read_bytes()).decode()
+    expected = launch(sys.executable, "-m", "runner", "generate", str(run_dir), "-p", "Who are they?", "--image", IMAGE,
+                      "--max-new-tokens", "6").stdout.strip()
+    server = Server(run_dir)
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=300)
+        parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Who are they?"}]
+        reply = client.chat.completions.create(model=server.name, max_tokens=6, temperature=0,
+                                               messages=[{"role": "user", "content": parts}])
+        assert reply.choices[0].message.content == expected
+        assert reply.usage.prompt_tokens > 20  # the image's tokens are in the prompt
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=server.name, max_tokens=2, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": IMAGE}}]}])
+        assert "data:image" in str(err.value)
+    finally:
+        server.terminate()
