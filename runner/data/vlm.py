@@ -76,12 +76,17 @@ def family_of(config) -> Family | None:
 
 
 def plan_family(plan) -> Family | None:
+    """The model's family; None for a text model, and for a model whose config cannot be read here
+    (a tokenizer-only folder for `preprocess`: the model's own load reports a missing config)."""
     config = config_dict(plan)
-    if config is None:
+    if config is None and not Path(plan.model.path).is_dir():
         from runner.train.model import load_config
 
-        config = load_config(plan)
-    return family_of(config)
+        try:
+            config = load_config(plan)
+        except (UserError, OSError, ValueError):
+            return None
+    return family_of(config) if config is not None else None
 
 
 def load_processor(plan, tokenizer):
