@@ -192,3 +192,17 @@ def test_packing_refused_with_the_reason(tmp_path, vlm_dirs):
     with pytest.raises(UserError) as err:
         prepared(tmp_path, vlm_dirs["qwen2_vl"], sequence={"packing": True})
     assert "multimodal RoPE" in str(err.value) and err.value.where == "sequence.packing"
+
+
+@pytest.mark.parametrize("recipe, family", [("qwen2.5-vl-lora.yaml", "qwen2_5_vl"), ("gemma3-vision.yaml", "gemma3")])
+def test_smoke_builds_a_tiny_model_of_the_same_vlm_family(tmp_path, recipe, family):
+    from runner.train.smoke import smoke_overrides
+    from runner.train.tiny_vlm import HINTS
+    from tests.tiny_model import REPO
+
+    over = smoke_overrides(REPO / "cookbook" / recipe, [f"data.cache_dir={tmp_path}"])
+    model = Path(next(o for o in over if o.startswith("model.path=")).split("=", 1)[1])
+    config = json.loads((model / "config.json").read_text())
+    assert config["model_type"] == family and "vision_config" in config
+    assert (model / "processor_config.json").is_file()
+    assert not any(hint in "google/gemma-3-1b-it" for hint, _ in HINTS)  # Gemma 3 1B is text-only
