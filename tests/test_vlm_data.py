@@ -73,7 +73,6 @@ def test_video_rows(tmp_path):
     (lambda rows, d: ((d / "mllm_demo_data/bad.jpg").write_bytes(b"\xff\xd8not a jpeg"),
                       rows[2].update(images=["mllm_demo_data/bad.jpg"])), "cannot be read as an image"),
     (lambda rows, d: rows[2]["images"].append("mllm_demo_data/2.jpg"), "1 <image> placeholder(s) but 2 images"),
-    (lambda rows, d: rows[2].update(images=[]), "1 <image> placeholder(s) but 0 images"),
 ])
 def test_bad_media_is_an_error_naming_file_and_row(tmp_path, change, message):
     rows = json.loads((SHARED_DATA / "mllm_demo.json").read_text())
@@ -206,3 +205,19 @@ def test_smoke_builds_a_tiny_model_of_the_same_vlm_family(tmp_path, recipe, fami
     assert config["model_type"] == family and "vision_config" in config
     assert (model / "processor_config.json").is_file()
     assert not any(hint in "google/gemma-3-1b-it" for hint, _ in HINTS)  # Gemma 3 1B is text-only
+
+
+def test_placeholder_without_images_is_an_error_for_a_vlm_but_text_for_a_text_model(tmp_path, vlm_dirs):
+    rows = json.loads((SHARED_DATA / "mllm_demo.json").read_text())
+    del rows[2]["images"]
+    path = demo_copy(tmp_path, [])
+    path.write_text("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n]\n")
+    assert "images" not in read(path).rows[2]  # a text model reads "<image>" as text
+    cfg = write_vlm_config(tmp_path, vlm_dirs["qwen2_vl"])
+    cfg.write_text(cfg.read_text().replace(str(SHARED_DATA / "mllm_demo.json"), str(path)))
+    from runner import data as pipeline
+    from runner.plan.resolve import make_plan
+
+    with pytest.raises(DataError) as err:
+        pipeline.build_datasets(make_plan(cfg, []), progress=False)
+    assert "1 <image> placeholder(s) but 0 images" in str(err.value) and f"{path}:4" in str(err.value)

@@ -149,6 +149,7 @@ def media_token_ids(processor) -> set:
 
 
 def _check_video(row, family):
+    media.check_counts(row)  # placeholders without media would reach the processor unexpanded
     if row.get("videos") and not family.video:
         raise TemplateRenderError(f"{family.name} does not read videos; this row has {len(row['videos'])}")
 
