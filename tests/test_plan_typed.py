@@ -23,7 +23,7 @@ CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 # Where a config key lives in the Plan (section attribute path), where it is not the same path.
 MOVED = {"datasets": ("data", "datasets"), "eval_datasets": ("data", "eval_datasets"), "val_size": ("data", "val_size"),
          "template": ("data", "template"), "sequence": ("data", "sequence"),
-         "special_tokens": ("data", "special_tokens")}
+         "special_tokens": ("data", "special_tokens"), "vision": ("data", "vision")}
 # Keys the resolver derives from their config value (their schema default is checked through the rule).
 DERIVED = {("adapter", "alpha"), ("output", "dir"), ("name",), ("model", "path"), ("data", "cache_dir")}
 NOT_IN_PLAN = {("version",), ("extends",), ("model", "token"), ("tracking", "wandb"), ("tracking", "mlflow"),
@@ -99,7 +99,7 @@ def test_every_schema_key_has_a_field():
                   "training": sections.Training, "distributed": sections.Distributed, "tracking": sections.Tracking,
                   "output": sections.Output, "template": sections.Template, "sequence": sections.Sequence,
                   "special_tokens": sections.SpecialTokens, "datasets": sections.Dataset,
-                  "evaluation": sections.Evaluation}
+                  "evaluation": sections.Evaluation, "vision": sections.Vision}
     nested = {("training", "dpo"): sections.DPO, ("training", "kto"): sections.KTO, ("training", "orpo"): sections.ORPO,
               ("training", "grpo"): sections.GRPO,
               ("training", "rm"): sections.RM, ("training", "simpo"): sections.SimPO, ("training", "cpo"): sections.CPO,

@@ -76,6 +76,9 @@ def _build(plan, tokenizer, progress):
         raise UserError("no training rows are left after reading the datasets", where="datasets")
 
     tok = _get_tokenizer(plan, tokenizer)
+    from runner.data.vlm_build import check_media_rows
+
+    family, processor = check_media_rows(plan, train_items + eval_items, tok)
     renderer, template_info = make_renderer(plan, tok)
     seq = dict(data["sequence"], prompt_budget=data.get("prompt_budget"))
     stats = {"data_hash": plan.hashes.data, "stage": stage, "template": template_info, "datasets": ds_stats}
@@ -84,7 +87,10 @@ def _build(plan, tokenizer, progress):
         if not items:
             splits[split], stats[split] = None, None
             continue
-        splits[split], stats[split] = encode_split(plan, split, items, tok, renderer, progress)
+        if family is not None:  # images and videos through the model's processor
+            splits[split], stats[split] = encode_vlm_split(plan, split, items, (family, processor), renderer, seq)
+        else:
+            splits[split], stats[split] = encode_split(plan, split, items, tok, renderer, progress)
     return splits["train"], splits["eval"], stats
 
 
@@ -110,6 +116,21 @@ def encode_split(plan, split: str, items: list, tok, renderer, progress: bool):
     from runner.data.parallel import tokenize_parallel
 
     encoded = tokenize_parallel(plan, items, tok, renderer, progress)
+    columns, part = encoded_columns(plan, encoded)
+    if not columns[next(iter(columns))]:
+        raise UserError(f"no {split} samples are left after the length policy", where="sequence",
+                        hint="see the counts of dropped rows; raise max_length or change truncation")
+    return datasets.Dataset.from_dict(columns), part
+
+
+def encode_vlm_split(plan, split: str, items: list, vlm: tuple, renderer, seq: dict):
+    """encode_split for rows with images or videos: tokenized by the model's processor (one process)."""
+    import datasets
+
+    from runner.data.vlm_tokenize import tokenize_vlm
+
+    family, processor = vlm
+    encoded = tokenize_vlm(items, plan.data.stage, plan, processor, renderer, plan.data.template.train_on, seq, family)
     columns, part = encoded_columns(plan, encoded)
     if not columns[next(iter(columns))]:
         raise UserError(f"no {split} samples are left after the length policy", where="sequence",

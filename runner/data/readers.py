@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from runner.data import media
 from runner.data.formats import Normalizer, RowError
 from runner.errors import DataError, UserError
 
@@ -95,7 +96,8 @@ def load_rows(ds: dict, base_dir: str | None = None, need_answer: bool = True) -
             bad.add(where, str(raw))
             continue
         try:
-            row = normalise(raw)
+            raw = media.prepare_raw(raw, ds.get("columns"))
+            row = media.attach(raw, normalise(raw), where.rpartition(":")[0], ds.get("columns"))
         except RowError as e:
             bad.add(where, str(e), raw)
             continue

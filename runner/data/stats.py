@@ -67,6 +67,10 @@ def show_samples(tokenizer, dataset, n: int, color: bool) -> str:
             shown += 1
             if "labels" in sample:
                 body = mark_trained(tokenizer, sample["input_ids"], sample["labels"], color)
+                if sample.get("images") or sample.get("videos"):
+                    from runner.data.vlm import mark_media
+
+                    body = mark_media(body, tokenizer, sample)
             else:
                 body = _show_preference(tokenizer, sample, color)
             out.append(f"--- sample {shown} ({_length(sample)} tokens) ---\n{body}")

@@ -27,6 +27,7 @@ def translate(data: dict, source: Path, out_dir: Path) -> Translation:
     _training(keys, tr)
     _distributed(keys, tr, bases, out_dir)
     _tracking(keys, tr)
+    _vision(keys, tr)
     for key, value in keys.items():
         _simple(key, value, tr)
     _consistency(tr)
@@ -53,6 +54,22 @@ def _simple(key: str, value, tr: Translation) -> None:
         tr.skip(key, value, next(r for p, r in PREFIX_UNSUPPORTED.items() if key.startswith(p)))
     else:
         tr.skip(key, value, "not a documented Axolotl key (misspelt?)")
+
+
+def _vision(keys: dict, tr: Translation) -> None:
+    """Axolotl's multimodal image_size (one side, or [height, width]) becomes a pixel budget:
+    runner keeps each image's aspect ratio rather than squaring it."""
+    size = keys.pop("image_size", None)
+    if size is None:
+        return
+    sides = size if isinstance(size, list) else [size, size]
+    try:
+        pixels = int(sides[0]) * int(sides[-1])
+    except (TypeError, ValueError):
+        tr.skip("image_size", size, "an image side in pixels, or [height, width]")
+        return
+    tr.set("vision.max_pixels", pixels)
+    tr.note("image_size", f"vision.max_pixels: {pixels}: images are scaled to that many pixels, aspect kept")
 
 
 def _flag(keys: dict, name: str, tr: Translation) -> bool:

@@ -34,7 +34,9 @@ DIRECT = {
 
 # Keys whose effect runner has without a setting (when set to the value Axolotl would use anyway).
 IMPLIED = {
-    "model_type": "runner always loads AutoModelForCausalLM", "tokenizer_type": "runner always loads AutoTokenizer",
+    "model_type": "runner picks the Auto class from the model's config (AutoModelForImageTextToText for a "
+                  "vision-language model)", "tokenizer_type": "runner always loads AutoTokenizer",
+    "processor_type": "runner loads the model's AutoProcessor for a vision-language model",
     "is_llama_derived_model": "runner reads the architecture from the model",
     "is_mistral_derived_model": "runner reads the architecture from the model",
     "is_falcon_derived_model": "runner reads the architecture from the model",
@@ -100,7 +102,7 @@ UNSUPPORTED = {
     "flash_attn_fuse_mlp": "no fused kernels switch", "s2_attention": "no shifted-sparse attention",
     "xformers_attention": "xformers is not supported; sdpa is the default kernel",
     "resume_from_checkpoint": "runner resumes from its own run directory (output.resume: auto)",
-    "image_size": "text-only models", "image_resize_algorithm": "text-only models", "processor_type": "text-only models",
+    "image_resize_algorithm": "runner scales images with bicubic resampling (vision.max_pixels)",
     "added_tokens_overrides": "no token-id overrides", "ddp_timeout": "no DDP timeout setting",
     "ddp_bucket_cap_mb": "no DDP bucket setting", "ddp_broadcast_buffers": "no DDP buffer setting",
     "ddp_find_unused_parameters": "no DDP unused-parameter setting", "sequence_parallel_degree": "no sequence parallelism",

@@ -20,6 +20,8 @@ DIRECT = {
     "lora_rank": ("adapter.r", int), "lora_alpha": ("adapter.alpha", float), "lora_dropout": ("adapter.dropout", float),
     "loraplus_lr_ratio": ("adapter.loraplus_lr_ratio", float),
     "loraplus_lr_embedding": ("adapter.loraplus_lr_embedding", float), "use_rslora": ("adapter.rslora", bool),
+    "image_max_pixels": ("vision.max_pixels", int), "image_min_pixels": ("vision.min_pixels", int),
+    "video_fps": ("vision.video_fps", float), "video_maxlen": ("vision.video_max_frames", int),
     "use_dora": ("adapter.dora", bool), "additional_target": ("adapter.modules_to_save", list),
     "quantization_type": ("quantization.quant_type", str), "double_quantization": ("quantization.double_quant", bool),
     "cutoff_len": ("sequence.max_length", int), "val_size": ("val_size", float),
@@ -68,15 +70,15 @@ UNSUPPORTED = {
     "infer_dtype": "inference setting", "ms_hub_token": "ModelScope is not supported", "om_hub_token": "Modelers is not supported",
     "print_param_status": "runner prints trainable/total parameters", "quantization_device_map": "no quantized device map",
     "fp8": "no FP8 training", "fp8_backend": "no FP8 training", "fp8_enable_fsdp_float8_all_gather": "no FP8 training",
-    "image_max_pixels": "text-only", "image_min_pixels": "text-only", "video_max_pixels": "text-only", "video_min_pixels": "text-only",
-    "video_fps": "text-only", "video_maxlen": "text-only", "media_dir": "text-only",
+    "video_max_pixels": "video frames follow vision.max_pixels", "video_min_pixels": "video frames follow vision.min_pixels",
+    "media_dir": "runner reads media paths relative to the data file",
     "export_dir": "use `runner merge`", "export_size": "use `runner merge`", "export_device": "use `runner merge`",
     "export_quantization_bit": "no export quantization", "export_quantization_dataset": "no export quantization",
     "export_legacy_format": "use `runner merge`", "export_hub_model_id": "no upload to the Hub",
     "streaming": "no dataset streaming", "buffer_size": "no dataset streaming", "interleave_probs": "no interleaved mixing (use datasets[].weight)",
     "preprocessing_batch_size": "runner picks preprocessing batches", "preprocessing_num_workers": "runner picks preprocessing workers",
     "eval_num_beams": "no generation during eval", "eval_on_each_dataset": "one validation loss over all eval data",
-    "tokenized_path": "runner caches tokenized data by data hash", "media_dir ": "text-only",
+    "tokenized_path": "runner caches tokenized data by data hash",
     "pref_bco_weight": "no BCO term", "ref_model": "the reference model is the base model",
     "ref_model_adapters": "the reference model is the base model", "ref_model_quantization_bit": "the reference model is the base model",
     "reward_model": "no PPO / reward models", "reward_model_adapters": "no PPO / reward models",
@@ -98,8 +100,8 @@ UNSUPPORTED = {
     "max_new_tokens": "inference setting", "do_sample": "inference setting", "temperature": "inference setting",
     "top_p": "inference setting", "top_k": "inference setting", "num_beams": "inference setting",
     "repetition_penalty": "inference setting", "length_penalty": "inference setting", "default_system": None,
-    "enable_thinking": None, "freeze_vision_tower": "text-only", "freeze_multi_modal_projector": "text-only",
-    "freeze_language_model": "text-only", "pissa_iter": None,
+    "enable_thinking": None, "freeze_language_model": "the language model always trains (LoRA or full)",
+    "pissa_iter": None,
     "hf_hub_token": None, "save_strategy": None, "eval_strategy": None, "evaluation_strategy": None,
 }
 TEMPLATES = {"llama3": "llama3", "llama2": "llama2", "mistral": "mistral", "gemma": "gemma", "gemma2": "gemma",
@@ -115,6 +117,7 @@ def translate(data: dict, source: Path, out_dir: Path, dataset_info=None) -> Tra
     _template(keys, tr)
     _datasets(keys, tr, bases, out_dir, dataset_info)
     _training(keys, tr, bases, out_dir)
+    _vision_parts(keys, tr)
     for key, value in keys.items():
         _simple(key, value, tr)
     fsdp_qlora_storage(tr)
@@ -151,6 +154,16 @@ def _simple(key: str, value, tr: Translation) -> None:
         tr.skip(key, value, UNSUPPORTED[key])
     else:
         tr.skip(key, value, "not a documented LLaMA-Factory argument (misspelt?)")
+
+
+def _vision_parts(keys: dict, tr: Translation) -> None:
+    """freeze_vision_tower / freeze_multi_modal_projector (both true by default there): an unfrozen
+    tower trains with the adapter (LoRA'd under LoRA, whole otherwise), an unfrozen projector whole."""
+    lora = tr.get("adapter.kind") == "lora"
+    if keys.pop("freeze_vision_tower", True) is False:
+        tr.set("vision.tower", "lora" if lora else "full")
+    if keys.pop("freeze_multi_modal_projector", True) is False:
+        tr.set("vision.projector", "full")
 
 
 def _stage_and_adapter(keys: dict, tr: Translation) -> None:

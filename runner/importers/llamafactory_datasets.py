@@ -23,7 +23,8 @@ ENTRY_UNSUPPORTED = {
     "script_url": "dataset loading scripts are not supported",
     "folder": "hub sub-folders are not supported; download the files", "cloud_file_name": "cloud storage is not supported",
 }
-COLUMN_UNSUPPORTED = {"images": "text-only", "videos": "text-only", "audios": "text-only"}
+COLUMN_UNSUPPORTED = {"audios": "runner reads images and videos, not audio"}
+MEDIA_COLUMNS = ("images", "videos")  # runner.data.media reads them under these names or `columns:`
 
 
 def find_dataset_info(explicit, dataset_dir: str, bases: list[Path]) -> Path | None:
@@ -128,10 +129,12 @@ def _runner_dataset(entry: dict, where: str, stage: str, tr: Translation, files_
         roles = _roles(entry.get("tags") or {}, ds["format"])
         if roles:
             ds["roles"] = roles
+    media = {m: columns.pop(m) for m in MEDIA_COLUMNS if not is_unset(columns.get(m))}
     for column, value in columns.items():
         if not is_unset(value):
             tr.skip(f"{where}.columns.{column}", value, "runner's formats have no such field")
     found = columns_for(ds["format"], wanted)
+    found.update({m: column for m, column in media.items() if column != m})
     if found:
         ds["columns"] = found
     if not is_unset(entry.get("split")) and entry["split"] != "train":

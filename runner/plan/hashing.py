@@ -23,6 +23,8 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
     "chat_template.jinja", "chat_template.json",
+    # a vision-language model's processor: how images become tokens
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
 )
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 MODEL_CONFIG_FILES = ("config.json", "generation_config.json")
@@ -100,6 +102,13 @@ def data_files(path: Path) -> list[Path]:
         return [path]
     suffixes = {".json", ".jsonl", ".csv", ".parquet", ".txt", ".arrow"}
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def media_files(path: Path) -> list[Path]:
+    """The local images and videos the rows of a dataset path name (runner.data.media)."""
+    from runner.data.media import referenced_files
+
+    return [m for f in data_files(path) for m in referenced_files(f)]
 
 
 def tokenizer_files(directory: Path, gguf_file: str | None) -> list[Path]:

@@ -154,6 +154,17 @@ def _strip(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
 
 
+def _vision_part(data: dict) -> dict:
+    """How images and videos become tokens, in the data hash once set apart from its defaults (the
+    tower/projector choice is a training matter). At its defaults it is left out, so a text run keeps
+    the data hash it had before the section existed."""
+    from runner.config import schema
+
+    vision = _strip(data["vision"], ("tower", "projector"))
+    default = _strip(schema.fill_defaults({})["vision"], ("tower", "projector"))
+    return {} if vision == default else {"vision": vision}
+
+
 def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adapter: dict,
             base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
@@ -195,6 +206,9 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
         part = _strip(continuing.at_default(d), ("path", "source"))
         if d.get("source") == "local":
             part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
+            media = hashing.media_files(Path(d["path"]))
+            if media:  # the images and videos the rows name, by content
+                part["media"] = hashing.digest_text([cache.file_digest(m) for m in media])
         else:
             commit = continuing.hub_dataset_commit(d)
             if commit:  # the commit, not the name that led to it (a branch moves, a tag may)
@@ -211,6 +225,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
         **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
         **continuing.streaming_part(data),
+        **_vision_part(data),
         # allow_all_truncated decides whether a run may start, not what the data holds
         "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
         "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
@@ -289,6 +304,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         **{k: cfg["data"][k] for k in ("streaming", "stream_buffer", "num_proc")},
         "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
         "prompt_budget": prompt_budget(cfg),
+        "vision": dict(cfg["vision"]),
         "tokenizer": {
             "path": (str(_expand(tok, base).resolve()) if tok and _expand(tok, base).exists() else tok) or model["path"],
             "gguf_file": None if tok else model["gguf_file"],

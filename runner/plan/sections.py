@@ -113,6 +113,16 @@ class TokenizerSource:
 
 
 @dataclass(frozen=True)
+class Vision:
+    max_pixels: int
+    min_pixels: int
+    video_fps: float
+    video_max_frames: int
+    tower: str
+    projector: str
+
+
+@dataclass(frozen=True)
 class Data:
     datasets: tuple[Dataset, ...]
     eval_datasets: tuple[Dataset, ...]
@@ -129,6 +139,7 @@ class Data:
     special_tokens: SpecialTokens
     tokenizer: TokenizerSource
     prompt_budget: int | None      # derived, stage grpo: the longest prompt (max_length - max_completion_length)
+    vision: Vision | None = None       # None in a plan.json written before the section existed
 
 
 @dataclass(frozen=True)

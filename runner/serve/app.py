@@ -67,13 +67,17 @@ def build_app(engine, *, api_key: str | None = None, max_pending: int = 256, ban
 
     async def chat_completions(request: Request):
         guard(request)
-        req = p.parse_chat(await read_json(request), known)
-        prompt_ids = _chat_prompt(served, req.messages)
+        vision = getattr(engine, "reads_images", False)  # image parts: the vision engine's own prompt
+        req = p.parse_chat(await read_json(request), known, images=vision)
+        prompt_ids = engine.prompt(req.messages) if vision else _chat_prompt(served, req.messages)
         return await _answer(req, prompt_ids, chat=True)
 
     async def completions(request: Request):
         guard(request)
         req = p.parse_completion(await read_json(request), known)
+        if getattr(engine, "reads_images", False):
+            raise ApiError(400, "this server serves a vision-language model: use /v1/chat/completions",
+                           param="prompt")
         prompt_ids = served.tokenizer(req.prompt)["input_ids"]
         if not prompt_ids:
             raise ApiError(400, "'prompt' is empty", param="prompt")

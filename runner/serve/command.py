@@ -57,7 +57,15 @@ def run(args) -> int:
 
     served = load_served(args.path, dtype=args.dtype)
     max_batch = args.max_batch or (8 if served.model.device.type == "cpu" else None)
-    engine = Engine(served, max_batch=max_batch, seed=args.seed)
+    from runner.serve.vision_generate import is_vision_run
+
+    if is_vision_run(args.path):  # image content parts through generate, one request at a time
+        from runner.serve.vision_engine import VisionEngine
+        from runner.serve.vision_generate import load_processor
+
+        engine = VisionEngine(served, load_processor(args.path))
+    else:
+        engine = Engine(served, max_batch=max_batch, seed=args.seed)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     banner = (f"serving {served.name} at http://{shown}:{port}/v1 "

@@ -16,21 +16,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--image", action="append", default=[], metavar="FILE",
+                        help="an image for a vision-language run, placed before the prompt (repeatable)")
 
 
 def run(args) -> int:
     from runner.quiet import quiet_for_run_dir
 
     quiet_for_run_dir(args.run_dir, getattr(args, "debug", False))
+    if args.image:  # before the model loads: a wrong path fails at once
+        from runner.serve.vision_generate import check_paths
+
+        check_paths(args.image)
     model, tokenizer, plan = load_for_generation(args.run_dir)
     system = args.system if args.system is not None else default_system_prompt(plan)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    if args.image:
+        return _with_images(args, model, plan, system, options)
     if args.prompt:
         for prompt in args.prompt:
             answer = chat(model, tokenizer, [{"role": "user", "content": prompt}], system=system, plan=plan, **options)
             print(answer if len(args.prompt) == 1 else f">>> {prompt}\n{answer}\n")
         return 0
     return interactive(model, tokenizer, system=system, plan=plan, **options)
+
+
+def _with_images(args, model, plan, system, options) -> int:
+    from runner.errors import UserError
+    from runner.serve import vision_generate
+
+    if not vision_generate.is_vision_run(args.run_dir):
+        raise UserError(f"{args.run_dir} is a text-only model: it cannot read images", where="--image")
+    if not args.prompt:
+        raise UserError("--image needs a prompt", where="--image", hint='add -p "What is in the image?"')
+    processor = vision_generate.load_processor(args.run_dir)
+    images = vision_generate.read_images(args.image, plan)
+    for prompt in args.prompt:
+        answer = vision_generate.chat(model, processor, [{"role": "user", "content": prompt}], images, system=system,
+                                      plan=plan, **options)
+        print(answer if len(args.prompt) == 1 else f">>> {prompt}\n{answer}\n")
+    return 0
 
 
 def default_system_prompt(plan) -> str | None:
@@ -40,7 +65,7 @@ def default_system_prompt(plan) -> str | None:
 def load_for_generation(run_dir, *, dtype: str | None = None):
     """(model in eval mode with cache, tokenizer, plan or None) for a run directory."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from runner.ship.merge import load_base_for_adapter, load_run_plan
     from runner.train.model import device_type
@@ -58,7 +83,12 @@ def load_for_generation(run_dir, *, dtype: str | None = None):
         # Merged in memory: same outputs as the adapter, plain Linear layers at inference speed.
         model = PeftModel.from_pretrained(base, run_dir).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=getattr(torch, dtype) if dtype else "auto")
+        from transformers import AutoConfig
+
+        from runner.train.vision import auto_class
+
+        model = auto_class(AutoConfig.from_pretrained(run_dir)).from_pretrained(
+            run_dir, dtype=getattr(torch, dtype) if dtype else "auto")
     device = device_type()
     if device != "cpu":
         model.to(device)

@@ -88,14 +88,16 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def parse_chat(body: dict, known: dict[str, str]) -> ChatRequest:
+def parse_chat(body: dict, known: dict[str, str], images: bool = False) -> ChatRequest:
+    """`images`: the served model reads image parts (data: URLs), which become `<image>` marks in
+    the message's text and its "images" list."""
     allowed = {"model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "temperature",
                "top_p", "stop", "seed"} | IGNORED_FIELDS
     _refuse_unknown(body, allowed)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
-    parsed = [_message(m, i) for i, m in enumerate(messages)]
+    parsed = [_message(m, i, images) for i, m in enumerate(messages)]
     return ChatRequest(model=_model(body, known), messages=parsed, sampling=_sampling(body),
                        stream=_bool(body, "stream"), include_usage=_include_usage(body))
 
@@ -119,6 +121,28 @@ def parse_completion(body: dict, known: dict[str, str]) -> CompletionRequest:
                              include_usage=_include_usage(body))
 
 
+def _with_images(content: list, role: str, where: str) -> dict:
+    texts, urls = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"].replace("<image>", "").replace("<video>", ""))
+            continue
+        if kind != "image_url":
+            raise ApiError(400, f"'{where}.content[{j}]' must be a text or image_url part", param=f"{where}.content")
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str) or not url.startswith("data:image/"):
+            raise ApiError(400, f"'{where}.content[{j}].image_url.url' must be a data:image/... URL (base64): this "
+                                "server reads no files and fetches no web addresses", param=f"{where}.content")
+        texts.append("<image>")
+        urls.append(url)
+    message = {"role": "system" if role == "developer" else role, "content": "".join(texts)}
+    if urls:
+        message["images"] = urls
+    return message
+
+
 def _refuse_unknown(body: dict, allowed: set[str]) -> None:
     for name in ("tools", "tool_choice", "functions", "response_format", "logprobs", "top_logprobs"):
         if name in body and name not in allowed:  # refused, never silently ignored
@@ -140,7 +164,7 @@ def _model(body: dict, known: dict[str, str]) -> str:
     return name
 
 
-def _message(message, index: int) -> dict:
+def _message(message, index: int, images: bool = False) -> dict:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise ApiError(400, f"'{where}' must be an object with 'role' and 'content'", param=where)
@@ -148,6 +172,8 @@ def _message(message, index: int) -> dict:
     if role not in ROLES:
         raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}, not {role!r}", param=f"{where}.role")
     content = message.get("content")
+    if isinstance(content, list) and images:
+        return _with_images(content, role, where)
     if isinstance(content, list):  # content parts: text only
         texts = []
         for j, part in enumerate(content):

@@ -134,7 +134,7 @@ def system_prompt_section(plan) -> list[str]:
         return []
     if template.system_prompt:
         quoted = "\n".join("> " + line for line in template.system_prompt.splitlines() or [""])
-        text = [f"Trained with this system prompt (`template.system_prompt`):", "", quoted, "",
+        text = ["Trained with this system prompt (`template.system_prompt`):", "", quoted, "",
                 "`chat_template.jinja` inserts it when a conversation has no system message (a conversation's "
                 "own system message replaces it), so transformers' `apply_chat_template`, vLLM and "
                 "`runner generate` prompt the model as it was trained."]

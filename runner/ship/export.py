@@ -48,6 +48,7 @@ def export_run(run_dir, fmt: str = "gguf", quant: str = "f16", out=None, *, forc
     from runner.evaluate.reward_model import refuse_generation
 
     refuse_generation(plan, run_dir, "export")
+    refuse_vision(plan, run_dir)
     out = Path(out) if out else run_dir / "gguf" / f"{plan.name}-{quant}.gguf"
     if out.suffix != ".gguf":
         raise UserError(f"the output file {out} does not end in .gguf", where="-o", hint="name it NAME.gguf")
@@ -66,6 +67,20 @@ def export_run(run_dir, fmt: str = "gguf", quant: str = "f16", out=None, *, forc
         text = modelfile(tokenizer, template=template, gguf_name=out.name, system=system)
         _write_atomic(out.parent / "Modelfile", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return out
+
+
+def refuse_vision(plan, run_dir: Path) -> None:
+    """A vision-language run has no GGUF here: llama.cpp keeps the vision encoder in a separate
+    mmproj file this exporter does not write, and a text-only file would silently drop the images."""
+    from runner.data.vlm import plan_family
+
+    family = plan_family(plan)
+    if family is not None:
+        raise UserError(f"{run_dir} is a {family.name} vision-language run: runner does not export it to GGUF "
+                        "(llama.cpp needs the vision encoder as a separate mmproj file, and a text-only GGUF "
+                        "would drop the images)", where=str(run_dir),
+                        hint=f"`runner merge {run_dir}` writes a transformers folder that vLLM and transformers "
+                             "serve with images; `runner serve` serves the run itself")
 
 
 def merged_in_memory(run_dir: Path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def run(args) -> int:
     out = merge_run(args.run_dir, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype)
     print(f"merged model: {out}", file=sys.stderr)
     return 0
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
 
 
 def load_run_plan(run_dir):
@@ -82,5 +86,8 @@ def merge_run(run_dir, out_dir=None, *, max_shard_size: str = "2GB", dtype: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     save_tokenizer(tokenizer, plan, out_dir)
+    for name in PROCESSOR_FILES:  # a vision-language model's processor: how images become tokens
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
     write_merged_card(out_dir, plan, run_dir)
     return out_dir

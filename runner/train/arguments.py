@@ -10,7 +10,7 @@ from runner.train.optimizers import trainer_arguments
 
 
 def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval: bool) -> dict:
-    t, out = plan.training, plan.output
+    t = plan.training
     evaluate = has_eval and bool(runtime.eval_steps)
     args = dict(
         output_dir=output_dir,

@@ -171,10 +171,10 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
                gradient_checkpointing: bool = False, device_map=None, auto_class: str = "AutoModelForCausalLM"):
     """plan.model in `dtype` with the given attention (runner.train.runtime decides both). With
     `quantize` and plan.quantization set, the base is loaded in 4/8-bit and prepared for k-bit
-    training. `auto_class`: the stage's (a reward model loads as a one-label sequence classifier)."""
+    training. `auto_class`: the stage's (a reward model loads as a one-label sequence classifier); a
+    causal LM that is a supported vision-language model loads with AutoModelForImageTextToText."""
     import transformers
 
-    auto = getattr(transformers, auto_class)
     if plan.model.trust_remote_code:
         print(f"warning: trust_remote_code is on: Python code shipped with {plan.model.path} will run", file=sys.stderr)
     kwargs = {"dtype": torch_dtype(dtype), "attn_implementation": attn_for_transformers(attn_implementation, for_training),
@@ -182,6 +182,11 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
     if auto_class == "AutoModelForSequenceClassification":
         kwargs["num_labels"] = 1  # one scalar reward per sequence
     quant = bnb_config(plan.quantization, dtype) if quantize else None
+    auto = model_class(plan) if auto_class == "AutoModelForCausalLM" else getattr(transformers, auto_class)
+    if quant is not None and auto.__name__ == "AutoModelForImageTextToText":
+        from runner.train.vision import quantization_skips
+
+        quant.llm_int8_skip_modules = quantization_skips()  # the vision side stays in plan dtype
     if quant is not None:
         kwargs["quantization_config"] = quant
         # bitsandbytes places weights at load time; each process takes its own device.
@@ -210,6 +215,14 @@ def load_model(plan, *, dtype: str, attn_implementation: str, quantize: bool = T
         model.config.use_cache = True
         model.eval()
     return model
+
+
+def model_class(plan):
+    """The transformers Auto class for plan.model: AutoModelForImageTextToText for a supported
+    vision-language model, AutoModelForCausalLM otherwise."""
+    from runner.train.vision import auto_class
+
+    return auto_class(load_config(plan))
 
 
 def prepare_quantized(model, dtype: str, checkpointing: bool) -> None:

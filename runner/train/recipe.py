@@ -34,6 +34,7 @@ class Data:
     train: object                  # datasets.Dataset
     eval: object | None
     stats: dict
+    processor: object | None = None  # a vision-language model's processor (images into the batches)
 
 
 @dataclass
@@ -62,6 +63,9 @@ def train(plan: Plan, *, overwrite: bool = False, callbacks=(), resume_changed: 
     distributed.check_launcher(plan)
     stage = stages.get(plan.training.stage)
     stage.check(plan)
+    from runner.train import vision
+
+    vision.check(plan)
     env = runtimes.environment()
     # Rank 0 owns the run directory (marker, lock) before it is judged, for the launch's life; a
     # launch that stops before training leaves the directory as it found it.
@@ -105,7 +109,10 @@ def setup_data(plan: Plan) -> Data:
 
     tokenizer = pipeline.load_tokenizer(plan)
     prepared = pipeline.build_datasets(plan, tokenizer)
-    return Data(tokenizer, prepared.train, prepared.eval, prepared.stats)
+    from runner.data.vlm import load_processor, plan_family
+
+    processor = load_processor(plan, tokenizer) if plan_family(plan) is not None else None
+    return Data(tokenizer, prepared.train, prepared.eval, prepared.stats, processor)
 
 
 def decide(plan: Plan, env, data: Data, is_main: bool) -> Plan:
@@ -149,7 +156,12 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
         apply_liger(model)
     if plan.training.gradient_checkpointing and plan.adapter.kind != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
-    model, info = apply_adapter(model, plan.adapter, rt)
+    if plan_is_vision(plan):
+        from runner.train import vision
+
+        model, info = vision.apply_adapter(model, plan, rt)
+    else:
+        model, info = apply_adapter(model, plan.adapter, rt)
     fused = 0
     if rt.fast_path.fused_lora:
         from runner.train.fast.fused_lora import fuse_lora
@@ -221,9 +233,15 @@ def setup_trainer(plan: Plan, stage, model: Model, data: Data, run_dir: Path, tr
         runner_callbacks.append(selective(int(plan.training.gradient_checkpointing)))
     extra = {"ref_model": model.reference} if stage.takes_reference else {}
     extra.update(stage.trainer_inputs(plan, data.tokenizer))
+    if data.processor is not None:
+        from runner.data.vlm_collate import collator_for
+
+        collator = collator_for(stage.name, data.processor, plan)
+    else:
+        collator = stage.collator(plan, data.tokenizer)
     trainer = stage.trainer_class()(
         model=model.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        processing_class=data.tokenizer, data_collator=stage.collator(plan, data.tokenizer),
+        processing_class=data.processor or data.tokenizer, data_collator=collator,
         callbacks=[*runner_callbacks, *callbacks], runner=options, **extra)
     distributed.shard_on_cpu(trainer)  # backend fsdp on CPU processes: really FSDP2, not DDP
     quiet_default_callbacks(trainer)
@@ -262,7 +280,7 @@ def save(trainer, run: Run, data: Data, model: Model, is_main: bool) -> None:
     if ended:
         run = dataclasses.replace(run, plan=run.plan.with_launch(dataclasses.replace(run.plan.launch, outcome=ended)))
     with diskfull.guard(run.dir, "the trained model", lambda: diskfull.saved_weights(trainer)):
-        finish.save_final(trainer, run.plan, run.dir, data.tokenizer, pissa_init=run.pissa_init, is_main=is_main,
+        finish.save_final(trainer, run.plan, run.dir, data.processor or data.tokenizer, pissa_init=run.pissa_init, is_main=is_main,
                           embeddings_resized=model.embeddings_resized)
     run.trackers.finish({"final_eval_loss": final_eval.get("eval_loss")} if final_eval else None)
     if is_main:
@@ -331,6 +349,12 @@ def save_pissa_init(plan: Plan, model: Model, run_dir: Path, is_main: bool) -> s
     if is_main:
         save_pissa_initial(model.model, path)
     return path
+
+
+def plan_is_vision(plan: Plan) -> bool:
+    from runner.data.vlm import plan_family
+
+    return plan_family(plan) is not None
 
 
 def match_tokenizer(model, tokenizer) -> bool:

@@ -82,16 +82,13 @@ def environment() -> Environment:
 def model_facts(plan: Plan) -> ModelFacts:
     """The architecture's facts, from the model's config and a weightless (meta device) instance."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from runner.train.fast import varlen
-    from runner.train.model import load_config
-
-    from runner.train.model import check_rope
+    from runner.train.model import check_rope, load_config
+    from runner.train.vision import auto_class
 
     config = load_config(plan)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=plan.model.trust_remote_code)
+        model = auto_class(config).from_config(config, trust_remote_code=plan.model.trust_remote_code)
     check_rope(plan, model)
     return facts_of(model)
 
@@ -257,8 +254,11 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
     elif chunked and env.world_size > 1 and model_type in TRANSFORMED_LOGITS:
         # Such models take the chunked loss by calling their decoder directly, past DDP's wrapper.
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
+    from runner.data.vlm import FAMILIES as VISION_FAMILIES  # runner's fused LoRA path is measured on text decoders
+
     fused = plan.adapter.kind == "lora" and (training.fused_lora is True or (
-        training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded))
+        training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded
+        and model_type not in VISION_FAMILIES))
     return FastPath(liger=liger, chunked_loss=chunked, chunked_loss_off_because=off, fused_lora=fused,
                     torch_compile=training.torch_compile, non_blocking_copies=env.device == "cuda",
                     checkpointed_layers=checkpointed_layers(training.gradient_checkpointing,

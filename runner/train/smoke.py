@@ -89,8 +89,14 @@ def build_tiny(family: str, directory: Path) -> Path:
 def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
     """Overrides that turn a recipe into a CPU smoke run (applied after the user's own)."""
     plan = make_plan(config_path, overrides)
-    family = family_of(plan.model.path, plan.model.gguf_file)
-    tiny = build_tiny(family, Path(plan.data.cache_dir) / "smoke" / family)
+    from runner.train import tiny_vlm
+
+    vision = tiny_vlm.family_for(plan)
+    family = vision or family_of(plan.model.path, plan.model.gguf_file)
+    if vision:  # a tiny model of the same vision-language family, with its processor
+        tiny = tiny_vlm.build_for_smoke(vision, Path(plan.data.cache_dir) / "smoke" / vision)
+    else:
+        tiny = build_tiny(family, Path(plan.data.cache_dir) / "smoke" / family)
     out = [f"model.path={tiny}", "model.gguf_file=null", "model.revision=null", "model.tokenizer=null",
            "model.dtype=float32", "training.precision=fp32", f"training.max_steps={steps}",
            "training.micro_batch_size=1", "training.gradient_accumulation=2", "sequence.max_length=128",
@@ -99,7 +105,9 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
            "tracking.wandb=null", "tracking.log_every=1", "output.save_every=null", "output.saves_per_epoch=null",
            "output.overwrite=true",
            f"output.dir={Path(plan.data.cache_dir) / 'smoke-runs' / plan.name}"]
-    if plan.data.template.name == "tokenizer":
+    if vision:
+        out.append("sequence.max_length=1024")  # image rows are not cut (runner.data.vlm_tokenize)
+    elif plan.data.template.name == "tokenizer":
         out.append(f"template.name={FAMILIES[family][1]}")
     if plan.training.stage == "kto":
         out.append("training.micro_batch_size=2")  # KTO's KL estimate needs two rows per micro batch

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from runner.errors import UserError
 from runner.rundir.layout import write_json

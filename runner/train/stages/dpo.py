@@ -7,6 +7,7 @@ from __future__ import annotations
 from runner.train.stages.base import Stage, renamed
 
 COLUMNS = {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"}
+VISION_COLUMNS = ("prompt", "chosen", "rejected", "images", "videos")
 
 
 class DPO(Stage):
@@ -21,7 +22,9 @@ class DPO(Stage):
 
         class RunnerDPOTrainer(RunnerMixin, trl.DPOTrainer):
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-                return renamed(dataset, COLUMNS)
+                # Rows with images keep their rendered texts and media for the vision collator.
+                keep = VISION_COLUMNS if "images" in dataset.column_names else ()
+                return renamed(dataset, COLUMNS, keep=keep)
 
         return RunnerDPOTrainer
 
@@ -40,7 +43,9 @@ class DPO(Stage):
 
     def row_tokens(self, row: dict) -> int:
         # prompt+chosen and prompt+rejected
-        return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+        # (rows with images reach the collator as the pipeline wrote them: TRL prepares no vision dataset)
+        ids = {short: row[short] if short in row else row[long] for long, short in COLUMNS.items()}
+        return 2 * len(ids["prompt_ids"]) + len(ids["chosen_ids"]) + len(ids["rejected_ids"])
 
 
 STAGE = DPO()

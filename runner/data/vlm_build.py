@@ -1,0 +1,30 @@
+"""Where the data pipeline meets vision-language models: which rows need a processor, and the
+refusals that come before any row is tokenized."""
+
+from __future__ import annotations
+
+from runner.errors import DataError, UserError
+
+
+def check_media_rows(plan, items, tokenizer):
+    """(family, processor) for a vision-language model, (None, None) for a text model. Rows with
+    images or videos for a text-only model stop the run (their media would be dropped)."""
+    from runner.data import media
+    from runner.data.vlm import PACKING_REFUSED, load_processor, plan_family
+
+    family = plan_family(plan)
+    if family is None:
+        with_media = next((item for item in items if media.has_media(item.row)), None)
+        if with_media is not None:
+            raise DataError(f"this row has images or videos, but {plan.model.path} is a text-only model",
+                            where=with_media.origin,
+                            hint="use a vision-language model (Qwen2.5-VL, Gemma 3, LLaVA, Idefics3 ...), or "
+                                 "remove the images and videos from the rows")
+        return None, None
+    if plan.data.sequence.packing:
+        raise UserError(PACKING_REFUSED.format(family.positions), where="sequence.packing",
+                        hint="set sequence.packing: false")
+    if plan.data.stage == "pt":
+        raise UserError("stage pt has no chat turns to place images in", where="training.stage",
+                        hint="train a vision-language model with stage sft")
+    return family, load_processor(plan, tokenizer)
