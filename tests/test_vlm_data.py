@@ -16,7 +16,7 @@ from runner.errors import DataError, UserError
 from tests.tiny_model import SHARED_DATA
 from tests.tiny_vlm import FAMILIES, save_tiny_vlm, write_vlm_config
 
-IMAGE_FAMILIES = [f for f in FAMILIES if f != "smolvlm"]  # SmolVLM's processor needs num2words
+IMAGE_FAMILIES = list(FAMILIES)
 
 
 def demo_copy(tmp_path, rows=None, name="data.json"):

@@ -43,7 +43,7 @@ def batch_loss(model, plan, run_dir):
     return sum(total) / len(total)
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "gemma3", "llava", "llava_next", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "gemma3", "llava", "llava_next", "idefics3", "smolvlm"])
 def test_family_trains_reloads_and_generates_with_an_image(tmp_path, family):
     from runner.plan.resolve import make_plan
     from runner.serve import vision_generate
