@@ -103,7 +103,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shape = dict(catalog.TINY) if args.smoke else dict(catalog.SHAPES["llama32_1b"])
     model = modeldir.build(shape, work / ("models-smoke" if args.smoke else "models") / "llama32_1b", data, args.smoke)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    # This checkout first, then what the caller's PYTHONPATH holds (a GPU box's wheels: trl, datasets).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     results = {}
     for name, target in sides(model, data, warmup + timed + 1, args.smoke, work).items():
         results[name] = run_side(name, target, warmup, work, env)
