@@ -2,7 +2,7 @@
 each in its own process under bench/grpo_probe.py, both generating with transformers' continuous
 batching. Writes OUT/grpo1b.json and OUT/grpo1b.md (one table row per side).
 
-    python bench/grpo_bench.py [--smoke] [--out bench/results] [--steps WARMUP,MEASURE] [--data DIR]
+    python bench/grpo_bench.py [--smoke] [--out bench/results] [--steps WARMUP,MEASURE] [--data DIR] [--timeout S]
 
 Measured over the timed steps (after WARMUP optimizer steps):
 - generation tokens/s: completion tokens generated / seconds inside generation;
@@ -65,13 +65,18 @@ def measure(probe: dict, warmup: int) -> dict:
             "peak_rss_gib": probe.get("peak_rss_gib"), "exit_code": probe.get("exit_code")}
 
 
-def run_side(name: str, target: list, warmup: int, work: Path, env: dict) -> dict:
+def run_side(name: str, target: list, warmup: int, work: Path, env: dict, timeout: float | None = None) -> dict:
     out = work / f"{SCENARIO}-{name}.probe.json"
     log = work / f"{SCENARIO}-{name}.log"
     command = [sys.executable, str(BENCH / "grpo_probe.py"), "--out", str(out), "--warmup", str(warmup), *target]
     started = time.time()
     with open(log, "w") as fh:
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        try:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return {"command": " ".join(command), "status": "timeout", "wall_s": round(time.time() - started, 1),
+                    "log_tail": log.read_text()[-3000:]}
     result = {"command": " ".join(command), "exit_code": code, "wall_s": round(time.time() - started, 1)}
     if not out.is_file():
         return {**result, "status": "failed", "log_tail": log.read_text()[-3000:]}
@@ -96,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(REPO / ".runner_cache" / "bench"))
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--steps", default=None, help="WARMUP,MEASURE optimizer steps (default 2,6; --smoke 1,2)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per side (a side past it: status timeout)")
     args = parser.parse_args(argv)
     warmup, timed = map(int, (args.steps or ("1,2" if args.smoke else "2,6")).split(","))
     work, out, data = Path(args.work).resolve(), Path(args.out).resolve(), Path(args.data).resolve()
@@ -107,8 +113,10 @@ def main(argv=None) -> int:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     results = {}
-    for name, target in sides(model, data, warmup + timed + 1, args.smoke, work).items():
-        results[name] = run_side(name, target, warmup, work, env)
+    name = f"{SCENARIO}{'.smoke' if args.smoke else ''}"
+    for side, target in sides(model, data, warmup + timed + 1, args.smoke, work).items():
+        results[side] = run_side(side, target, warmup, work, env, args.timeout)
+        (out / f"{name}.json").write_text(json.dumps(results, indent=1))  # what is measured survives a cut-off call
     runner, base = results["runner"], results["baseline"]
     if runner.get("status") == "ok" and base.get("status") == "ok":
         results["runner_vs_baseline"] = {
@@ -116,7 +124,6 @@ def main(argv=None) -> int:
             "training": round(runner["training_tokens_per_s"] / base["training_tokens_per_s"], 3)}
     results.update(scenario=SCENARIO, smoke=args.smoke, warmup=warmup, timed=timed,
                    date=time.strftime("%Y-%m-%d %H:%M:%S"))
-    name = f"{SCENARIO}{'.smoke' if args.smoke else ''}"
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     header = ("| scenario | side | status | generation tok/s | training tok/s | step s | peak alloc GiB | "
               "peak reserved GiB |\n|---|---|---|---|---|---|---|---|")
