@@ -11,11 +11,12 @@ import re
 from pathlib import Path
 
 from runner.config import schema
-from runner.config.checks import best_direction, check, eval_metric_name
+from runner.config.checks import check
 from runner.config.foreign import foreign_error
 from runner.config.load import HUB_ID, Loaded, load, looks_like_task_path
 from runner.errors import ConfigErrors, UserError
-from runner.plan import continuing, hashing, output_dir, remote_code, rope, sections
+from runner.plan import continuing, derived, hashing, output_dir, remote_code, rope, sections
+from runner.plan.derived import without
 from runner.plan.launch_settings import accelerate_settings, sharded
 from runner.plan.plan import Hashes, Plan
 from runner.plan.rewards import check_rewards, reward_digests
@@ -150,33 +151,22 @@ def _template_digest(template: dict, cache: hashing.DigestCache) -> str:
     return hashing.digest_text([template["name"], hashing.tree_digest(files, cache)])
 
 
-def _strip(d: dict, keys) -> dict:
-    return {k: v for k, v in d.items() if k not in keys}
 
 
-def _vision_part(data: dict) -> dict:
-    """How images and videos become tokens, in the data hash once set apart from its defaults (the
-    tower/projector choice is a training matter). At its defaults it is left out, so a text run keeps
-    the data hash it had before the section existed."""
-    from runner.config import schema
-
-    vision = _strip(data["vision"], ("tower", "projector"))
-    default = _strip(schema.fill_defaults({})["vision"], ("tower", "projector"))
-    return {} if vision == default else {"vision": vision}
 
 
 def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adapter: dict,
             base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
-    weights = _strip(cfg, NOT_IN_CONFIG_HASH)
+    weights = without(cfg, NOT_IN_CONFIG_HASH)
     # The final weights are the best checkpoint's rather than the last step's.
     weights["keep_best"] = cfg["output"]["keep_best"]
-    weights["datasets"] = [_strip(continuing.at_default(d), ("path",)) for d in cfg["datasets"]]
-    weights["eval_datasets"] = [_strip(continuing.at_default(d), ("path",)) for d in cfg["eval_datasets"]]
+    weights["datasets"] = [without(continuing.at_default(d), ("path",)) for d in cfg["datasets"]]
+    weights["eval_datasets"] = [without(continuing.at_default(d), ("path",)) for d in cfg["eval_datasets"]]
     # num_proc gives byte-identical data: it changes no weight
-    weights["data"] = _strip(continuing.at_default(cfg["data"]), ("cache_dir", "num_proc"))
+    weights["data"] = without(continuing.at_default(cfg["data"]), ("cache_dir", "num_proc"))
     weights["adapter"] = continuing.adapter_part(cfg["adapter"], adapter["init_from"], cache)
-    weights["distributed"] = _strip(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
+    weights["distributed"] = without(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
     ds_file = cfg["distributed"]["deepspeed"]["config"]
     if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
         weights["distributed"]["deepspeed"] = {**cfg["distributed"]["deepspeed"], "config": cache.file_digest(Path(ds_file))}
@@ -184,8 +174,8 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
     local_keys = ("path",) if model.get("source") == "local" else ()
     if cfg["model"]["tokenizer"] and Path(cfg["model"]["tokenizer"]).exists():
         local_keys += ("tokenizer",)
-    weights["model"] = _strip(cfg["model"], ("token",) + local_keys)
-    weights["template"] = _strip(cfg["template"], ("jinja",))
+    weights["model"] = without(cfg["model"], ("token",) + local_keys)
+    weights["template"] = without(cfg["template"], ("jinja",))
     if cfg["training"]["stage"] == "grpo":  # a reward's code and a reward model's weights steer training
         weights["rewards"] = reward_digests(cfg["training"]["grpo"]["rewards"], base, cache)
     config_hash = hashing.digest_text(weights)
@@ -203,7 +193,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
         unresolved.append(f"model fingerprint: {model['path']} is a hub id not in the local cache")
 
     def ds_part(d):
-        part = _strip(continuing.at_default(d), ("path", "source"))
+        part = without(continuing.at_default(d), ("path", "source"))
         if d.get("source") == "local":
             part["files"] = hashing.tree_digest(hashing.data_files(Path(d["path"])), cache, Path(d["path"]))
             media = hashing.media_files(Path(d["path"]))
@@ -225,10 +215,10 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
         "eval_datasets": [ds_part(d) for d in data["eval_datasets"]],
         **{k: data[k] for k in ("val_size", "shuffle", "seed", "stage", "special_tokens")},
         **continuing.streaming_part(data),
-        **_vision_part(data),
+        **derived.vision_part(data),
         # allow_all_truncated decides whether a run may start, not what the data holds
-        "sequence": _strip(data["sequence"], ("allow_all_truncated",)),
-        "template": {**_strip(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
+        "sequence": without(data["sequence"], ("allow_all_truncated",)),
+        "template": {**without(data["template"], ("jinja",)), "source": _template_digest(data["template"], cache)},
         "tokenizer": tok_fp,
         **({"prompt_budget": data["prompt_budget"]} if data.get("prompt_budget") else {}),
     }
@@ -268,7 +258,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
             errors.append(UserError(f"template.jinja: file not found: {template['jinja']}",
                                     where=where(("template", "jinja"))))
     errors += check_rewards(cfg["training"]["grpo"]["rewards"], cfg["training"]["stage"], base, where)
-    if cfg["training"]["stage"] == "grpo" and prompt_budget(cfg) < 1:
+    if cfg["training"]["stage"] == "grpo" and derived.prompt_budget(cfg) < 1:
         errors.append(UserError(f"training.grpo.max_completion_length: {cfg['training']['grpo']['max_completion_length']} "
                                 f"leaves no room for a prompt in sequence.max_length={cfg['sequence']['max_length']}",
                                 where=where(("training", "grpo", "max_completion_length")),
@@ -278,7 +268,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
 
     training = dict(cfg["training"])
     if training["early_stopping"] is not None:
-        training["early_stopping"] = resolve_early_stopping(training["early_stopping"])
+        training["early_stopping"] = derived.resolve_early_stopping(training["early_stopping"])
     stage = training["stage"]
     rows = schema.stages()[stage]["rows"]
     training["collator"] = ("packed" if cfg["sequence"]["packing"] else "padded") if rows == "sequence" else rows
@@ -303,7 +293,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         "cache_dir": str(cache_dir), "shuffle": cfg["data"]["shuffle"], "seed": training["seed"], "stage": stage,
         **{k: cfg["data"][k] for k in ("streaming", "stream_buffer", "num_proc")},
         "template": template, "sequence": dict(cfg["sequence"]), "special_tokens": dict(cfg["special_tokens"]),
-        "prompt_budget": prompt_budget(cfg),
+        "prompt_budget": derived.prompt_budget(cfg),
         "vision": dict(cfg["vision"]),
         "tokenizer": {
             "path": (str(_expand(tok, base).resolve()) if tok and _expand(tok, base).exists() else tok) or model["path"],
@@ -372,19 +362,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     )
 
 
-def prompt_budget(cfg: dict) -> int | None:
-    """Stage grpo: the most tokens a prompt may have, so that prompt + completion fit max_length."""
-    if cfg["training"]["stage"] != "grpo":
-        return None
-    return cfg["sequence"]["max_length"] - cfg["training"]["grpo"]["max_completion_length"]
 
 
-def resolve_early_stopping(stopping: dict) -> dict:
-    """The metric under the name the Trainer logs it (`eval_` prefixed) and `mode: auto` decided
-    from that name (runner.config.checks has refused a name it cannot decide)."""
-    metric = eval_metric_name(stopping["metric"])
-    mode = stopping["mode"] if stopping["mode"] != "auto" else best_direction(metric)
-    return {**stopping, "metric": metric, "mode": mode}
 
 
 def validated(loaded: Loaded) -> tuple[dict, list]:
