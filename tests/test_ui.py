@@ -168,7 +168,9 @@ def test_train_watch_stop_resume(page, workspace, shots):
 
 def test_compare_two_runs(page, shots):
     tab(page, "runs")
+    before = page.get_attribute("#runs-table", "data-refreshes") or "0"
     page.click("#refresh-runs")
+    page.wait_for_function(f"(document.querySelector('#runs-table').dataset.refreshes || '0') !== '{before}'")
     for run in ("runs/quickstart", "runs/tiny"):
         page.check(f"tr[data-run='{run}'] input.pick")
         assert page.inner_text(f"tr[data-run='{run}'] td.status") == "finished"

@@ -186,8 +186,10 @@ function eta(train) { if (train.length < 2) return '-'; const a = train[0], b = 
 // ---- Runs: table, detail, compare
 async function refreshRuns() {
   const runs = await api('/api/runs');
+  // Ticks made while the list was loading (or before) survive the redraw.
+  const picked = new Set([...document.querySelectorAll('.pick:checked')].map((c) => c.value));
   $('#runs-table tbody').replaceChildren(...runs.map((r) => el('tr', { 'data-run': r.id },
-    el('td', {}, el('input', { type: 'checkbox', class: 'pick', value: r.id })),
+    el('td', {}, el('input', { type: 'checkbox', class: 'pick', value: r.id, ...(picked.has(r.id) ? { checked: '' } : {}) })),
     el('td', {}, el('a', { href: '#', class: 'open-run', 'data-run': r.id, text: r.id })),
     el('td', { class: 'status status-' + r.status, text: r.status }), el('td', { text: r.step ?? '' }),
     el('td', { text: r.loss?.toFixed?.(4) ?? '' }), el('td', { text: (r.hashes.plan || '').slice(0, 12) }),
@@ -212,6 +214,7 @@ async function refreshRuns() {
   const ids = runs.map((r) => r.id);
   fill($('#live-run'), ids); document.querySelectorAll('.run-select').forEach((s) => fill(s, ids));
   if (!state.liveRun && ids.length) { const running = runs.find((r) => r.status === 'running'); if (running) { $('#live-run').value = running.id; watch(running.id); } }
+  $('#runs-table').dataset.refreshes = String(Number($('#runs-table').dataset.refreshes || 0) + 1);
 }
 $('#refresh-runs').addEventListener('click', guard(refreshRuns));
 $('#compare').addEventListener('click', guard(async () => {
