@@ -30,7 +30,7 @@ import modeldir  # noqa: E402
 SCENARIO = "grpo1b"
 
 
-def sides(model: Path, data: Path, steps: int, smoke: bool, work: Path) -> dict:
+def sides(model: Path, data: Path, steps: int, smoke: bool, work: Path, length: int | None = None) -> dict:
     cfg = BENCH / "scenarios" / f"{SCENARIO}.yaml"
     runner = ["-m", "runner", "train", str(cfg), f"model.path={model}", f"datasets.0.path={data / 'alpaca_en_demo.json'}",
               f"training.max_steps={steps}", f"data.cache_dir={work / 'cache'}", f"output.dir={work / 'runner-run'}"]
@@ -41,6 +41,9 @@ def sides(model: Path, data: Path, steps: int, smoke: bool, work: Path) -> dict:
                    "sequence.max_length=256", "datasets.0.num_samples=16"]
     baseline = [str(BENCH / "baselines" / "grpo1b_baseline.py"), str(model), str(data / "alpaca_en_demo.json"),
                 str(steps)] + (["--smoke"] if smoke else [])
+    if length:
+        runner.append(f"training.grpo.max_completion_length={length}")
+        baseline += ["--completion-length", str(length)]
     return {"runner": runner, "baseline": baseline}
 
 
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--steps", default=None, help="WARMUP,MEASURE optimizer steps (default 2,6; --smoke 1,2)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per side (a side past it: status timeout)")
+    parser.add_argument("--completion-length", type=int, default=None,
+                        help="max completion tokens on both sides (default: the scenario's 256; --smoke 8)")
     args = parser.parse_args(argv)
     warmup, timed = map(int, (args.steps or ("1,2" if args.smoke else "2,6")).split(","))
     work, out, data = Path(args.work).resolve(), Path(args.out).resolve(), Path(args.data).resolve()
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     results = {}
     name = f"{SCENARIO}{'.smoke' if args.smoke else ''}"
-    for side, target in sides(model, data, warmup + timed + 1, args.smoke, work).items():
+    for side, target in sides(model, data, warmup + timed + 1, args.smoke, work,
+                                     args.completion_length).items():
         results[side] = run_side(side, target, warmup, work, env, args.timeout)
         (out / f"{name}.json").write_text(json.dumps(results, indent=1))  # what is measured survives a cut-off call
     runner, base = results["runner"], results["baseline"]
@@ -123,6 +129,7 @@ def main(argv=None) -> int:
             "generation": round(runner["generation_tokens_per_s"] / base["generation_tokens_per_s"], 3),
             "training": round(runner["training_tokens_per_s"] / base["training_tokens_per_s"], 3)}
     results.update(scenario=SCENARIO, smoke=args.smoke, warmup=warmup, timed=timed,
+                   max_completion_length=args.completion_length or (8 if args.smoke else 256),
                    date=time.strftime("%Y-%m-%d %H:%M:%S"))
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     header = ("| scenario | side | status | generation tok/s | training tok/s | step s | peak alloc GiB | "

@@ -114,7 +114,7 @@ def run_stamped(cmd: list[str], *, env: dict, timeout: float | None) -> tuple[st
 
 def measured_side(probe: dict, times: list[float]) -> dict:
     keep = ("device", "peak_allocated_gib", "peak_reserved_gib", "peak_rss_gib", "optimizer_steps",
-            "wall_s")
+            "wall_s", "first_step_s")
     return {**{k: probe.get(k) for k in keep}, "step_time_s": report.step_stats(times),
             "_probe_versions": probe.get("versions")}
 

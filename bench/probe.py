@@ -1,6 +1,6 @@
 """Run a Python script or module unchanged and record, from inside its process, what it does not
 report itself: the time of every optimizer step, peak allocated and reserved accelerator memory
-after the warm-up steps, the device and the library versions.
+after the warm-up steps, the device and the library versions, and the time to the first optimizer step.
 
     python bench/probe.py --out probe.json --warmup 3 [--cwd DIR] SCRIPT.py [args...]
     python bench/probe.py --out probe.json --warmup 5 -m runner train cfg.yaml [overrides...]
@@ -49,6 +49,8 @@ class StepClock:
         self.warmup = warmup
         self.stamps = []
         self.peak_reset_at = None
+        self.started = time.perf_counter()
+        self.first_step_s = None
 
     def hook(self, optimizer, args, kwargs) -> None:
         if self.cuda:
@@ -57,6 +59,12 @@ class StepClock:
             self.stamps.append(event)
         else:
             self.stamps.append(time.perf_counter())
+        if len(self.stamps) == 1:
+            # Time to first step: from the probe's start (before the target imports anything) until the
+            # first optimizer step has run on the device; the one synchronisation of the run.
+            if self.cuda:
+                self.torch.cuda.synchronize()
+            self.first_step_s = round(time.perf_counter() - self.started, 3)
         if len(self.stamps) == self.warmup and self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
             self.peak_reset_at = self.warmup
@@ -227,6 +235,7 @@ def main(argv=None) -> int:
     handle.remove()
     result = {"exit_code": code, "error": None if error is None else f"{type(error).__name__}: {error}"[:2000],
               "warmup": args.warmup, "optimizer_steps": len(clock.stamps), "step_times_s": clock.step_times(),
+              "first_step_s": clock.first_step_s,
               "wall_s": round(time.time() - started, 3), "device": clock.device(), "versions": versions(),
               **clock.memory()}
     if gate is not None:

@@ -138,6 +138,8 @@ def test_full1b_smoke_runs_runner_and_its_baseline(tmp_path):
         memory = side["peak_allocated_gib"] if side["peak_allocated_gib"] is not None else side["peak_rss_gib"]
         assert memory > 0
         assert 0 < side["step_time_s"]["min"] <= side["step_time_s"]["p50"] <= side["step_time_s"]["max"]
+        # Time to first step: imports, data, model and the first step all fall inside the probed process.
+        assert side["step_time_s"]["min"] < side["first_step_s"] < side["wall_s"]
     assert "6*N + 3*A" in result["flops_formula"]
     row = (tmp_path / "out" / "full1b-smoke.md").read_text()
     assert row.startswith(report.HEADER) and "| full1b (smoke) |" in row

@@ -137,3 +137,26 @@ def test_a_reward_with_the_wrong_signature_stops_before_the_first_step(tiny):
     assert "must accept **kwargs" in err and "training.grpo.rewards[0]" in err and "Traceback" not in err
     metrics = root / "badsig" / "run" / "metrics.jsonl"
     assert not metrics.exists() or not [line for line in metrics.read_text().splitlines() if '"train"' in line]
+
+
+def test_continuous_batching_sizes_its_cache_to_one_generation_round(tiny):
+    """With training.grpo.continuous_batching the KV cache holds one generation round (completions x
+    max_length), not TRL's default of half the free memory: on a CPU that default took half the
+    machine's RAM per process (12 GB on a 24 GB machine) and got a second run killed for memory."""
+    root, model, _ = tiny
+    config = _config(root, model, "paged", [{"function": str(root / "mine.py") + ":vowels"}],
+                     training={"max_steps": 2, "grpo": {"num_generations": 4, "max_completion_length": 8,
+                                                        "beta": 0.0, "continuous_batching": True,
+                                                        "rewards": [{"function": "format", "args": {"pattern": "a"}}]}})
+    # runner in a wrapper that reports its own peak resident memory (KiB on Linux) when it ends
+    wrapper = ("import resource, runpy, sys\nsys.argv = ['runner', 'train', sys.argv[1]]\n"
+               "try:\n    runpy.run_module('runner', run_name='__main__')\nfinally:\n"
+               "    print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, str(config)], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    run = root / "paged" / "run"
+    assert (run / "RUN_COMPLETE").is_file(), proc.stderr[-3000:]
+    train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert [r["step"] for r in train] == [1, 2] and all(r["completions/mean_length"] > 0 for r in train)
+    peak_gib = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 2**20
+    assert peak_gib < 3, f"peak RSS {peak_gib:.1f} GiB: the paged cache was sized to the machine, not the run"

@@ -3,7 +3,7 @@ folder, prompts, reward and settings as bench/scenarios/grpo1b.yaml. Generation 
 continuous batching; LoRA through peft_config; conversational prompts (TRL applies the tokenizer's
 chat template). Run unchanged by bench/grpo_bench.py through bench/grpo_probe.py.
 
-    python bench/baselines/grpo1b_baseline.py MODEL_DIR DATA_JSON STEPS [--smoke]"""
+    python bench/baselines/grpo1b_baseline.py MODEL_DIR DATA_JSON STEPS [--smoke] [--completion-length N]"""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,7 @@ def brevity(completion_ids, **kwargs):
 def main() -> None:
     model_dir, data_file, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     smoke = "--smoke" in sys.argv
+    length = int(sys.argv[sys.argv.index("--completion-length") + 1]) if "--completion-length" in sys.argv else None
     gpu = torch.cuda.is_available()
     rows = json.loads(open(data_file).read())
     prompts = [[{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()}] for r in rows]
@@ -39,7 +40,7 @@ def main() -> None:
     args = GRPOConfig(
         output_dir="/tmp/grpo1b_baseline", max_steps=steps, per_device_train_batch_size=4 if smoke else 32,
         gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0,
-        num_generations=4 if smoke else 8, max_completion_length=8 if smoke else 256, temperature=1.0,
+        num_generations=4 if smoke else 8, max_completion_length=length or (8 if smoke else 256), temperature=1.0,
         beta=0.0, loss_type="dapo", bf16=gpu, use_cpu=not gpu, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, use_transformers_continuous_batching=True,
         gradient_checkpointing=False, seed=0)

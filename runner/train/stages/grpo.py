@@ -16,6 +16,20 @@ from runner.train.stages.base import Stage
 # and std (rewards/NAME/mean), the KL to the reference (beta > 0), completion lengths, the share of
 # clipped ratios, the entropy and the share of groups whose rewards are all equal.
 METRICS = ("reward", "kl", "completions/", "clip_ratio", "entropy", "frac_reward_zero_std")
+PAGE_TOKENS = 256  # transformers' default page: tokens per block of the paged KV cache
+
+
+def cache_settings(plan, cpu: bool) -> dict:
+    """Continuous batching's KV cache sized to one generation round (every completion of it at
+    sequence.max_length, prompt and completion together) instead of TRL's default of half the free
+    memory: that default takes half of a CPU machine's RAM per process, and on a GPU memory that
+    training needs."""
+    t = plan.training
+    sequences = t.micro_batch_size * t.gradient_accumulation  # TRL generates for GA micro batches at once
+    length = plan.data.sequence.max_length
+    pages = -(-length // PAGE_TOKENS) + 1
+    return {"num_blocks": sequences * pages,
+            "max_batch_tokens": min(sequences * length, 512 if cpu else 8192)}
 
 
 class GRPO(Stage):
@@ -74,6 +88,8 @@ class GRPO(Stage):
             epsilon_high=g.epsilon_high, num_iterations=g.num_iterations, scale_rewards=g.scale_rewards,
             mask_truncated_completions=g.mask_truncated_completions, reward_weights=weights,
             use_transformers_continuous_batching=g.continuous_batching,
+            transformers_continuous_batching_config=(cache_settings(plan, bool(common.get("use_cpu")))
+                                                     if g.continuous_batching else None),
             # runner sets the seed and logs itself; the model is already built (adapter applied)
             log_completions=False, shuffle_dataset=plan.data.shuffle)
 
