@@ -143,9 +143,9 @@ def decoder_layer_class(model) -> str | None:
 
 
 def checkpointable_count(model) -> int:
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from runner.train.fast.checkpointing import checkpointable
 
-    return sum(isinstance(m, GradientCheckpointingLayer) for m in model.modules())
+    return len(checkpointable(model))
 
 
 def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: int) -> tuple[Runtime, list[str]]:
