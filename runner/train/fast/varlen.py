@@ -121,8 +121,6 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                              scaling: float | None = None, **kwargs):
     """transformers attention interface: query [B, Hq, T, D], key/value [B, Hkv, T, D] ->
     ([B, T, Hq, D], None)."""
-    import torch
-
     for name in ("softcap", "sliding_window", "s_aux"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"varlen attention does not support {name}; use sdpa or flex_attention")
