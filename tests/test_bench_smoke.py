@@ -220,3 +220,23 @@ def test_overlap_verdict_rejects_a_baseline_that_used_the_gpu_before_runner_ende
                                                               "cuda_first_alloc_at": 200.0}}, runner_ended=150.0)
     assert late["status"] == "ok" and late["overlap"] == {"cuda_gate_waited_s": 3.2,
                                                           "gpu_first_used_after_runner_s": 50.0}
+
+
+@pytest.mark.slow
+def test_vlm_bench_smoke_runs_the_fast_recipe_beside_the_baseline(tmp_path):
+    """bench/vlm_bench.py --smoke: both sides train the tiny Qwen2.5-VL; runner's side runs the fast
+    recipe's settings (packed micro batches, chunked loss), the baseline its own."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "vlm_bench.py"), "--smoke", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work"), "--data", str(SHARED / "data"), "--repeat", "2"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((tmp_path / "out" / "vlm7b-smoke.json").read_text())
+    assert result["runner"]["status"] == result["baseline"]["status"] == "ok", result
+    assert result["recipe"] == "fast" and result["runner"]["tokens_per_s"] > 0 and result["baseline"]["tokens_per_s"] > 0
+    cfg = yaml.safe_load(Path(result["runner_config"]).read_text())
+    assert cfg["sequence"]["packing"] is True and cfg["training"]["micro_batch_size"] == 8
+    assert cfg["training"]["gradient_checkpointing"] is False and result["baseline"]["gc"] is True
+    stored = json.loads((tmp_path / "work" / "smoke" / "run" / "plan.json").read_text())
+    assert stored["runtime"]["fast_path"]["chunked_loss"] is True

@@ -187,10 +187,19 @@ def test_text_model_with_image_rows_is_refused(tmp_path):
     assert "text-only model" in str(err.value) and "mllm_demo.json:" in err.value.where
 
 
-def test_packing_refused_with_the_reason(tmp_path, vlm_dirs):
+@pytest.mark.parametrize("family", ["gemma3", "llava", "llava_next", "idefics3", "smolvlm"])
+def test_packing_refused_with_the_reason(tmp_path, vlm_dirs, family):
     with pytest.raises(UserError) as err:
-        prepared(tmp_path, vlm_dirs["qwen2_vl"], sequence={"packing": True})
-    assert "multimodal RoPE" in str(err.value) and err.value.where == "sequence.packing"
+        prepared(tmp_path, vlm_dirs[family], sequence={"packing": True})
+    assert "cannot restart per packed sample" in str(err.value) and err.value.where == "sequence.packing"
+    assert "Qwen2.5-VL" in str(err.value)  # what packing does cover
+
+
+def test_packed_qwen_rows_stay_samples_in_the_cache(tmp_path, vlm_dirs):
+    """A micro batch is packed by the collator (runner.data.vlm_collate): the cached rows keep each
+    sample's text and media."""
+    data, _ = prepared(tmp_path, vlm_dirs["qwen2_vl"], sequence={"packing": True})
+    assert len(data.train) == 6 and "text" in data.train.column_names and "position_ids" not in data.train.column_names
 
 
 @pytest.mark.parametrize("recipe, family", [("qwen2.5-vl-lora.yaml", "qwen2_5_vl"), ("gemma3-vision.yaml", "gemma3")])

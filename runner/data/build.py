@@ -131,14 +131,14 @@ def encode_vlm_split(plan, split: str, items: list, vlm: tuple, renderer, seq: d
 
     family, processor = vlm
     encoded = tokenize_vlm(items, plan.data.stage, plan, processor, renderer, plan.data.template.train_on, seq, family)
-    columns, part = encoded_columns(plan, encoded)
+    columns, part = encoded_columns(plan, encoded, pack_rows=False)  # PackedVisionCollator packs each micro batch
     if not columns[next(iter(columns))]:
         raise UserError(f"no {split} samples are left after the length policy", where="sequence",
                         hint="see the counts of dropped rows; raise max_length or change truncation")
     return datasets.Dataset.from_dict(columns), part
 
 
-def encoded_columns(plan, encoded) -> tuple[dict, dict]:
+def encoded_columns(plan, encoded, pack_rows: bool = True) -> tuple[dict, dict]:
     """The training columns of tokenized rows (packed when the plan packs) and their statistics."""
     from runner.data.packing import pack
     from runner.data.stats import summarize
@@ -151,7 +151,7 @@ def encoded_columns(plan, encoded) -> tuple[dict, dict]:
     if part["template_refused_skipped"]:
         part["counts"]["skipped_template_refused"] = part["template_refused_skipped"]
     columns = encoded.columns
-    if seq.packing and stage in ("sft", "pt"):
+    if pack_rows and seq.packing and stage in ("sft", "pt"):
         columns, part["packing"] = pack(columns, seq.max_length)
     return columns, part
 

@@ -15,13 +15,11 @@ from pathlib import Path
 
 from runner.errors import UserError
 
-# Why packing is refused for every family here: each sample's images must reach the processor
-# with its own text, and the families' positions cannot be restarted per sample by the packed
-# collator (Qwen's multimodal RoPE computes 3-D positions from each sample's image grid; the
-# others scatter image features by token position in the batch row).
-PACKING_REFUSED = ("sequence.packing is not supported for vision-language models: each sample's images must "
-                   "reach the processor with its own text, and the position scheme ({}) cannot restart per "
-                   "packed sample")
+# Why packing is refused for the other families: their image features are scattered by token
+# position in the batch row or their attention is bidirectional inside an image, and runner has no
+# proof that a packed row trains them as the unpacked samples would.
+PACKING_REFUSED = ("sequence.packing is not supported for {} models: the position scheme ({}) cannot "
+                   "restart per packed sample; packing covers {}")
 
 
 @dataclass(frozen=True)
@@ -29,18 +27,43 @@ class Family:
     name: str
     video: bool           # the processor turns videos into tokens
     positions: str        # the position scheme, for the packing refusal
+    packs: bool = False   # rows pack: each sample's 3-D positions from the model's own get_rope_index
 
 
 FAMILIES = {
-    "qwen2_vl": Family("Qwen2-VL", True, "Qwen's multimodal RoPE, 3-D positions per sample"),
-    "qwen2_5_vl": Family("Qwen2.5-VL", True, "Qwen's multimodal RoPE, 3-D positions per sample"),
-    "qwen3_vl": Family("Qwen3-VL", True, "Qwen's interleaved multimodal RoPE, 3-D positions per sample"),
+    "qwen2_vl": Family("Qwen2-VL", True, "Qwen's multimodal RoPE, 3-D positions per sample", True),
+    "qwen2_5_vl": Family("Qwen2.5-VL", True, "Qwen's multimodal RoPE, 3-D positions per sample", True),
+    "qwen3_vl": Family("Qwen3-VL", True, "Qwen's interleaved multimodal RoPE, 3-D positions per sample", True),
     "gemma3": Family("Gemma 3", False, "bidirectional attention inside each image's tokens"),
     "llava": Family("LLaVA", False, "image features scattered by token position"),
     "llava_next": Family("LLaVA-NeXT", False, "image features scattered by token position"),
     "idefics3": Family("Idefics3", False, "image features scattered by token position"),
     "smolvlm": Family("SmolVLM", True, "image features scattered by token position"),
 }
+
+
+def packing_refusal(family: Family) -> str | None:
+    """Why rows of this family cannot be packed; None when they can."""
+    if family.packs:
+        return None
+    packable = ", ".join(f.name for f in FAMILIES.values() if f.packs)
+    return PACKING_REFUSED.format(family.name, family.positions, packable)
+
+
+def varlen_refusal(model_type: str, packing: bool) -> str | None:
+    """Why a vision-language model cannot train on varlen attention; None when it can (or is not
+    a vision-language model). Only packed Qwen rows carry the per-token text positions varlen
+    needs: unpacked, the Qwen decoders pass none to attention, and the other families' vision
+    encoders call attention with masks."""
+    family = FAMILIES.get(model_type)
+    if family is None:
+        return None
+    if not family.packs:
+        return f"{family.name}'s vision encoder attends with masks varlen does not take"
+    if not packing:
+        return f"unpacked {family.name} rows carry no per-token positions for varlen (sequence.packing: true does)"
+    return None
+
 
 # Module names of the vision side across these families (transformers 5 layout): the encoder, then
 # the projector that maps its features into the language model.

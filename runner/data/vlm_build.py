@@ -10,7 +10,7 @@ def check_media_rows(plan, items, tokenizer):
     """(family, processor) for a vision-language model, (None, None) for a text model. Rows with
     images or videos for a text-only model stop the run (their media would be dropped)."""
     from runner.data import media
-    from runner.data.vlm import PACKING_REFUSED, load_processor, plan_family
+    from runner.data.vlm import load_processor, packing_refusal, plan_family
 
     family = plan_family(plan)
     if family is None:
@@ -21,9 +21,8 @@ def check_media_rows(plan, items, tokenizer):
                             hint="use a vision-language model (Qwen2.5-VL, Gemma 3, LLaVA, Idefics3 ...), or "
                                  "remove the images and videos from the rows")
         return None, None
-    if plan.data.sequence.packing:
-        raise UserError(PACKING_REFUSED.format(family.positions), where="sequence.packing",
-                        hint="set sequence.packing: false")
+    if plan.data.sequence.packing and packing_refusal(family):
+        raise UserError(packing_refusal(family), where="sequence.packing", hint="set sequence.packing: false")
     if plan.data.stage == "pt":
         raise UserError("stage pt has no chat turns to place images in", where="training.stage",
                         hint="train a vision-language model with stage sft")

@@ -57,5 +57,35 @@ class VisionPreferenceCollator:
         return self.inner(examples)
 
 
+PACKED_KEY = "runner_packed"  # [samples, 3]: each packed sample's tokens, images and videos
+
+
+class PackedVisionCollator(VisionCollator):
+    """sequence.packing for the families whose positions restart per sample (Qwen-VL): the micro
+    batch's samples, processed as VisionCollator does, laid end to end in one row without padding.
+    Pixels and grids stay in sample order (the vision tower encodes each image on its own). The
+    trainer turns PACKED_KEY into per-sample positions with the model's own get_rope_index
+    (runner.train.fast.mrope) before the forward; a sample's first label is ignored so that no
+    sample predicts the next one's first token."""
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        batch = super().__call__(rows)
+        ids = batch["input_ids"]
+        keep = batch.pop("attention_mask").bool()
+        out = {}
+        for key, value in batch.items():  # per-token columns (ids, labels, token types) lose the padding
+            out[key] = value[keep].unsqueeze(0) if torch.is_tensor(value) and value.shape == ids.shape else value
+        lengths = keep.sum(1)
+        starts = torch.cumsum(lengths, 0) - lengths
+        out["labels"][0, starts] = IGNORE
+        counts = [[len(r.get("images") or []), len(r.get("videos") or [])] for r in rows]
+        out[PACKED_KEY] = torch.cat([lengths[:, None], torch.tensor(counts, dtype=lengths.dtype)], 1)
+        return out
+
+
 def collator_for(stage: str, processor, plan):
-    return VisionPreferenceCollator(processor, plan) if stage == "dpo" else VisionCollator(processor, plan)
+    if stage == "dpo":
+        return VisionPreferenceCollator(processor, plan)
+    return PackedVisionCollator(processor, plan) if plan.data.sequence.packing else VisionCollator(processor, plan)

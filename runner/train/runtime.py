@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from runner.data.vlm import varlen_refusal
 from runner.errors import UserError
 from runner.plan.plan import FastPath, Plan, Runtime
 from runner.train import stages
@@ -26,7 +27,10 @@ LIGER_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gem
 # runner.train.fast.chunked_loss.logits_transform reproduces. Any other type keeps its own loss.
 PLAIN_LOGITS = ("llama", "mistral", "mixtral", "ministral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi",
                 "phi3", "gemma", "olmo", "olmo2", "starcoder2", "smollm3", "stablelm", "gpt_neox", "deepseek_v3",
-                "glm4", "arcee")
+                "glm4", "arcee",
+                # vision-language models whose forward hands its LM head's output to the loss as is
+                # (Gemma 3's does too: it is listed below for its text-only checkpoints)
+                "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "idefics3", "smolvlm")
 TRANSFORMED_LOGITS = ("gemma2", "gemma3", "gemma3_text", "cohere", "cohere2", "granite", "granitemoe",
                       "granitemoeshared")
 
@@ -139,9 +143,9 @@ def decoder_layer_class(model) -> str | None:
 
 
 def checkpointable_count(model) -> int:
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from runner.train.fast.checkpointing import checkpointable
 
-    return sum(isinstance(m, GradientCheckpointingLayer) for m in model.modules())
+    return len(checkpointable(model))
 
 
 def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: int) -> tuple[Runtime, list[str]]:
@@ -204,10 +208,10 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
         if env.varlen_missing:
             raise UserError(f"model.attn_implementation is varlen, but {env.varlen_missing}", where=where,
                             hint="upgrade torch or use `sdpa`")
-        if facts.varlen_unsupported:
+        unsupported = facts.varlen_unsupported or varlen_refusal(facts.model_type, plan.data.sequence.packing)
+        if unsupported:
             raise UserError(f"model.attn_implementation is varlen, but {facts.model_type!r} cannot use it: "
-                            f"{facts.varlen_unsupported}", where=where,
-                            hint="use `sdpa` (or `flex_attention`) for this model")
+                            f"{unsupported}", where=where, hint="use `sdpa` (or `flex_attention`) for this model")
     if requested != "auto":
         return requested, None
     if env.device != "cuda":
@@ -218,8 +222,9 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
         return "sdpa", "training.torch_compile is on (varlen stays outside the compiled graphs, breaking each layer's)"
     if not facts.uses_attention_interface:
         return "sdpa", f"{facts.class_name} does not use transformers' attention interface"
-    if facts.varlen_unsupported:
-        return "sdpa", facts.varlen_unsupported
+    unsupported = facts.varlen_unsupported or varlen_refusal(facts.model_type, plan.data.sequence.packing)
+    if unsupported:
+        return "sdpa", unsupported
     return "varlen", None
 
 
@@ -254,11 +259,8 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
     elif chunked and env.world_size > 1 and model_type in TRANSFORMED_LOGITS:
         # Such models take the chunked loss by calling their decoder directly, past DDP's wrapper.
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
-    from runner.data.vlm import FAMILIES as VISION_FAMILIES  # runner's fused LoRA path is measured on text decoders
-
     fused = plan.adapter.kind == "lora" and (training.fused_lora is True or (
-        training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded
-        and model_type not in VISION_FAMILIES))
+        training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded))
     return FastPath(liger=liger, chunked_loss=chunked, chunked_loss_off_because=off, fused_lora=fused,
                     torch_compile=training.torch_compile, non_blocking_copies=env.device == "cuda",
                     checkpointed_layers=checkpointed_layers(training.gradient_checkpointing,

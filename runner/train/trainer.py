@@ -116,6 +116,9 @@ class RunnerMixin:
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from runner.train.fast.mrope import with_packed_positions
+
+        inputs = with_packed_positions(model, inputs)  # packed vision-language rows
         if self.runner.chunked_loss and not return_outputs:
             from runner.train.fast.chunked_loss import chunked_forward_loss
 

@@ -5,10 +5,16 @@ rest). How many is decided in runner.train.runtime (fast_path.checkpointed_layer
 from __future__ import annotations
 
 
-def _checkpointable(model) -> list:
+def checkpointable(model) -> list:
+    """The layers that can recompute, in order; of a vision-language model, its language model's
+    (the vision encoder's blocks keep what the Trainer set: all recompute)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    from runner.train.vision import part_of
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer)]
+    language = [m for name, m in found if part_of(name) == "language"]
+    return language or [m for _, m in found]
 
 
 def checkpoint_callback(count: int):
@@ -18,7 +24,7 @@ def checkpoint_callback(count: int):
 
     class SelectiveCheckpointing(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            layers = _checkpointable(model) if model is not None else []
+            layers = checkpointable(model) if model is not None else []
             for i, layer in enumerate(layers):
                 layer.gradient_checkpointing = bool(layer.gradient_checkpointing) and i < count
 

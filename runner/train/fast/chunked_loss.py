@@ -99,8 +99,6 @@ def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None, chunk_tok
     transform their logits (the forward would transform the hidden states too): the decoder is called
     directly and the transform applied per chunk; one process only (`decide` keeps DDP off this path).
     Returns None when the model has neither shape (the caller then uses the model's own loss)."""
-    import torch
-
     base, head = _causal_lm_parts(model)
     if base is None or "labels" not in inputs:
         return None

@@ -12,6 +12,9 @@ batches) the masked tokens are dropped. The offsets are computed once per batch 
 and shared by every layer. On a machine without CUDA each sample goes through sdpa on its own
 (the same numbers, slowly): for tests and CPU smoke runs.
 
+A non-causal call without mask or positions (a vision encoder's attention over one image, as
+Qwen-VL's tower calls it chunk by chunk) goes to transformers' sdpa unchanged.
+
 Training only: a KV cache, soft-capping, sliding windows, attention sinks and attention dropout
 are refused (runner.train.model.check_varlen_model at load, and again in the forward).
 """
@@ -118,14 +121,18 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                              scaling: float | None = None, **kwargs):
     """transformers attention interface: query [B, Hq, T, D], key/value [B, Hkv, T, D] ->
     ([B, T, Hq, D], None)."""
-    import torch
-
     for name in ("softcap", "sliding_window", "s_aux"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"varlen attention does not support {name}; use sdpa or flex_attention")
     if dropout:
         raise NotImplementedError("varlen attention has no attention dropout; use sdpa")
     if getattr(module, "is_causal", True) is False:
+        if attention_mask is None and kwargs.get("position_ids") is None:
+            # A vision encoder's bidirectional attention over one image (or window) at a time: the
+            # whole call is one sample, which sdpa computes exactly.
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, is_causal=False)
         raise NotImplementedError("varlen attention is causal only; use sdpa")
     rows, q_heads, length, dim = query.shape
     if key.shape[2] != length or (attention_mask is not None and attention_mask.dim() != 2):
