@@ -20,12 +20,12 @@ def check_fp8(cfg: dict, error) -> None:
         error(("adapter", "kind"), f"training.precision fp8 runs LoRA's frozen base or a full fine-tune in FP8, "
               f"not adapter.kind {kind}", "use adapter.kind lora or full, or precision bf16")
     if kind == "lora" and adapter["dora"]:
-        error(("adapter", "dora"), "DoRA rescales each output by the norm of the merged weight, which its own "
-              "forward computes from the bf16 weight: the FP8 base path cannot take it", "drop dora, or use "
+        error(("adapter", "dora"), "training.precision fp8 cannot take DoRA: DoRA rescales each output by the "
+              "norm of the merged weight, which its own forward computes from the bf16 weight", "drop dora, or use "
               "precision bf16")
     if kind == "lora" and training["fused_lora"] is False:
-        error(("training", "fused_lora"), "FP8 LoRA runs through runner's fused LoRA function, which "
-              "training.fused_lora: false turns off", "use fused_lora: auto, or precision bf16")
+        error(("training", "fused_lora"), "training.precision fp8 with LoRA runs through runner's fused LoRA "
+              "function, which training.fused_lora: false turns off", "use fused_lora: auto, or precision bf16")
     if model["dtype"] not in ("auto", "bfloat16"):
         error(("model", "dtype"), f"training.precision fp8 keeps everything but the FP8 matmuls in bf16; "
               f"model.dtype is {model['dtype']}", "use model.dtype: bfloat16 (or auto)")

@@ -25,6 +25,10 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max      # 448
+# The input gradient's precision in training: "fp8" halves the frozen base's backward matmul time
+# on Hopper for a second FP8 copy of each weight (1 byte per parameter); "bf16" keeps it exact to
+# the bf16 weight. bench/fp8_check.py measures both.
+BACKWARD = "fp8"
 EPS = 1e-12                         # an all-zero row gets scale EPS / 448, not 0 (no division by zero)
 
 
