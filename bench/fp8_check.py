@@ -1,27 +1,31 @@
 """training.precision fp8 on one GPU, in one process: numbers, speed and loss curves against bf16.
 
-    python bench/fp8_check.py --out DIR [--parts a,b,c,d,e] [--steps 200] [--data ../shared/data] [--smoke]
+    python bench/fp8_check.py --out DIR [--parts a,b,c,d,e8,e3] [--steps 200] [--data ../shared/data] [--smoke]
 
-a  numerics: the FP8 LoRA layer (runner.train.fast.fp8_lora) against an fp32 reference on the
-   Llama-3-8B projection shapes, forward and input gradient, beside plain bf16's own error
-b  microbench per projection shape: forward + backward of the fused bf16 LoRA layer, FP8 with a
-   bf16 input gradient, FP8 with an FP8 input gradient (milliseconds, speed-up)
-c  LoRA r16 all-linear on the Llama-3-8B shape (random init on the GPU), rows of 2048, tokens/s
-   for bf16, fp8 (bf16 backward), fp8 (fp8 backward)
-d  full fine-tune of the Llama-3.2-3B shape, tokens/s: bf16 eager, bf16 compiled, fp8 (torchao)
-   compiled
-e  loss curves over --steps steps on real text (wiki_demo + c4_demo, rows of 512): LoRA 8B and full
-   3B, bf16 vs fp8 from the same initial weights and batches; the largest gap of the 20-step moving
-   means is compared with TOLERANCE and plotted to DIR/fp8_loss.png
+a   numerics: the FP8 LoRA layer (runner.train.fast.fp8_lora) against an fp64 reference on the
+    Llama-3-8B projection shapes, forward and input gradient, beside plain bf16's own error
+b   microbench per projection shape, 8192 tokens: forward + backward of the fused bf16 LoRA layer,
+    FP8 with a bf16 input gradient, FP8 with an FP8 input gradient (milliseconds, speed-up)
+c   LoRA r16 all-linear on the Llama-3-8B shape (random init on the GPU), rows of 2048, tokens/s for
+    bf16, fp8 (bf16 backward), fp8 (fp8 backward)
+d   full fine-tune of the Llama-3.2-3B shape, rows of 2048 packed from 4 samples of 512 (restarting
+    position ids), tokens/s: bf16 eager varlen (runner's full1b recipe), then bf16 and fp8 (torchao)
+    each compiled with sdpa (its packed mask) and with varlen (a graph break at each attention call)
+e8  loss curves, LoRA 8B, over --steps steps on real text (wiki_demo + c4_demo, rows of 512): bf16 vs
+    fp8 from the same initial weights and batches; the largest gap of the 20-step moving means against
+    TOLERANCE, plotted to DIR/fp8_loss_lora8b.png
+e3  the same for the full 3B fine-tune (bf16 compiled vs fp8 compiled): DIR/fp8_loss_full3b.png
 
-Writes DIR/fp8_check.json (every part's numbers) and prints one line per measurement. --smoke: a
-2-layer, 64-wide model on the CPU in fp32 (torch._scaled_mm runs float8 on CPU torch), 3 steps,
-every code path. The end-to-end runner figure: bench/harness.py lora8b_packed_fp8."""
+Compiled variants compile each decoder layer (one compilation serves every layer: seconds, not
+minutes); runner's training.torch_compile compiles the whole model through the Trainer, the same
+kernels with the layer boundaries fused as well. Writes DIR/fp8_check-PARTS.json (every number and
+loss) and prints one line per measurement. --smoke: a 2-layer, 64-wide model on the CPU in fp32
+(torch._scaled_mm runs float8 on CPU torch), 3 steps, every code path. The end-to-end runner
+figure: bench/harness.py lora8b_packed_fp8."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -103,7 +107,7 @@ def part_numerics(cfg, device, dtype, tokens) -> dict:
 
 
 def rel(a, b) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 def part_microbench(cfg, device, dtype, tokens, iters) -> dict:
@@ -126,17 +130,22 @@ def part_microbench(cfg, device, dtype, tokens, iters) -> dict:
     return out
 
 
-def build(cfg: dict, device, dtype, seed: int = 0):
+def build(cfg: dict, device, dtype, seed: int = 0, attention: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if attention == "varlen":
+        from runner.train.fast import varlen
+
+        attention = varlen.register()
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
+            model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation=attention))
     finally:
         torch.set_default_dtype(default)
+    model.config.use_cache = False
     return model
 
 
@@ -159,12 +168,17 @@ def set_lora_mode(model, mode: str) -> None:
             fp8_lora.drop_cache(module)
 
 
-def batches(ids: torch.Tensor, rows: int, length: int, device):
+def batches(ids: torch.Tensor, rows: int, length: int, device, sample: int | None = None):
+    """(input_ids, position_ids or None) of each step; sample: position ids restart every `sample`
+    tokens, a row packed from length / sample samples."""
     per = rows * length
+    positions = None
+    if sample:
+        positions = (torch.arange(length, device=device) % sample).expand(rows, length)
     step = 0
     while True:
         start = (step * per) % max(ids.numel() - per, 1)
-        yield ids[start:start + per].view(rows, length).to(device, non_blocking=True)
+        yield ids[start:start + per].view(rows, length).to(device, non_blocking=True), positions
         step += 1
 
 
@@ -175,9 +189,9 @@ def train(model, data, steps: int, device, lr: float, warmup: int = 0) -> dict:
     for step in range(steps):
         if step == warmup:
             start = now(device)
-        batch = next(data)
+        batch, positions = next(data)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=batch, position_ids=positions).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -217,27 +231,35 @@ def part_lora_speed(cfg, device, dtype, rows, length, warmup, timed) -> dict:
     return out
 
 
+FULL_VARIANTS = ("bf16-eager-varlen", "bf16-compiled-sdpa", "bf16-compiled-varlen", "fp8-compiled-sdpa",
+                 "fp8-compiled-varlen")
+
+
 def full_variant(cfg, device, dtype, variant: str):
-    model = build(cfg, device, dtype)
-    model.config.use_cache = False
-    if variant == "fp8-compiled":
+    precision, mode, attention = variant.split("-")
+    model = build(cfg, device, dtype, attention=attention)
+    if precision == "fp8":
         from runner.train.fast.fp8_full import convert_full
 
         convert_full(model)
-    if variant.endswith("compiled") and device == "cuda":
-        model = torch.compile(model)
+    if mode == "compiled" and device == "cuda":
+        for layer in model.model.layers:
+            layer.compile()
     return model
 
 
 def part_full_speed(cfg, device, dtype, rows, length, warmup, timed) -> dict:
     out = {}
-    for variant in ("bf16-eager", "bf16-compiled", "fp8-compiled"):
+    for variant in FULL_VARIANTS:
         model = full_variant(cfg, device, dtype, variant)
-        res = train(model, batches(random_ids(cfg["vocab_size"], rows * length * (warmup + timed)), rows, length,
-                                   device), warmup + timed, device, 1e-5, warmup)
+        data = batches(random_ids(cfg["vocab_size"], rows * length * (warmup + timed)), rows, length, device,
+                       sample=length // 4)
+        res = train(model, data, warmup + timed, device, 1e-5, warmup)
         out[variant] = {k: res[k] for k in ("tokens_per_s", "peak_gib")}
-        print(f"d full3b {variant}: {res['tokens_per_s']:,.0f} tokens/s (rows {rows}x{length})", flush=True)
-        del model
+        base = out["bf16-eager-varlen"]["tokens_per_s"]
+        print(f"d full3b {variant}: {res['tokens_per_s']:,.0f} tokens/s ({res['tokens_per_s'] / base:.2f}x bf16 eager "
+              f"varlen; rows {rows}x{length}, peak {res['peak_gib']} GiB)", flush=True)
+        del model, data
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -251,46 +273,50 @@ def curve_gap(bf16: list, fp8: list) -> float:
     return max(abs(x - y) / abs(x) for x, y in zip(a, b))
 
 
-def part_curves(cfg8, cfg3, device, dtype, ids, steps, rows, length) -> dict:
-    out = {}
-    model = lora_model(cfg8, device, dtype)
-    init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    for mode in ("bf16", "fp8-fp8bwd"):
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in init:
-                    p.copy_(init[n])
-        set_lora_mode(model, mode)
-        out.setdefault("lora8b", {})[mode] = train(model, batches(ids, rows, length, device), steps, device, 2e-4)
-    del model, init
-    for variant in ("bf16-compiled", "fp8-compiled"):
-        model = full_variant(cfg3, device, dtype, variant)   # same seed: same initial weights
-        out.setdefault("full3b", {})[variant] = train(model, batches(ids, rows, length, device), steps, device, 2e-5)
-        del model
-    for name, runs in out.items():
-        (ref, ref_run), (other, run) = runs.items()
-        gap = curve_gap(ref_run["losses"], run["losses"])
-        runs["max_smoothed_gap"], runs["within_tolerance"] = gap, gap <= TOLERANCE
-        print(f"e {name}: {other} vs {ref} over {steps} steps: final loss {run['losses'][-1]:.4f} vs "
-              f"{ref_run['losses'][-1]:.4f}, largest {WINDOW}-step mean gap {gap:.2%} (tolerance {TOLERANCE:.0%}): "
-              f"{'ok' if gap <= TOLERANCE else 'OUTSIDE'}", flush=True)
-    return out
+def part_curves(name, cfg, device, dtype, ids, steps, rows, length) -> dict:
+    """bf16 against fp8 over `steps` steps, same initial weights, same batches."""
+    runs = {}
+    if name == "lora8b":
+        model = lora_model(cfg, device, dtype)
+        init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        for mode in ("bf16", "fp8-fp8bwd"):
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in init:
+                        p.copy_(init[n])
+            set_lora_mode(model, mode)
+            runs[mode] = train(model, batches(ids, rows, length, device), steps, device, 2e-4)
+        del model, init
+    else:
+        for variant in ("bf16-compiled-sdpa", "fp8-compiled-sdpa"):
+            model = full_variant(cfg, device, dtype, variant)   # the same seed: the same initial weights
+            runs[variant] = train(model, batches(ids, rows, length, device), steps, device, 2e-5)
+            del model
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    (ref, ref_run), (other, run) = runs.items()
+    gap = curve_gap(ref_run["losses"], run["losses"])
+    runs["max_smoothed_gap"], runs["within_tolerance"] = gap, gap <= TOLERANCE
+    print(f"e {name}: {other} vs {ref} over {steps} steps: final loss {run['losses'][-1]:.4f} vs "
+          f"{ref_run['losses'][-1]:.4f}, largest {WINDOW}-step mean gap {gap:.2%} (tolerance {TOLERANCE:.0%}): "
+          f"{'ok' if gap <= TOLERANCE else 'OUTSIDE'}", flush=True)
+    return runs
 
 
-def plot(curves: dict, path: Path) -> None:
+def plot(name: str, runs: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4))
-    for ax, (name, runs) in zip(axes if len(curves) > 1 else [axes], curves.items()):
-        for label, run in runs.items():
-            if isinstance(run, dict):
-                ax.plot(run["losses"], label=label, linewidth=0.8)
-        ax.set_title(f"{name}: largest {WINDOW}-step mean gap {runs['max_smoothed_gap']:.2%} (tol {TOLERANCE:.0%})")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, run in runs.items():
+        if isinstance(run, dict):
+            ax.plot(run["losses"], label=label, linewidth=0.8)
+    ax.set_title(f"{name}: bf16 vs fp8, largest {WINDOW}-step mean gap {runs['max_smoothed_gap']:.2%} "
+                 f"(tolerance {TOLERANCE:.0%})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -298,9 +324,10 @@ def plot(curves: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--parts", default="a,b,c,d,e")
+    ap.add_argument("--parts", default="a,b,c,d,e8,e3")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=next((d for d in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data")
+                                                       if d.is_dir()), ROOT / "shared" / "data"))
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -319,18 +346,22 @@ def main(argv=None) -> int:
     if "b" in parts:
         result["microbench"] = part_microbench(cfg8, device, dtype, tokens, 2 if args.smoke else 20)
     if "c" in parts:
-        result["lora8b_speed"] = part_lora_speed(cfg8, device, dtype, 2 if args.smoke else 4, length, 1 if args.smoke else 4,
+        result["lora8b_speed"] = part_lora_speed(cfg8, device, dtype, 2, length, 1 if args.smoke else 4,
                                                  2 if args.smoke else 10)
     if "d" in parts:
-        result["full3b_speed"] = part_full_speed(cfg3, device, dtype, 2 if args.smoke else 4, length,
-                                                 1 if args.smoke else 5, 2 if args.smoke else 10)
-    if "e" in parts:
-        ids = text_ids(args.data, SMOKE["vocab_size"] if args.smoke else 32000)
-        curves = part_curves(cfg8, cfg3, device, dtype, ids, steps, 4, 32 if args.smoke else 512)
-        result["curves"] = curves
-        plot(curves, args.out / "fp8_loss.png")
-    (args.out / "fp8_check.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out / 'fp8_check.json'}", flush=True)
+        result["full3b_speed"] = part_full_speed(cfg3, device, dtype, 2, length, 1 if args.smoke else 5,
+                                                 2 if args.smoke else 10)
+    ids = None
+    for part, name, cfg in (("e8", "lora8b", cfg8), ("e3", "full3b", cfg3)):
+        if part in parts:
+            if ids is None:
+                ids = text_ids(args.data, SMOKE["vocab_size"] if args.smoke else 32000)
+            runs = part_curves(name, cfg, device, dtype, ids, steps, 4, 32 if args.smoke else 512)
+            result.setdefault("curves", {})[name] = runs
+            plot(name, runs, args.out / f"fp8_loss_{name}.png")
+    path = args.out / f"fp8_check-{'_'.join(sorted(parts))}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}", flush=True)
     return 0
 
 
