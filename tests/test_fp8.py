@@ -245,3 +245,39 @@ def test_torchao_swaps_the_decoder_linears_but_not_the_head():
     assert abs(float(loss - ref_loss)) < 0.01 * float(ref_loss)
     name = "model.layers.0.mlp.down_proj.weight"
     assert 1e-4 < rel(grads[name], ref_grads[name]) < 2 * TOLERANCE   # e5m2 output gradients: 2 mantissa bits
+
+
+# --- the recipe carries the Runtime out --------------------------------------------------------------
+
+def set_up(config: str, **env_changes):
+    """The recipe's model for `config` with precision fp8, as decided for an sm90 GPU (built here on
+    the CPU, where torch._scaled_mm also runs float8)."""
+    from runner.data import load_tokenizer
+    from runner.train import stages
+    from runner.train.recipe import setup_model
+    from runner.train.runtime import model_facts
+
+    p = plan("model.random_init=true", config=config)
+    decided = runtime(p, gpu(compute_capability=(9, 0), **env_changes), model_facts(p))
+    p = p.with_runtime(decided)
+    return setup_model(p, stages.get(p.training.stage), load_tokenizer(p), is_main=False)
+
+
+def test_the_recipe_routes_lora_through_the_fp8_base():
+    model = set_up("lora.yaml")
+    routed = [m for m in model.model.modules() if getattr(m, "_runner_fp8_backward", None)]
+    assert model.fused_lora_layers == len(routed) > 0
+    assert {m._runner_fp8_backward for m in routed} == {fp8_lora.BACKWARD}
+    ids = torch.randint(0, model.model.get_input_embeddings().num_embeddings, (1, 16))
+    model.model(input_ids=ids).logits.sum().backward()
+    fits = [m for m in routed if fp8_lora.fp8_fits(m.base_layer.in_features, m.base_layer.out_features)]
+    assert fits and all(m._runner_fp8 is not None for m in fits)     # each fitting layer ran in FP8
+
+
+def test_the_recipe_converts_a_full_fine_tune_with_torchao():
+    pytest.importorskip("torchao.float8")
+    from torchao.float8.float8_linear import Float8Linear
+
+    model = set_up("full.yaml", torchao_available=True)
+    swapped = [m for m in model.model.modules() if isinstance(m, Float8Linear)]
+    assert swapped and not isinstance(model.model.get_output_embeddings(), Float8Linear)
