@@ -260,6 +260,7 @@ def part_full_speed(cfg, device, dtype, rows, length, warmup, timed) -> dict:
         print(f"d full3b {variant}: {res['tokens_per_s']:,.0f} tokens/s ({res['tokens_per_s'] / base:.2f}x bf16 eager "
               f"varlen; rows {rows}x{length}, peak {res['peak_gib']} GiB)", flush=True)
         del model, data
+        torch._dynamo.reset()   # compiled code holds the old layers (and their memory) otherwise
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -292,6 +293,7 @@ def part_curves(name, cfg, device, dtype, ids, steps, rows, length) -> dict:
             model = full_variant(cfg, device, dtype, variant)   # the same seed: the same initial weights
             runs[variant] = train(model, batches(ids, rows, length, device), steps, device, 2e-5)
             del model
+            torch._dynamo.reset()
             if device == "cuda":
                 torch.cuda.empty_cache()
     (ref, ref_run), (other, run) = runs.items()

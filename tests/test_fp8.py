@@ -281,3 +281,27 @@ def test_the_recipe_converts_a_full_fine_tune_with_torchao():
     model = set_up("full.yaml", torchao_available=True)
     swapped = [m for m in model.model.modules() if isinstance(m, Float8Linear)]
     assert swapped and not isinstance(model.model.get_output_embeddings(), Float8Linear)
+
+
+# --- the GPU check's code paths, on the CPU --------------------------------------------------------
+
+def test_fp8_check_smoke_writes_numbers_and_curves(tmp_path, shared_data):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "fp8_check.py"), "--smoke", "--out", str(tmp_path),
+                           "--parts", "a,c,e8", "--data", str(shared_data)],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "fp8_check-a_c_e8.json").read_text())
+    for row in result["numerics"].values():
+        assert row["bf16"]["out_rel_err"] < 1e-5                      # fp32 on the CPU: the exact path
+        assert 1e-3 < row["fp8-fp8bwd"]["out_rel_err"] < TOLERANCE    # float8 rounding, within tolerance
+        assert row["fp8-bf16bwd"]["grad_x_rel_err"] < 1e-5 < row["fp8-fp8bwd"]["grad_x_rel_err"] < TOLERANCE
+    assert set(result["lora8b_speed"]) == {"bf16", "fp8-bf16bwd", "fp8-fp8bwd"}
+    curves = result["curves"]["lora8b"]
+    assert len(curves["bf16"]["losses"]) == len(curves["fp8-fp8bwd"]["losses"]) == 3
+    assert curves["within_tolerance"] and (tmp_path / "fp8_loss_lora8b.png").stat().st_size > 10_000

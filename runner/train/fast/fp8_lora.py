@@ -34,7 +34,7 @@ EPS = 1e-12                         # an all-zero row gets scale EPS / 448, not 
 
 def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(t / scale as float8 e4m3, scale [rows, 1] float32) with scale = amax of the row / 448."""
-    t = t.float()
+    t = t.contiguous().float()   # the FP8 result keeps t's layout, and _scaled_mm wants rows contiguous
     amax = t.abs().amax(dim=-1, keepdim=True)
     scale = amax.clamp(min=EPS) / FP8_MAX
     return (t / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
