@@ -197,6 +197,21 @@ def test_the_cache_is_reused_and_recast_when_the_weight_changes():
     assert fp8_lora.drop_caches(model) == 14 and layer._runner_fp8 is None
 
 
+def test_compiled_model_keeps_one_graph_and_the_fp8_numbers():
+    model = tiny_lora()
+    fuse_lora(model, fp8_backward="fp8")
+    ids = torch.randint(0, 256, (2, 32))
+    eager_loss, eager_grads = loss_and_grads(model, ids)               # builds the caches
+    explained = torch._dynamo.explain(model)(input_ids=ids, labels=ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    compiled = torch.compile(model, backend="aot_eager")
+    loss, grads = loss_and_grads(compiled, ids)
+    grads = {n.replace("_orig_mod.", ""): g for n, g in grads.items()}
+    assert torch.allclose(loss, eager_loss, rtol=1e-5)
+    assert max(rel(grads[n], eager_grads[n]) for n in eager_grads) < 1e-3
+    torch._dynamo.reset()
+
+
 def test_merged_output_matches_the_fp8_forward():
     model = tiny_lora()
     model.eval()

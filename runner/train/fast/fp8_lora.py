@@ -131,12 +131,21 @@ class FP8LoRALinear(torch.autograd.Function):
 
 
 def cached_weight(layer, backward: str) -> FP8Weight:
-    """The layer's FP8 copy of its base weight, cast again when the weight has changed."""
+    """The layer's FP8 copy of its base weight, cast again when the weight has changed. Inside
+    torch.compile's graphs (training.torch_compile) the storage check would break every layer's
+    graph: there the cache is trusted as it is (merge / unmerge still drop it)."""
     weight = layer.base_layer.weight
     cached = getattr(layer, "_runner_fp8", None)
+    if cached is not None and torch.compiler.is_compiling():
+        return cached
     if cached is None or cached.key != key_of(weight):
-        layer._runner_fp8 = cached = FP8Weight(weight, backward)
+        layer._runner_fp8 = cached = _cast(weight, backward)
     return cached
+
+
+@torch.compiler.disable
+def _cast(weight: torch.Tensor, backward: str) -> FP8Weight:
+    return FP8Weight(weight, backward)
 
 
 def drop_cache(layer) -> None:
