@@ -170,6 +170,12 @@ def test_fp8_backward_is_the_fp8_matmul_and_bf16_backward_exact_to_the_weight():
         out.backward(g)
         grads[mode] = x.grad.clone()
     exact = g @ weight + 0.5 * (g @ b.detach()) @ a.detach()
+    # CUDA's _scaled_mm takes its second operand column-major: the cached rows (W) and columns (W^T)
+    # are row-major copies, passed transposed; the scales are (1, N) and (1, K) float32
+    cached = fp8_lora.FP8Weight(weight, "fp8")
+    assert cached.rows.is_contiguous() and cached.cols.is_contiguous() and cached.cols.shape == (64, 48)
+    assert cached.row_scale.shape == (1, 48) and cached.col_scale.shape == (1, 64)
+    assert cached.row_scale.dtype == cached.col_scale.dtype == torch.float32
     assert torch.allclose(grads["bf16"], exact, rtol=1e-4, atol=1e-4)
     assert 1e-4 < rel(grads["fp8"], exact) < TOLERANCE
 

@@ -162,18 +162,11 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
         model, info = vision.apply_adapter(model, plan, rt)
     else:
         model, info = apply_adapter(model, plan.adapter, rt)
-    fused = 0
-    fp8 = getattr(rt.fast_path, "fp8", None)
-    if rt.fast_path.fused_lora:
-        from runner.train.fast.fused_lora import fuse_lora
+    from runner.train.fast.layers import swap_layers
 
-        from runner.train.fast.fp8_lora import BACKWARD
-
-        fused = fuse_lora(model, fp8_backward=BACKWARD if fp8 == "lora-base" else None)
-    if fp8 == "torchao":
-        from runner.train.fast.fp8_full import convert_full
-
-        say(f"fp8: {convert_full(model)} linear layers train in float8 (torchao)", is_main)
+    fused, note = swap_layers(model, rt.fast_path)
+    if note:
+        say(note, is_main)
     if is_main:
         print_parameters(info)
     reference = None
