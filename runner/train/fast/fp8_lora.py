@@ -25,9 +25,9 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max      # 448
-# The input gradient's precision in training: "fp8" halves the frozen base's backward matmul time
-# on Hopper for a second FP8 copy of each weight (1 byte per parameter); "bf16" keeps it exact to
-# the bf16 weight. bench/fp8_check.py measures both.
+# The input gradient's precision in training: "fp8" runs the frozen base's backward matmul on the
+# FP8 tensor cores too (twice bf16's peak rate on Hopper) for a second FP8 copy of each weight (1 byte
+# per parameter); "bf16" keeps it exact to the bf16 weight. bench/fp8_check.py parts b and c time both.
 BACKWARD = "fp8"
 EPS = 1e-12                         # an all-zero row gets scale EPS / 448, not 0 (no division by zero)
 
@@ -76,12 +76,16 @@ def key_of(weight: torch.Tensor) -> tuple:
     return weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype, weight.device
 
 
-def scaled_mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype, bias=None):
+def scaled_mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype, bias=None,
+              fast_accum: bool = False):
     """a [M, K] (any float) times b^T, b given as FP8 rows [N, K] with scales (1, N): a quantized
-    per row, one float8 matmul, the output in out_dtype."""
+    per row, one float8 matmul, the output in out_dtype. fast_accum: Hopper's faster accumulation
+    without periodic promotion to fp32; used for the forward, as torchao's recipes do, never for
+    gradients."""
     aq, a_scale = quantize(a)
     fused_bias = bias if out_dtype == torch.bfloat16 else None   # _scaled_mm adds a bias to bf16 output only
-    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, bias=fused_bias, out_dtype=out_dtype)
+    out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, bias=fused_bias, out_dtype=out_dtype,
+                           use_fast_accum=fast_accum)
     return out if bias is None or fused_bias is not None else out.add_(bias)
 
 
@@ -96,7 +100,7 @@ class FP8LoRALinear(torch.autograd.Function):
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
         xa = xl @ a.t()
-        out = scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias)
+        out = scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias, fast_accum=True)
         out.addmm_(xa, b.t(), alpha=scale)
         ctx.save_for_backward(xl, xa, weight, a, b)
         ctx.cached = cached   # frozen: held, not saved as a graph input
