@@ -44,12 +44,20 @@ _COMPILED: list = []
 
 
 def quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows, compiled on CUDA (one fused pass over the activation instead of five)."""
+    """quantize_rows, compiled on CUDA (one fused pass over the activation instead of five). Where
+    torch.compile cannot build it (no Triton), the eager version, said once."""
     if not t.is_cuda:
         return quantize_rows(t)
     if not _COMPILED:
         _COMPILED.append(torch.compile(quantize_rows, dynamic=True))
-    return _COMPILED[0](t)
+    try:
+        return _COMPILED[0](t)
+    except torch._dynamo.exc.BackendCompilerFailed as err:
+        import warnings
+
+        warnings.warn(f"FP8 activation quantization runs uncompiled (slower): {str(err).splitlines()[0]}")
+        _COMPILED[0] = quantize_rows
+        return quantize_rows(t)
 
 
 def fp8_fits(in_features: int, out_features: int) -> bool:
