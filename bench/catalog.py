@@ -63,6 +63,11 @@ SCENARIOS = {s.name: s for s in [
                  smoke_env={"SEQ": "256", "MB": "1", "GC": "1"}, attn_ctx="SEQ", needs_cuda=True),
         "lora8b_packed under a 24 GiB peak: selective checkpointing (29 of 32 layers), mb 4"),
     Scenario(
+        "lora8b_packed_fp8", "lora8b_packed_fp8.yaml", "llama3_8b", "lora",
+        Baseline("lora8b_baseline.py", shared=True, env={"SEQ": "2048", "MB": "4", "GC": "1"},
+                 smoke_env={"SEQ": "256", "MB": "1", "GC": "1"}, attn_ctx="SEQ", needs_cuda=True),
+        "lora8b_packed with training.precision fp8: the frozen base's matmuls in float8 (Hopper)"),
+    Scenario(
         "lora8b_alpaca", "lora8b_alpaca.yaml", "llama3_8b", "lora",
         Baseline("baselines2.py", shared=True, args=("padded",), tokens_key="real_tokens_per_s",
                  attn_ctx="alpaca", needs_cuda=True),

@@ -6,7 +6,7 @@
 #   scripts/gather_wheels.sh [--dest DIR] [NAME ...]
 #
 # NAME: any of trl datasets bitsandbytes jsonschema wandb optuna deepspeed liger-kernel runner, or starlette
-# uvicorn (runner serve; default: all but these two).
+# uvicorn (runner serve) and torchao (training.precision fp8, full fine-tune) (default: all but these three).
 # Versions are pinned to this machine's .venv where it has the package, so the GPU box runs what the
 # tests ran. Requirements the box's image lacks are fetched too (its package list: KINDS.md of the
 # device tool, 2026-11-17). deepspeed has no wheel on PyPI: `pip wheel --no-deps deepspeed` builds a
@@ -42,7 +42,7 @@ from packaging.version import Version
 
 dest, wanted = sys.argv[1], sys.argv[2:]
 KNOWN = {"trl", "datasets", "bitsandbytes", "jsonschema", "wandb", "optuna", "deepspeed", "liger-kernel", "runner",
-         "starlette", "uvicorn"}
+         "starlette", "uvicorn", "torchao"}
 unknown = [n for n in wanted if n not in KNOWN]
 if unknown:
     sys.exit(f"unknown package(s) {unknown}: choose from {sorted(KNOWN)}")

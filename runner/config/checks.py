@@ -153,6 +153,9 @@ def check(cfg: dict, raw: dict, where) -> Findings:
     from runner.config.checks_scale import check_scale
 
     check_scale(cfg, raw, error, warn)
+    from runner.config.checks_fp8 import check_fp8
+
+    check_fp8(cfg, error)
     return Findings(errors, warnings)
 
 

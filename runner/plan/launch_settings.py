@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "auto": "auto"}
+# fp8: Accelerate runs bf16 autocast; runner swaps the FP8 matmuls in itself (not Accelerate's own fp8).
+_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "auto": "auto", "fp8": "bf16"}
 DISTRIBUTED_TYPE = {"single": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
 DEEPSPEED_FILE = "deepspeed.json"
 ACCELERATE_FILE = "accelerate_config.yaml"

@@ -38,6 +38,8 @@ class FastPath:
     torch_compile: bool
     non_blocking_copies: bool
     checkpointed_layers: str | None    # "N/M" of the decoder layers recomputed, None when off
+    # training.precision fp8: "lora-base" (runner's FP8 frozen-base LoRA) or "torchao" (float8 training)
+    fp8: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Runtime:
     fsdp_wrap_class: str | None
     device: str                        # cuda | cpu | xpu | mps
     dtype: str
-    precision: str                     # bf16 | fp16 | fp32
+    precision: str                     # bf16 | fp16 | fp32 | fp8
     attn_implementation: str
     attn_implementation_auto: str | None   # why auto did not pick varlen
     fast_path: FastPath
@@ -68,6 +70,8 @@ class Runtime:
         del out["cuda_alloc_conf"]
         if not out["optimizer_modules"]:  # the plain optimizers: hashes as before the field existed
             del out["optimizer_modules"]
+        if out["fast_path"]["fp8"] is None:  # likewise for every precision but fp8
+            del out["fast_path"]["fp8"]
         return out
 
 

@@ -30,7 +30,7 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         max_steps=t.max_steps or -1,
         seed=t.seed,
         data_seed=t.seed,
-        bf16=runtime.precision == "bf16",
+        bf16=runtime.precision in ("bf16", "fp8"),  # fp8: bf16 autocast around the FP8 matmuls
         fp16=runtime.precision == "fp16",
         **checkpointing_arguments(bool(t.gradient_checkpointing)),
         neftune_noise_alpha=t.neftune_noise_alpha,

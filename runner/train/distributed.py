@@ -34,7 +34,7 @@ def check_launcher(plan) -> None:
             )
     precision = env.get("ACCELERATE_MIXED_PRECISION")
     want = plan.training.precision
-    if precision and precision != "no" and want not in ("auto", precision):
+    if precision and precision != "no" and want not in ("auto", precision) and (want, precision) != ("fp8", "bf16"):
         raise UserError(
             f"the launcher asked for mixed precision {precision} (accelerate launch --mixed_precision) "
             f"but training.precision is {want}",

@@ -162,11 +162,11 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
         model, info = vision.apply_adapter(model, plan, rt)
     else:
         model, info = apply_adapter(model, plan.adapter, rt)
-    fused = 0
-    if rt.fast_path.fused_lora:
-        from runner.train.fast.fused_lora import fuse_lora
+    from runner.train.fast.layers import swap_layers
 
-        fused = fuse_lora(model)
+    fused, note = swap_layers(model, rt.fast_path)
+    if note:
+        say(note, is_main)
     if is_main:
         print_parameters(info)
     reference = None

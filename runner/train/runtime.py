@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from runner.data.vlm import varlen_refusal
 from runner.errors import UserError
 from runner.plan.plan import FastPath, Plan, Runtime
+from runner.train.precision import check_fp8
 from runner.train import stages
 
 LIGER_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
@@ -46,6 +47,8 @@ class Environment:
     flash_attn_installed: bool
     liger_available: bool
     cuda_alloc_conf: str | None
+    compute_capability: tuple[int, int] | None = None   # the first CUDA GPU's (major, minor)
+    torchao_available: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,9 @@ def environment() -> Environment:
         bf16_supported=bf16, visible_gpus=torch.cuda.device_count() if device == "cuda" else 0,
         varlen_missing=varlen.missing(), flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
         liger_available=importlib.util.find_spec("liger_kernel") is not None,
-        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
+        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        compute_capability=tuple(torch.cuda.get_device_capability(0)) if device == "cuda" else None,
+        torchao_available=importlib.util.find_spec("torchao") is not None)
 
 
 def model_facts(plan: Plan) -> ModelFacts:
@@ -164,10 +169,15 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
     precision = plan.training.precision
     if precision == "auto":
         precision = "bf16" if dtype == "bfloat16" or env.bf16_supported else ("fp16" if dtype == "float16" else "fp32")
+    if precision == "fp8":
+        check_fp8(plan, env, dtype)
     attention, why = decide_attention(plan, env, facts)
     trained = target_modules(plan, facts)
     projected = optimizer_modules(plan, facts, env.world_size)
     fast = decide_fast_path(plan, env, facts, backend)
+    if precision == "fp8" and plan.adapter.kind != "lora" and not plan.training.torch_compile:
+        warnings.append("training.precision fp8 without training.torch_compile: torchao's float8 casts run as "
+                        "separate kernels and the full fine-tune is usually slower than bf16")
     if plan.training.gradient_checkpointing not in (False, True) and fast.checkpointed_layers is None:
         warnings.append(f"training.gradient_checkpointing: {plan.training.gradient_checkpointing} selects layers, "
                         f"but {facts.class_name} has no per-layer checkpointing: every layer is checkpointed")
@@ -261,10 +271,19 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
     fused = plan.adapter.kind == "lora" and (training.fused_lora is True or (
         training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded))
+    fp8 = None
+    if training.precision == "fp8":
+        from runner.data.vlm import FAMILIES as VISION_FAMILIES
+
+        if model_type in VISION_FAMILIES:
+            raise UserError(f"training.precision fp8 is measured on text decoders only, not {model_type!r}",
+                            where="training.precision", hint="use precision bf16 for vision-language models")
+        # checks_fp8 refused LoRA with fused_lora false: FP8 LoRA is the fused function's FP8 form.
+        fp8, fused = ("lora-base", True) if plan.adapter.kind == "lora" else ("torchao", fused)
     return FastPath(liger=liger, chunked_loss=chunked, chunked_loss_off_because=off, fused_lora=fused,
                     torch_compile=training.torch_compile, non_blocking_copies=env.device == "cuda",
                     checkpointed_layers=checkpointed_layers(training.gradient_checkpointing,
-                                                            facts.checkpointable_layers))
+                                                            facts.checkpointable_layers), fp8=fp8)
 
 
 def checkpointed_layers(setting, layers: int) -> str | None:

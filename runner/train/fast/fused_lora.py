@@ -20,6 +20,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from runner.train.fast import fp8_lora
+
 
 class _LoRALinear(torch.autograd.Function):
     """y = x W^T + b + s (x_l A^T) B^T; x_l is x itself, or x after LoRA dropout (passed separately)."""
@@ -94,14 +96,21 @@ def _forward(self, x, *args, **kwargs):
     dropout = self.lora_dropout[name]
     # Dropout (training only) draws its mask here, where PEFT draws it: same random stream.
     x_lora = dropout(x) if isinstance(dropout, torch.nn.Dropout) and dropout.training and dropout.p > 0 else None
+    backward = getattr(self, "_runner_fp8_backward", None)
     with torch.autocast(x.device.type, enabled=False):
+        if backward is not None and fp8_lora.fp8_fits(base.in_features, base.out_features):
+            return fp8_lora.FP8LoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A[name].weight,
+                                                self.lora_B[name].weight, float(self.scaling[name]),
+                                                fp8_lora.cached_weight(self, backward))
         return _LoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A[name].weight,
                                  self.lora_B[name].weight, float(self.scaling[name]))
 
 
-def fuse_lora(model) -> int:
+def fuse_lora(model, fp8_backward: str | None = None) -> int:
     """Route every PEFT LoRA Linear of `model` through the fused function (calls it cannot take fall
-    back to PEFT's forward). Returns how many layers were routed."""
+    back to PEFT's forward). fp8_backward "bf16" or "fp8": the frozen base matmul in FP8
+    (runner.train.fast.fp8_lora; its input gradient in that precision), for layers whose sizes
+    torch._scaled_mm takes. Returns how many layers were routed."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     count = 0
@@ -111,4 +120,7 @@ def fuse_lora(model) -> int:
             module._runner_peft_forward = module.forward
             module.forward = types.MethodType(_forward, module)
             count += 1
+        if fp8_backward is not None and hasattr(module, "_runner_peft_forward"):
+            module._runner_fp8_backward = fp8_backward
+            fp8_lora.watch_merges(module)
     return count
