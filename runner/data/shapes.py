@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from itertools import accumulate
 
+from runner.data.render import time_bound
+
 # Set False to render every row with the template (the reference path the tests compare against).
 ENABLED = True
 VERIFY_FIRST = 2
@@ -64,7 +66,7 @@ class _Probe(str):
         if not isinstance(other, str):
             _note("add to a non-string")
             return NotImplemented
-        return _Probe(str.__add__(str.__str__(self), str(other) if isinstance(other, _Probe) else other))
+        return _Probe(str.__add__(str.__str__(self), str.__str__(other)))
 
     def __radd__(self, other):
         if not isinstance(other, str):
@@ -114,13 +116,16 @@ class ShapeRenderer:
         key = tuple(key)
         shape = self.shapes.get(key, False)
         if shape is False:
-            shape = self.shapes[key] = _probe(self.renderer, key, self.train_on)
+            with time_bound(self.renderer.name):
+                shape = self.shapes[key] = _probe(self.renderer, key, self.train_on)
         if shape is None:
             return None
         result = shape.fill([m["content"] for m in messages])
         n = self.seen[key] = self.seen.get(key, 0) + 1
         if n <= VERIFY_FIRST or n % VERIFY_EVERY == 0:
-            if self.renderer.spans(messages, None, self.train_on) != result:
+            with time_bound(self.renderer.name):
+                same = self.renderer.spans(messages, None, self.train_on) == result
+            if not same:
                 raise ShapeMismatch(f"template {self.renderer.name}: rendering by shape differs for roles "
                                     f"{[r for r, _ in key]}")
         global ROWS_BY_SHAPE
