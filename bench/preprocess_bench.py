@@ -5,7 +5,7 @@ Datasets: alpaca_en_demo (999 single-turn rows) and glaive_toolcall_en_demo (300
 with tool calls), SmolLM2-135M-Instruct's tokenizer and its own chat template. Writes
 bench/results/preprocess.md.
 
-- runner: read + normalise + render + tokenize + loss mask + length policy (`_build`, no cache).
+- runner: read + normalise + render (by shape) + tokenize + loss mask + length policy (`_build`, no cache).
 - baseline: rows already in a `datasets.Dataset`, mapped to chat messages and through
   `apply_chat_template(tokenize=True)`: token ids only, no loss mask.
 - baseline + mask: the same with `return_assistant_tokens_mask=True` on the generation-marked
@@ -182,8 +182,9 @@ def write(results, args) -> None:
     lines += [
         "",
         "- **runner**: `runner.data.build._build` without the cache: read the JSON file, normalise rows, render "
-        "with the training template, tokenize in batches, compute the loss mask (incremental rendering + "
-        "offsets) and apply the length policy. Outputs `input_ids` + `labels`.",
+        "with the training template (once per conversation shape, rows put together from its fixed parts: "
+        "runner.data.shapes), tokenize whole texts in batches, compute the loss mask (spans + token offsets) and "
+        "apply the length policy. Outputs `input_ids` + `labels`, the same bytes as rendering every row.",
         "- **baseline**: `datasets.Dataset.map` over the same rows (already loaded) calling "
         "`tokenizer.apply_chat_template(messages, tokenize=True)`: token ids only, no loss mask.",
         "- **baseline + mask**: the same with `return_assistant_tokens_mask=True` and the generation-marked "
