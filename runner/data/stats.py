@@ -22,7 +22,7 @@ def summarize(columns: dict, stage: str) -> dict:
     """Rows, tokens, trained tokens and length percentiles of tokenized (unpacked) columns."""
     if "labels" in columns:
         lengths = [len(x) for x in columns["input_ids"]]
-        trained = sum(sum(1 for t in labels if t != IGNORE) for labels in columns["labels"])
+        trained = sum(len(labels) - labels.count(IGNORE) for labels in columns["labels"])
         return {"rows": len(lengths), "tokens": sum(lengths), "trained_tokens": trained,
                 "length": percentiles(lengths)}
     prompt = columns["prompt_input_ids"]

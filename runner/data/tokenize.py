@@ -23,6 +23,7 @@ from runner.errors import DataError, UserError
 
 IGNORE = -100
 BATCH = 512
+CHUNK = 8192  # rows encoded at a time: their Rust encodings (offsets, tokens) are the memory
 SHOWN = 5
 
 # Incremented each time rows are tokenized: tests prove that a cache hit tokenizes nothing.
@@ -91,12 +92,17 @@ def _progress(iterable, total, enabled, desc):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, unit="row")
 
 
-def _render_all(items, render_one, progress, renderer, desc="rendering"):
+def _render_all(items, render_one, progress, renderer, desc="rendering", quick=None):
+    """`quick(row)`: the row's (result, notes) without a template rendering, or None."""
     refused, kept, out, notes = _Refused(), [], [], Counter()
     for item in _progress(items, len(items), progress, desc):
         try:
-            with time_bound(renderer.name):  # every rendering of the row within one bound
-                result, row_notes = render_one(item.row)
+            done = quick(item.row) if quick is not None else None
+            if done is not None:
+                result, row_notes = done
+            else:
+                with time_bound(renderer.name):  # every rendering of the row within one bound
+                    result, row_notes = render_one(item.row)
         except (TemplateRenderError, RowError) as e:
             refused.add(item, e)
             continue
@@ -115,11 +121,11 @@ def _render_all(items, render_one, progress, renderer, desc="rendering"):
 _CUTTABLE = ("truncate", "drop", "error")
 
 
-def _encode_bounded(tokenizer, texts, seq, offsets=False, add_special_tokens=False, keep="start"):
+def _encode_bounded(tokenizer, texts, seq, offsets=False, add_special_tokens=False, keep="start", token_chars=None):
     """_encode, with each text certainly longer than max_length cut first (see bounded.py)."""
     limit = seq.get("max_length", 2048) if seq.get("truncation", "truncate") in _CUTTABLE else None
     return encode_bounded(lambda chunk: _encode(tokenizer, chunk, offsets, add_special_tokens), texts, limit,
-                          max_token_chars(tokenizer) if limit else 1, keep)
+                          (token_chars or max_token_chars(tokenizer)) if limit else 1, keep)
 
 
 def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
@@ -185,24 +191,33 @@ class EncodingOffsets:
 
 # ---- sft -----------------------------------------------------------------------------------------
 def _sft(items, tokenizer, renderer, train_on, seq, progress):
+    from runner.data.shapes import ShapeMismatch, quick_renderer
+
     def render_one(row):
         messages, tools, notes = renderer.prepare(row["messages"], row.get("tools"))
         return renderer.spans(messages, tools, train_on), notes
 
-    kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
-    texts = [text for text, _ in rendered]
-    ids_list, offsets_list, cuts = _encode_bounded(tokenizer, texts, seq, offsets=True)
+    try:  # by conversation shape where the template allows it, else row by row (runner.data.shapes)
+        kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer,
+                                                     quick=quick_renderer(renderer, train_on))
+    except ShapeMismatch as e:
+        print(f"warning: {e}; rendering every row with the template", file=sys.stderr)
+        kept, rendered, notes, skipped = _render_all(items, render_one, progress, renderer)
     end_ids = end_of_turn_ids(tokenizer)
-    counts = Counter(notes)
-    samples = []
-    for (text, spans), ids, offsets, cut in zip(rendered, ids_list, offsets_list, cuts):
-        if cut is not None:  # spans past the cut are beyond max_length: truncation decides about them
-            spans = [(a, min(b, cut)) for a, b in spans if a < cut]
-        labels = labels_from_spans(ids, offsets, spans)
-        whole = [s for s in spans if cut is None or s[1] < cut]
-        if train_on != "all" and not eot_trained(ids, offsets, labels, whole, text, end_ids):
-            counts["eot_not_trained"] += 1
-        samples.append((ids, labels))
+    counts, samples, cuts, token_chars = Counter(notes), [], [], max_token_chars(tokenizer)
+    for at in range(0, len(rendered), CHUNK):  # a chunk's token offsets are dropped before the next is encoded
+        chunk = rendered[at:at + CHUNK]
+        ids_list, offsets_list, chunk_cuts = _encode_bounded(tokenizer, [t for t, _ in chunk], seq, True,
+                                                           token_chars=token_chars)
+        cuts += chunk_cuts
+        for (text, spans), ids, offsets, cut in zip(chunk, ids_list, offsets_list, chunk_cuts):
+            if cut is not None:  # spans past the cut are beyond max_length: truncation decides about them
+                spans = [(a, min(b, cut)) for a, b in spans if a < cut]
+            labels = labels_from_spans(ids, offsets, spans)
+            whole = [s for s in spans if cut is None or s[1] < cut]
+            if train_on != "all" and not eot_trained(ids, offsets, labels, whole, text, end_ids):
+                counts["eot_not_trained"] += 1
+            samples.append((ids, labels))
     return _apply_length_policy(samples, kept, seq, counts, skipped, cuts=cuts)
 
 
@@ -260,7 +275,7 @@ def _apply_length_policy(samples, kept, seq, counts, skipped, trained_key=True, 
                 counts["truncated"] += 1
                 end_cut = any(x != IGNORE for x in labs[max_length:])  # a trained turn loses its end
         for ids, labs in pieces:
-            if trained_key and all(x == IGNORE for x in labs):
+            if trained_key and labs.count(IGNORE) == len(labs):
                 counts["dropped_no_trained_tokens"] += 1
                 continue
             if end_cut:
