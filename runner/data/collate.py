@@ -19,7 +19,12 @@ def make_collator(plan, tokenizer):
     if kind not in ("packed", "padded"):
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PackedCollator(pad_id) if kind == "packed" else PaddedCollator(pad_id)
+    # Rows split over processes (context / sequence parallelism) come in equal pieces.
+    from runner.plan.parallelism import row_multiple
+
+    dist = plan.distributed
+    multiple = row_multiple({"context_parallel": dist.context_parallel, "sequence_parallel": dist.sequence_parallel})
+    return (PackedCollator if kind == "packed" else PaddedCollator)(pad_id, multiple)
 
 
 class PaddedCollator:

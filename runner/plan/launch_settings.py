@@ -206,6 +206,9 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
     if backend == "deepspeed" and ds["config"]:
         data, problem = read_user_deepspeed(ds["config"])
         found += _check_user_deepspeed(ds["config"], data, problem, training, nproc * machines if nproc else None)
+    from runner.plan.parallelism import check_parallelism
+
+    found += check_parallelism(cfg)
     if sharded(cfg) and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
         found.append(("warning", ("adapter", "init"),
                       "a PiSSA adapter trained with sharded parameters is saved unconverted: it applies to the "
