@@ -29,11 +29,13 @@ def test_dry_run_plans_the_whole_matrix_on_eight_gpus(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     planned = json.loads((tmp_path / "out" / "multigpu-dry-run.json").read_text())["planned"]
     runs = {(p["run"], p["gpus"]): p for p in planned}
-    assert set(runs) == {("lora_ddp", 1), ("lora_ddp", 2), ("lora_ddp", 8), ("full_fsdp2", 2), ("full_fsdp2", 8),
-                         ("full_zero3", 2), ("full_zero3", 8), ("accelerate", 2)}
+    scaling = {(name, k) for name in ("lora_ddp", "full_fsdp2", "full_zero3") for k in (1, 2, 4, 8)}
+    assert set(runs) == scaling | {("cp_128k", 8), ("cp_short", 8), ("cp_short_ref", 1), ("qlora70b", 2),
+                                   ("qlora70b", 4), ("qlora70b", 8), ("zero3_offload", 1), ("zero3_offload", 2),
+                                   ("accelerate", 2)}
     one = shlex.split(runs["lora_ddp", 1]["launches"])
     assert one[4:7] == ["-m", "runner", "train"], "one GPU, LoRA: no launcher"
-    for key in [k for k in runs if k[0] != "accelerate" and k != ("lora_ddp", 1)]:
+    for key in [k for k in runs if k[0] != "accelerate" and k[1] > 1]:
         argv = shlex.split(runs[key]["launches"])
         assert argv[:3] == ["NCCL_NVLS_ENABLE=0", "TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "NVSHMEM_DISABLE_NVLS=1"]
         assert argv[4:6] == ["-m", "accelerate.commands.launch"], key
@@ -42,6 +44,19 @@ def test_dry_run_plans_the_whole_matrix_on_eight_gpus(tmp_path):
     assert "--multi_gpu --num_processes=2" in acc and "-m runner train" in acc
     assert "distributed.backend=deepspeed distributed.deepspeed.zero_stage=3" in runs["full_zero3", 8]["runner_launch"]
     assert "## full_fsdp2@8 (exit 0)" in result.stdout and "distributed_type: FSDP" in result.stdout
+    cp = runs["cp_128k", 8]["runner_launch"]
+    assert "distributed.context_parallel=8" in cp and "sequence.max_length=131072" in cp and "sequence.packing=false" in cp
+    cp_plan = result.stdout.split("## cp_128k@8 (exit 0)", 1)[1].split("## ", 1)[0]
+    assert "cp_size: 8" in cp_plan and "dp_shard_size: 1" in cp_plan
+    ref = runs["cp_short_ref", 1]["runner_launch"]
+    assert "distributed.context_parallel" not in ref and "sequence.max_length=4096" in ref
+    assert "sequence.max_length=4096" in runs["cp_short", 8]["runner_launch"]
+    q = runs["qlora70b", 4]["runner_launch"]
+    assert "quantization.bits=4 quantization.quant_storage=bfloat16" in q and "model-70b-config" in q
+    off = runs["zero3_offload", 1]["runner_launch"]
+    assert "offload_optimizer=cpu" in off and "offload_params=cpu" in off
+    assert '"offload_param": {' in result.stdout.split("## zero3_offload@1", 1)[1].split("## ", 1)[0]
+    assert any((tmp_path / "work").glob("long-*.txt")), "the long rows' document is written"
     assert not (tmp_path / "work" / "runs").exists() or not any((tmp_path / "work" / "runs").rglob("*.yaml")), \
         "a dry run writes no launch files"
 
@@ -82,7 +97,7 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
 
 def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve_inside_the_first_epoch():
     sys.path.insert(0, str(REPO / "bench"))
-    import multigpu
+    import multigpu_report as multigpu
 
     epochs = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
 
@@ -101,7 +116,7 @@ def test_ddp_parity_flags_a_curve_that_leaves_the_one_gpu_curve_inside_the_first
 
 def test_training_steps_join_the_optimizer_sub_steps_of_zero3():
     sys.path.insert(0, str(REPO / "bench"))
-    import multigpu
+    import multigpu_report as multigpu
 
     # Plain optimizer: one hook call per training step.
     assert multigpu.training_steps([1.0, 1.1], [8, 8, 8]) == [(None, 8), (1.0, 8), (1.1, 8)]

@@ -306,3 +306,20 @@ def test_sequence_parallel_config_names_the_attention_the_launch_chose(tmp_path)
     config = parallelism_config(plan, runtime(plan, gpu(world_size=4, visible_gpus=4)))
     assert (config.sp_size, config.sp_backend, config.dp_shard_size, config.total_size) == (2, "deepspeed", 2, 4)
     assert config.sp_handler.sp_attn_implementation == "sdpa" and config.sp_handler.sp_seq_length_is_variable
+
+
+def test_runner_launch_shows_the_split_for_its_world_and_refuses_one_that_does_not_divide(tmp_path, capsys):
+    path = write(tmp_path, "distributed: {backend: fsdp, context_parallel: 2}\nsequence: {max_length: 64}\n")
+    capsys.readouterr()
+    assert main(["launch", str(path), "--cpu", "--num-processes", "4", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    shown = out.split("# parallelism_config", 1)[1].split("# command", 1)[0]
+    assert "cp_size: 2" in shown and "dp_shard_size: 2" in shown and "dp_replicate_size: 1" in shown
+    # --num-processes is distributed.num_processes: the plan refuses it.
+    assert main(["launch", str(path), "--cpu", "--num-processes", "3", "--dry-run"]) == 2
+    assert "context_parallel: 2 does not divide the 3 processes (3 x 1 machines)" in capsys.readouterr().err
+    # One process per visible device (none here: one on the CPU): the launch refuses it.
+    assert main(["launch", str(path), "--cpu", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "distributed.context_parallel: 2 does not divide the 1 processes of this launch" in err
+    assert not (tmp_path / "out").exists(), "nothing is written when the launch is refused"
