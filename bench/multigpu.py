@@ -221,6 +221,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (runs with their own: theirs)")
     p.add_argument("--warmup", type=int, default=5, help="optimizer steps before the timed window")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--stem", default="multigpu", help="results file names: OUT/STEM.json and OUT/STEM.md "
+                   "(another machine's matrix in files of its own)")
     p.add_argument("--work", type=Path, default=REPO / ".runner_cache" / "bench-multigpu")
     p.add_argument("--data", type=Path, help="shared data folder (default: ./shared/data, else ../shared/data)")
     p.add_argument("--port", type=int, default=29611)
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
         ctx["long_text"] = matrix.long_text(work / f"long-{matrix.long_tokens(ctx)}.txt", data, matrix.long_tokens(ctx))
     if args.dry_run:
         return dry_run(ctx, chosen)
-    stem = "multigpu-smoke" if args.smoke else "multigpu"
+    stem = f"{args.stem}-smoke" if args.smoke else args.stem
     results, report = [], {}
     for i, (name, world) in enumerate(chosen):
         ctx["port"] = args.port + i  # a fresh rendezvous port per run

@@ -131,3 +131,47 @@ def test_training_steps_join_the_optimizer_sub_steps_of_zero3():
     summary = multigpu.summarise(ranks, warmup=1)
     assert summary["per_rank"][0]["timed_steps"] == 2
     assert summary["tokens_per_s_per_gpu"] == pytest.approx(16 / 2.26, abs=0.1)
+
+
+def test_the_matrix_at_four_gpus_and_each_runs_overrides(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import multigpu_matrix as matrix
+
+    chosen = matrix.plan_runs(4, [])
+    assert ("lora_ddp", 4) in chosen and ("lora_ddp", 8) not in chosen and ("cp_128k", 4) in chosen
+    assert [w for n, w in chosen if n == "qlora70b"] == [2, 4] and [w for n, w in chosen if n == "zero3_offload"] == [1, 2]
+    assert matrix.plan_runs(8, ["qlora70b@4", "cp_short"]) == [("cp_short", 8), ("qlora70b", 4)]
+    ctx = {"smoke": False, "cpu": False, "gpus": 8, "warmup": 5, "steps": 20, "work": tmp_path, "data_dir": tmp_path,
+           "long_text": tmp_path / "long.txt", "model_dirs": {"llama3_8b": tmp_path / "m8", "llama3_70b": tmp_path / "m70"}}
+    lora = matrix.overrides("lora_ddp", 2, ctx)
+    assert "training.gradient_accumulation=4" in lora and "training.max_steps=25" in lora
+    cp = matrix.overrides("cp_short", 8, ctx)
+    assert {"distributed.context_parallel=8", "training.gradient_accumulation=1", "sequence.max_length=4096",
+            f"datasets.0.path={tmp_path / 'long.txt'}", "training.max_steps=12"} <= set(cp)
+    assert "distributed.context_parallel=1" not in matrix.overrides("cp_short_ref", 1, ctx)
+    q = matrix.overrides("qlora70b", 8, ctx)
+    assert f"model.path={tmp_path / 'm70'}" in q and "model.random_init=false" in q
+
+
+def test_parity_pairs_each_scaling_run_with_its_smallest_and_the_split_run_with_its_unsplit_one():
+    sys.path.insert(0, str(REPO / "bench"))
+    import multigpu_report as report
+
+    epochs = [0.1 * i for i in range(1, 9)]
+    curve = [10.0, 9.5, 9.1, 8.8, 8.6, 8.4]
+
+    def row(run, gpus, losses, accumulation=1, split=1):
+        return {"run": run, "gpus": gpus, "gradient_accumulation": accumulation, "split": split,
+                "all_losses": losses, "all_epochs": epochs[:len(losses)]}
+
+    results = [row("full_fsdp2", 1, [], 8), row("full_fsdp2", 2, curve, 4), row("full_fsdp2", 8, curve, 1),
+               row("cp_short", 8, [x * 1.001 for x in curve], 1, split=8), row("cp_short_ref", 1, curve, 1)]
+    found = {(p["run"], p["gpus"]): p for p in report.parity(results)}
+    assert set(found) == {("full_fsdp2", 8), ("cp_short", 8)}, "a run that left no losses is no reference"
+    assert found["full_fsdp2", 8]["reference"] == ["full_fsdp2", 2] and found["full_fsdp2", 8]["match"]
+    split = found["cp_short", 8]
+    assert split["reference"] == ["cp_short_ref", 1] and split["global_batch_same"] and split["match"]
+    results[3]["all_losses"] = [x * 1.01 for x in curve]
+    assert not {(p["run"], p["gpus"]): p for p in report.parity(results)}["cp_short", 8]["match"]
+    text = report.markdown({"device": "x", "date": "d", "results": [], "parity": report.parity(results)})
+    assert "cp_short at 8 GPUs vs cp_short_ref at 1 GPU, same global batch: 6 per-step losses" in text
