@@ -47,7 +47,7 @@ RUNS = {
     # One 128k-token row a step over all GPUs (LoRA 8B).
     "cp_128k": Run(tuple(CP), ("N",), "FSDP2", split_rows=True, max_length=CP_LONG, long_rows=True,
                    steps=(2, 5), gpu_only=True),
-    # The same on rows both fit: split over all GPUs, and whole on one (cp_parity compares their losses).
+    # The same on rows both fit: split over all GPUs, and whole on one (multigpu_report.parity compares their losses).
     "cp_short": Run(tuple(CP), ("N",), "FSDP2", split_rows=True, max_length=CP_SHORT, long_rows=True,
                     steps=(2, 10), gpu_only=True),
     "cp_short_ref": Run(tuple(CP), ("1",), "FSDP2", max_length=CP_SHORT, long_rows=True, steps=(2, 10)),

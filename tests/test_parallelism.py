@@ -10,8 +10,8 @@ must divide), the collator's row padding, and the ParallelismConfig that reaches
 Not tested here: a context-parallel training step. torch's context parallelism dispatches only the
 CUDA SDPA kernels (flash, memory-efficient, cuDNN) to its ring attention; on a CPU, SDPA runs
 `_scaled_dot_product_flash_attention_for_cpu`, which it does not handle, so a gloo process group cannot
-run a split step. The loss equality with the unsplit run is bench/multigpu.py's `cp_parity` check on
-GPUs. DeepSpeed is not installed on the development machines, so neither is a Ulysses step."""
+run a split step. The loss equality with the unsplit run is bench/multigpu.py's parity check of
+cp_short against cp_short_ref, on GPUs. DeepSpeed is not installed on the development machines, so neither is a Ulysses step."""
 
 from __future__ import annotations
 
@@ -264,7 +264,10 @@ def test_the_collator_pads_rows_to_equal_pieces(tmp_path):
     assert batch["labels"][0, 11] == -100 and batch["attention_mask"][0].sum() == 11
     sp = make_collator(make_plan(write(tmp_path, SP_OK.replace("sequence_parallel: 2", "sequence_parallel: 4"),
                                        name="s.yaml")), tokenizer)
-    assert sp(rows)["input_ids"].shape == (2, 12)
+    batch = sp(rows)
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["position_ids"][1].tolist() == list(range(12)), "Ulysses shards rows by their position ids"
+    assert "position_ids" not in cp(rows)
     plain = make_collator(make_plan(write(tmp_path, "distributed: {backend: fsdp}\n", name="p.yaml")), tokenizer)
     assert plain(rows)["input_ids"].shape == (2, 11)
 
