@@ -66,8 +66,11 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
     result = run_bench(tmp_path, "--smoke")
     report = json.loads((tmp_path / "out" / "multigpu-smoke.json").read_text())
     rows = {(r["run"], r["gpus"]): r for r in report["results"]}
-    assert set(rows) == {("lora_ddp", 1), ("lora_ddp", 2), ("full_fsdp2", 2), ("accelerate", 1)}, \
-        "full_zero3 is skipped without deepspeed"
+    assert set(rows) == {("lora_ddp", 1), ("lora_ddp", 2), ("full_fsdp2", 1), ("full_fsdp2", 2), ("cp_short_ref", 1),
+                         ("accelerate", 1)}, \
+        "skipped: full_zero3 and zero3_offload without deepspeed, and what only GPUs run (context parallel, 70B QLoRA)"
+    ref = rows["cp_short_ref", 1]
+    assert ref["status"] == "ok" and ref["fsdp2"] and ref["reload"] == "ok", "the unsplit CP reference: FSDP2 on one process"
     one, two = rows["lora_ddp", 1], rows["lora_ddp", 2]
     assert one["status"] == "ok" and two["status"] == "ok", result.stderr[-3000:]
     assert two["wrapper"] == "DistributedDataParallel" and two["ranks_reported"] == 2
@@ -81,9 +84,10 @@ def test_smoke_runs_every_path_on_cpu_and_reports_per_gpu_figures(tmp_path):
     assert check["gpus"] == 1 and check["same_first_losses"], check
     # One global batch at every size: 1 process accumulates 2 micro batches, 2 processes take one each.
     assert (one["gradient_accumulation"], two["gradient_accumulation"]) == (2, 1)
-    [parity] = report["ddp_parity"]
-    assert parity["gpus"] == 2 and parity["global_batch_same"] and parity["steps"] == 4, parity
-    assert parity["match"], parity
+    parity = {(p["run"], p["gpus"]): p for p in report["parity"]}
+    assert set(parity) == {("lora_ddp", 2), ("full_fsdp2", 2)}, parity
+    for p in parity.values():
+        assert p["reference"][1] == 1 and p["global_batch_same"] and p["steps"] == 4 and p["match"], p
     assert one["reload"] == "ok" and two["reload"] == "ok", "each saved result loads on one device"
     fsdp = rows["full_fsdp2", 2]
     # The bench names the wrapper the model really got: FSDP2, or Accelerate's silent DDP fallback.
