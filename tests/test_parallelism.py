@@ -326,3 +326,16 @@ def test_runner_launch_shows_the_split_for_its_world_and_refuses_one_that_does_n
     err = capsys.readouterr().err
     assert "distributed.context_parallel: 2 does not divide the 1 processes of this launch" in err
     assert not (tmp_path / "out").exists(), "nothing is written when the launch is refused"
+
+
+def test_a_run_planned_before_these_keys_is_the_same_run_and_a_split_is_another(tmp_path):
+    from runner.rundir.judge import plan_differences
+
+    path = write(tmp_path, "distributed: {backend: fsdp}\nsequence: {max_length: 64}\n")
+    new = make_plan(path).to_dict()
+    dist = {k: v for k, v in new["config"]["distributed"].items() if k not in ("context_parallel", "sequence_parallel")}
+    stored = {**new, "config": {**new["config"], "distributed": dist}}
+    assert plan_differences(stored, new) == []
+    split = make_plan(path, ["distributed.context_parallel=2"])
+    assert plan_differences(stored, split.to_dict()) == ["distributed.context_parallel: '<unset>' -> 2"]
+    assert split.hashes.config != make_plan(path).hashes.config

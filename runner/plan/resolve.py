@@ -163,7 +163,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
     # num_proc gives byte-identical data: it changes no weight
     weights["data"] = without(continuing.at_default(cfg["data"]), ("cache_dir", "num_proc"))
     weights["adapter"] = continuing.adapter_part(cfg["adapter"], adapter["init_from"], cache)
-    weights["distributed"] = without(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
+    weights["distributed"] = without(continuing.at_default(cfg["distributed"]), ("machine_rank", "main_address", "main_port"))
     ds_file = cfg["distributed"]["deepspeed"]["config"]
     if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
         weights["distributed"]["deepspeed"] = {**cfg["distributed"]["deepspeed"], "config": cache.file_digest(Path(ds_file))}
