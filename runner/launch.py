@@ -125,8 +125,7 @@ def split_rows(plan, world: int) -> dict | None:
     from runner.errors import UserError
     from runner.plan.parallelism import parallelism_settings
 
-    dist = {"context_parallel": plan.distributed.context_parallel, "sequence_parallel": plan.distributed.sequence_parallel}
-    values = parallelism_settings(dist, world, plan.model.attn_implementation)
+    values = parallelism_settings(plan.distributed, world, plan.model.attn_implementation)
     size = values and (values.get("cp_size") or values.get("sp_size"))
     if size and world % size:
         key = "context_parallel" if "cp_size" in values else "sequence_parallel"

@@ -185,8 +185,7 @@ def test_plan_json_of_an_earlier_runner_reads_as_no_split(tmp_path):
         del data["distributed"][key]
     plan = Plan.from_dict(data, earlier=True)
     assert plan.distributed.context_parallel is None and plan.distributed.parallelism is None
-    dist = plan.distributed
-    assert row_multiple({"context_parallel": dist.context_parallel, "sequence_parallel": dist.sequence_parallel}) is None
+    assert row_multiple(plan.distributed) is None
 
 
 def test_pure_helpers():

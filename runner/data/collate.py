@@ -21,14 +21,14 @@ def make_collator(plan, tokenizer):
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # Rows split over processes (context / sequence parallelism) come in equal pieces.
-    from runner.plan.parallelism import row_multiple
+    from runner.plan.parallelism import row_multiple, sizes
 
     dist = plan.distributed
-    multiple = row_multiple({"context_parallel": dist.context_parallel, "sequence_parallel": dist.sequence_parallel})
+    multiple = row_multiple(dist)
     if kind == "packed":
         return PackedCollator(pad_id, multiple)
     # Ulysses sequence parallelism shards rows by their position ids and does not read the mask.
-    return PaddedCollator(pad_id, multiple, positions=(dist.sequence_parallel or 1) > 1)
+    return PaddedCollator(pad_id, multiple, positions=sizes(dist)[1] > 1)
 
 
 class PaddedCollator:

@@ -20,29 +20,40 @@ from __future__ import annotations
 SPLIT_STAGES = ("sft", "pt")
 
 
-def split_size(dist: dict) -> int:
+def sizes(dist) -> tuple[int, int]:
+    """(context_parallel, sequence_parallel) of a distributed section (the config's dict or the Plan's);
+    a plan.json written before these settings holds None: no split."""
+    if isinstance(dist, dict):
+        cp, sp = dist["context_parallel"], dist["sequence_parallel"]
+    else:
+        cp, sp = dist.context_parallel, dist.sequence_parallel
+    return cp or 1, sp or 1
+
+
+def split_size(dist) -> int:
     """How many processes share one row (1: none)."""
-    return max(dist.get("context_parallel") or 1, dist.get("sequence_parallel") or 1)
+    return max(sizes(dist))
 
 
-def data_parallel_size(world: int, dist: dict) -> int:
+def data_parallel_size(world: int, dist) -> int:
     """Processes that read different batches."""
     return max(world // split_size(dist), 1)
 
 
-def row_multiple(dist: dict) -> int | None:
+def row_multiple(dist) -> int | None:
     """What a batch's row length must be a multiple of (the collator pads to it); None: anything."""
-    if (dist.get("context_parallel") or 1) > 1:
-        return 2 * dist["context_parallel"]
-    if (dist.get("sequence_parallel") or 1) > 1:
-        return dist["sequence_parallel"]
+    cp, sp = sizes(dist)
+    if cp > 1:
+        return 2 * cp
+    if sp > 1:
+        return sp
     return None
 
 
-def parallelism_settings(dist: dict, world: int | None, attention: str | None = None) -> dict | None:
+def parallelism_settings(dist, world: int | None, attention: str | None = None) -> dict | None:
     """Keyword arguments of accelerate's ParallelismConfig (the handler's as `cp_handler` /
     `sp_handler` dicts); "deferred" where the world size is not known yet; None when no row is split."""
-    cp, sp = dist.get("context_parallel") or 1, dist.get("sequence_parallel") or 1
+    cp, sp = sizes(dist)
     if cp == 1 and sp == 1:
         return None
     size = cp if cp > 1 else sp

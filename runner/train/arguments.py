@@ -118,9 +118,7 @@ def backend_arguments(plan: Plan, runtime: Runtime) -> dict:
 
 def parallelism_config(plan: Plan, runtime: Runtime):
     """Accelerate's ParallelismConfig for rows split over processes (runner.plan.parallelism), or None."""
-    dist = plan.distributed
-    values = parallelism_settings({"context_parallel": dist.context_parallel, "sequence_parallel": dist.sequence_parallel},
-                                  runtime.world_size, runtime.attn_implementation)
+    values = parallelism_settings(plan.distributed, runtime.world_size, runtime.attn_implementation)
     if values is None:
         return None
     from accelerate.parallelism_config import ParallelismConfig

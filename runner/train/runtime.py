@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from runner.errors import UserError
+from runner.plan.parallelism import sizes, split_size
 from runner.plan.plan import FastPath, Plan, Runtime
 from runner.train import stages
 
@@ -187,7 +188,7 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
 def split_rows(plan: Plan, env: Environment, facts: ModelFacts) -> int:
     """The data-parallel size: processes / the context or sequence parallel size (the processes of
     one split read one batch together). Refuses a split this launch cannot make."""
-    cp, sp = plan.distributed.context_parallel or 1, plan.distributed.sequence_parallel or 1
+    cp, sp = sizes(plan.distributed)
     size, key = (cp, "context_parallel") if cp > 1 else (sp, "sequence_parallel")
     if size == 1:
         return env.world_size
@@ -231,7 +232,7 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
                             hint="use `sdpa` (or `flex_attention`) for this model")
     if requested != "auto":
         return requested, None
-    if (plan.distributed.context_parallel or 1) > 1 or (plan.distributed.sequence_parallel or 1) > 1:
+    if split_size(plan.distributed) > 1:
         return "sdpa", "rows are split over processes (context / sequence parallelism run sdpa)"
     if env.device != "cuda":
         return "sdpa", f"the device is {env.device} (varlen's kernel is CUDA-only)"
@@ -274,7 +275,7 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
         # The chunked loss runs the LM head outside the root module's forward: FSDP2 has resharded it
         # by then and ZeRO-3 would recompute against partitioned weights.
         chunked, off = False, "sharded parameters (fsdp / ZeRO-3)"
-    elif chunked and ((plan.distributed.context_parallel or 1) > 1 or (plan.distributed.sequence_parallel or 1) > 1):
+    elif chunked and split_size(plan.distributed) > 1:
         # Each process holds a piece of the row: the labels come shifted by the Trainer
         # (shift_labels), which the model's own loss takes and the chunked loss does not.
         chunked, off = False, "rows split over processes (context / sequence parallelism)"
