@@ -262,7 +262,17 @@ def write_70b(work: Path, data: Path) -> Path:
     config = LlamaConfig(**catalog.SHAPES["llama3_70b"], eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None, dtype="bfloat16")
     print("writing the Llama-3-70B-shaped checkpoint (~141 GB)...", file=sys.stderr, flush=True)
-    return random_checkpoint.write(config, target, tokenizer=tokenizer)
+    random_checkpoint.write(config, target, tokenizer=tokenizer)
+    # Each launch fingerprints the model's files (sha256) in the launcher and again in every worker
+    # unless runner's digest cache knows them: fill it once here (one read of the shards), in the
+    # data cache every run of the matrix uses.
+    from runner.plan.hashing import DigestCache, model_files
+
+    cache = DigestCache(work / "cache" / "digests.json")
+    for f in model_files(target, None):
+        cache.file_digest(f)
+    cache.save()
+    return target
 
 
 def main(argv=None) -> int:
