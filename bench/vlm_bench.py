@@ -48,6 +48,8 @@ def build_model(directory: Path, smoke: bool) -> Path:
     if not smoke:
         for key, value in SHAPE_7B["text"].items():
             setattr(config.text_config, key, value)
+        if getattr(config.text_config, "layer_types", None):  # one entry per layer (checked from transformers 5.17)
+            config.text_config.layer_types = ["full_attention"] * SHAPE_7B["text"]["num_hidden_layers"]
         for key, value in SHAPE_7B["vision"].items():
             setattr(config.vision_config, key, value)
         config.text_config.rope_scaling = {"type": "mrope", "mrope_section": [16, 24, 24]}

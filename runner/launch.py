@@ -119,6 +119,21 @@ def build_command(plan, args, *, accelerate_config: str = "ACCELERATE_CONFIG") -
     return argv, dict(SAFE_NCCL_ENV), m
 
 
+def split_rows(plan, world: int) -> dict | None:
+    """The ParallelismConfig values of a run whose rows are split over processes, for this launch's
+    world size; a split that does not divide it is refused before any worker starts."""
+    from runner.errors import UserError
+    from runner.plan.parallelism import parallelism_settings
+
+    values = parallelism_settings(plan.distributed, world, plan.model.attn_implementation)
+    size = values and (values.get("cp_size") or values.get("sp_size"))
+    if size and world % size:
+        key = "context_parallel" if "cp_size" in values else "sequence_parallel"
+        raise UserError(f"distributed.{key}: {size} does not divide the {world} processes of this launch",
+                        where=f"distributed.{key}", hint=f"launch a multiple of {size} processes (--num-processes)")
+    return values
+
+
 def run(args) -> int:
     from runner import rundir
     from runner.plan.launch_settings import accelerate_file, deepspeed_json, write_launch_files
@@ -134,11 +149,15 @@ def run(args) -> int:
                                machine_rank=m["machine_rank"], address=m["address"], port=m["port"], cpu=m["cpu"],
                                run_dir=run_dir)
     cfg = {"distributed": plan.config["distributed"], "training": plan.config["training"]}
+    parallelism = split_rows(plan, m["world_size"])
     if args.dry_run:
         import yaml
 
         print(f"# {acc_path}")
         print(yaml.safe_dump(settings, sort_keys=True), end="")
+        if parallelism:
+            print("# parallelism_config (Accelerate's ParallelismConfig, given to the Trainer)")
+            print(yaml.safe_dump(parallelism, sort_keys=True), end="")
         conf = deepspeed_json(cfg) if m["backend"] == "deepspeed" else None
         if conf is not None and "file" not in conf:
             print(f"# {run_dir / 'deepspeed.json'}")

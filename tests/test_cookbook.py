@@ -19,7 +19,8 @@ def test_cookbook_has_the_recipes_people_reach_for():
     names = {p.stem for p in RECIPES}
     for needed in ["quickstart", "llama3-8b-lora", "llama3-8b-qlora", "qwen3-thinking-sft", "dora", "rslora",
                    "pissa", "loraplus", "full-1b", "dpo", "kto", "orpo", "reward-model", "simpo", "pretrain-text", "tool-calling",
-                   "fsdp2-8b-full", "deepspeed-zero3-8b", "multi-node"]:
+                   "fsdp2-8b-full", "deepspeed-zero3-8b", "multi-node", "context-parallel-8b-128k",
+                   "sequence-parallel-8b-deepspeed", "fsdp-qlora-70b", "zero3-offload-8b"]:
         assert needed in names, f"cookbook/{needed}.yaml is missing"
 
 

@@ -98,9 +98,10 @@ def test_packed_logits_and_loss_equal_unpacked(samples, model):
 
 def test_make_collator_follows_the_plan(samples):
     tok, columns = samples
-    plan = SimpleNamespace(training=SimpleNamespace(collator="packed"))
+    unsplit = SimpleNamespace(context_parallel=1, sequence_parallel=1)
+    plan = SimpleNamespace(training=SimpleNamespace(collator="packed"), distributed=unsplit)
     assert isinstance(make_collator(plan, tok), PackedCollator)
-    plan = SimpleNamespace(training=SimpleNamespace(collator="padded"))
+    plan = SimpleNamespace(training=SimpleNamespace(collator="padded"), distributed=unsplit)
     collator = make_collator(plan, tok)
     batch = collator([{"input_ids": columns["input_ids"][0], "labels": columns["labels"][0]},
                       {"input_ids": columns["input_ids"][1][:5], "labels": columns["labels"][1][:5]}])

@@ -149,6 +149,9 @@ def test_deepspeed_json_key_by_key(tmp_path, stage, offload, precision, expected
     plan = make_plan(write_cfg(tmp_path, {"backend": "deepspeed", "deepspeed": {"zero_stage": stage, **offload}},
                                {"precision": precision}))
     expected = {**AUTO_BATCH, "bf16": {"enabled": bf16}, "fp16": {"enabled": fp16}, "zero_optimization": expected_zero}
+    if "offload_optimizer" in offload:  # DeepSpeed's CPU Adam, its settings filled by the Trainer
+        expected["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                             "weight_decay": "auto"}}
     assert plan.distributed.accelerate["deepspeed_config"] == expected
     assert deepspeed_json(plan.config) == expected
     assert plan.distributed.accelerate["distributed_type"] == "DEEPSPEED"

@@ -1,6 +1,7 @@
 """Batches for the SFT/PT trainer, exactly as the model sees them.
 
-Unpacked rows: right-padded input_ids, labels (-100 on padding) and attention_mask.
+Unpacked rows: right-padded input_ids, labels (-100 on padding) and attention_mask (and position ids
+under sequence parallelism). Rows split over processes are padded to a multiple of the split.
 Packed rows: input_ids, labels and position_ids, and deliberately NO attention_mask: a mask of
 ones would make the model attend across the samples of a row, while position_ids that restart
 at 0 let transformers build per-sample causal masks. Padding in a packed batch is one more
@@ -19,13 +20,22 @@ def make_collator(plan, tokenizer):
     if kind not in ("packed", "padded"):
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return PackedCollator(pad_id) if kind == "packed" else PaddedCollator(pad_id)
+    # Rows split over processes (context / sequence parallelism) come in equal pieces.
+    from runner.plan.parallelism import row_multiple, sizes
+
+    dist = plan.distributed
+    multiple = row_multiple(dist)
+    if kind == "packed":
+        return PackedCollator(pad_id, multiple)
+    # Ulysses sequence parallelism shards rows by their position ids and does not read the mask.
+    return PaddedCollator(pad_id, multiple, positions=sizes(dist)[1] > 1)
 
 
 class PaddedCollator:
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, positions: bool = False):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.positions = positions
 
     def _width(self, rows):
         width = max(len(r["input_ids"]) for r in rows)
@@ -44,7 +54,10 @@ class PaddedCollator:
             ids[i, :n] = torch.as_tensor(r["input_ids"])
             labels[i, :n] = torch.as_tensor(r["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.positions:
+            batch["position_ids"] = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)
+        return batch
 
 
 class PackedCollator(PaddedCollator):

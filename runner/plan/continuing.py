@@ -13,7 +13,8 @@ from runner.plan import hashing, hub
 
 # Settings added after runs existed: at these values they are left out of the hashed dicts, which
 # then equal what an earlier runner hashed.
-NEW_AT_DEFAULT = {"subset": None, "revision": None, "max_samples": None, "streaming": False, "init_from": None}
+NEW_AT_DEFAULT = {"subset": None, "revision": None, "max_samples": None, "streaming": False, "init_from": None,
+                  "context_parallel": 1, "sequence_parallel": 1}
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 

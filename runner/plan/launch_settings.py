@@ -40,7 +40,13 @@ def deepspeed_json(cfg: dict) -> dict:
         zero["offload_param"] = {"device": ds["offload_params"], "pin_memory": True,
                                  **(nvme if ds["offload_params"] == "nvme" else {})}
     precision = cfg["training"]["precision"]
+    # ZeRO-Offload refuses the Trainer's torch optimizer (zero_force_ds_cpu_optimizer): DeepSpeed builds
+    # its CPU Adam from this section, the Trainer fills the "auto" values from the YAML.
+    optimizer = ({"optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                            "weight_decay": "auto"}}}
+                 if ds["offload_optimizer"] != "none" and stage >= 1 else {})
     return {
+        **optimizer,
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
@@ -199,6 +205,10 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
         if ds["offload_optimizer"] != "none" and ds["zero_stage"] == 0:
             found.append(("error", ("distributed", "deepspeed", "offload_optimizer"),
                           "optimizer offload needs ZeRO stage 1, 2 or 3 (zero_stage is 0)", "set zero_stage: 2"))
+        if ds["offload_optimizer"] != "none" and training["optimizer"] not in ("adamw_torch", "adamw_torch_fused"):
+            found.append(("warning", ("training", "optimizer"),
+                          f"with offload_optimizer DeepSpeed's own (CPU) AdamW runs; {training['optimizer']} is not used",
+                          "set training.optimizer: adamw_torch, or offload only the parameters"))
         for key in ("offload_optimizer", "offload_params"):
             if ds[key] == "nvme" and not ds["nvme_path"]:
                 found.append(("error", ("distributed", "deepspeed", key),
@@ -207,6 +217,9 @@ def check_distributed(cfg: dict, raw: dict) -> list[tuple[str, tuple, str, str |
     if backend == "deepspeed" and ds["config"]:
         data, problem = read_user_deepspeed(ds["config"])
         found += _check_user_deepspeed(ds["config"], data, problem, training, nproc * machines if nproc else None)
+    from runner.plan.parallelism import check_parallelism
+
+    found += check_parallelism(cfg)
     if sharded(cfg) and adapter["kind"] == "lora" and str(adapter["init"]).startswith("pissa"):
         found.append(("warning", ("adapter", "init"),
                       "a PiSSA adapter trained with sharded parameters is saved unconverted: it applies to the "

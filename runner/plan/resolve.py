@@ -18,6 +18,7 @@ from runner.errors import ConfigErrors, UserError
 from runner.plan import continuing, derived, hashing, output_dir, remote_code, rope, sections
 from runner.plan.derived import without
 from runner.plan.launch_settings import accelerate_settings, sharded
+from runner.plan.parallelism import data_parallel_size, parallelism_settings
 from runner.plan.plan import Hashes, Plan
 from runner.plan.rewards import check_rewards, reward_digests
 
@@ -151,10 +152,6 @@ def _template_digest(template: dict, cache: hashing.DigestCache) -> str:
     return hashing.digest_text([template["name"], hashing.tree_digest(files, cache)])
 
 
-
-
-
-
 def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adapter: dict,
             base: Path = Path(".")) -> tuple[dict, list]:
     unresolved = []
@@ -166,7 +163,7 @@ def _hashes(cfg: dict, model: dict, data: dict, cache: hashing.DigestCache, adap
     # num_proc gives byte-identical data: it changes no weight
     weights["data"] = without(continuing.at_default(cfg["data"]), ("cache_dir", "num_proc"))
     weights["adapter"] = continuing.adapter_part(cfg["adapter"], adapter["init_from"], cache)
-    weights["distributed"] = without(cfg["distributed"], ("machine_rank", "main_address", "main_port"))
+    weights["distributed"] = without(continuing.at_default(cfg["distributed"]), ("machine_rank", "main_address", "main_port"))
     ds_file = cfg["distributed"]["deepspeed"]["config"]
     if ds_file and Path(ds_file).is_file():  # the file's bytes, not where it lies
         weights["distributed"]["deepspeed"] = {**cfg["distributed"]["deepspeed"], "config": cache.file_digest(Path(ds_file))}
@@ -276,7 +273,8 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
     training["batch_per_process"] = training["micro_batch_size"] * training["gradient_accumulation"]
     nproc = cfg["distributed"]["num_processes"]
     world = nproc * cfg["distributed"]["num_machines"] if nproc else (1 if cfg["distributed"]["backend"] == "single" else None)
-    training["effective_batch_size"] = training["batch_per_process"] * world if world else None
+    # Processes that split one row (context / sequence parallelism) read one batch together.
+    training["effective_batch_size"] = training["batch_per_process"] * data_parallel_size(world, cfg["distributed"]) if world else None
 
     adapter = dict(cfg["adapter"])
     if adapter["init_from"] is not None:
@@ -324,6 +322,7 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         deferred.append("runtime.save_steps")
     distributed = dict(cfg["distributed"])
     distributed["accelerate"] = accelerate_settings(cfg)
+    distributed["parallelism"] = parallelism_settings(cfg["distributed"], world, cfg["model"]["attn_implementation"])
     if distributed["backend"] == "fsdp" and not distributed["fsdp"]["wrap_class"]:
         deferred.append("runtime.fsdp_wrap_class")
     if distributed["backend"] == "auto":
@@ -360,10 +359,6 @@ def resolve(loaded: Loaded, cfg: dict, warnings: list, write_cache: bool = False
         hashes=sections.build(Hashes, hashes),
         deferred=tuple(deferred), warnings=tuple(str(w) for w in warnings), secrets=secrets,
     )
-
-
-
-
 
 
 def validated(loaded: Loaded) -> tuple[dict, list]:

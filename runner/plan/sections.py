@@ -243,10 +243,13 @@ class Distributed:
     machine_rank: int | None
     main_address: str | None
     main_port: int | None
+    context_parallel: int | None   # None only in a plan.json written before this setting (off)
+    sequence_parallel: int | None
     fsdp: FSDP
     deepspeed: DeepSpeed
     sharded: bool                  # derived: parameters sharded (fsdp, or ZeRO-3)
     accelerate: dict               # derived: what `accelerate launch` reads (runner.plan.launch_settings)
+    parallelism: dict | None       # derived: Accelerate's ParallelismConfig for a row split over processes
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ config (runner.train.stages). Nothing is decided here."""
 from __future__ import annotations
 
 from runner.plan.launch_settings import deepspeed_json
+from runner.plan.parallelism import parallelism_settings
 from runner.plan.plan import Plan, Runtime
 from runner.train.optimizers import trainer_arguments
 
@@ -109,4 +110,22 @@ def backend_arguments(plan: Plan, runtime: Runtime) -> dict:
     if runtime.backend == "deepspeed":
         conf = deepspeed_json({"distributed": plan.config["distributed"], "training": plan.config["training"]})
         out["deepspeed"] = conf.get("file") or conf
+    parallelism = parallelism_config(plan, runtime)
+    if parallelism is not None:
+        out["parallelism_config"] = parallelism
     return out
+
+
+def parallelism_config(plan: Plan, runtime: Runtime):
+    """Accelerate's ParallelismConfig for rows split over processes (runner.plan.parallelism), or None."""
+    values = parallelism_settings(plan.distributed, runtime.world_size, runtime.attn_implementation)
+    if values is None:
+        return None
+    from accelerate.parallelism_config import ParallelismConfig
+    from accelerate.utils import DeepSpeedSequenceParallelConfig, TorchContextParallelConfig
+
+    if "cp_handler" in values:
+        values["cp_handler"] = TorchContextParallelConfig(**values["cp_handler"])
+    if "sp_handler" in values:
+        values["sp_handler"] = DeepSpeedSequenceParallelConfig(**values["sp_handler"])
+    return ParallelismConfig(**values)

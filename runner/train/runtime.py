@@ -11,15 +11,16 @@ situations (tests/test_runtime.py)."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
 from dataclasses import dataclass
 
 from runner.data.vlm import varlen_refusal
 from runner.errors import UserError
+from runner.plan.parallelism import sizes, split_size
 from runner.plan.plan import FastPath, Plan, Runtime
 from runner.train.precision import check_fp8
+from runner.train.schedule import cadences, steps_per_epoch, total_steps  # noqa: F401 (total_steps: tests, resolve)
 from runner.train import stages
 
 LIGER_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
@@ -63,6 +64,7 @@ class ModelFacts:
     layer_stack: str | None           # the ModuleList of decoder blocks ("model.layers")
     num_layers: int
     parameter_names: tuple[str, ...]
+    num_attention_heads: int | None = None   # what Ulysses sequence parallelism spreads over processes
 
 
 def environment() -> Environment:
@@ -117,7 +119,8 @@ def facts_of(model) -> ModelFacts:
         uses_attention_interface=bool(getattr(model, "_supports_attention_backend", False)),
         varlen_unsupported=varlen.unsupported(config), decoder_layer_class=decoder_layer_class(model),
         checkpointable_layers=checkpointable_count(model), linear_names=tuple(sorted(linear)),
-        layer_stack=stack, num_layers=layers, parameter_names=tuple(n for n, _ in model.named_parameters()))
+        layer_stack=stack, num_layers=layers, parameter_names=tuple(n for n, _ in model.named_parameters()),
+        num_attention_heads=getattr(config.get_text_config(), "num_attention_heads", None))
 
 
 def _layer_stack(model) -> tuple[str | None, int]:
@@ -171,6 +174,7 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
         precision = "bf16" if dtype == "bfloat16" or env.bf16_supported else ("fp16" if dtype == "float16" else "fp32")
     if precision == "fp8":
         check_fp8(plan, env, dtype)
+    data_parallel = split_rows(plan, env, facts)
     attention, why = decide_attention(plan, env, facts)
     trained = target_modules(plan, facts)
     projected = optimizer_modules(plan, facts, env.world_size)
@@ -188,11 +192,29 @@ def decide_runtime(plan: Plan, env: Environment, facts: ModelFacts, train_rows: 
         world_size=env.world_size, backend=backend, fsdp_wrap_class=wrap, device=env.device, dtype=dtype,
         precision=precision, attn_implementation=attention, attn_implementation_auto=why, fast_path=fast,
         target_modules=trained[0], trained_layers=trained[1],
-        effective_batch_size=plan.training.batch_per_process * env.world_size,
-        total_steps=total_steps(plan, train_rows, env.world_size), cuda_alloc_conf=env.cuda_alloc_conf,
+        effective_batch_size=plan.training.batch_per_process * data_parallel,
+        total_steps=total_steps(plan, train_rows, data_parallel), cuda_alloc_conf=env.cuda_alloc_conf,
         optimizer_modules=projected,
-        **cadences(plan, steps_per_epoch(plan, train_rows, env.world_size), warnings))
+        **cadences(plan, steps_per_epoch(plan, train_rows, data_parallel), warnings))
     return runtime, warnings
+
+
+def split_rows(plan: Plan, env: Environment, facts: ModelFacts) -> int:
+    """The data-parallel size: processes / the context or sequence parallel size (the processes of
+    one split read one batch together). Refuses a split this launch cannot make."""
+    cp, sp = sizes(plan.distributed)
+    size, key = (cp, "context_parallel") if cp > 1 else (sp, "sequence_parallel")
+    if size == 1:
+        return env.world_size
+    if env.world_size % size:
+        raise UserError(f"distributed.{key}: {size} does not divide the {env.world_size} processes of this launch",
+                        where=f"distributed.{key}", hint=f"launch a multiple of {size} processes, or lower {key}")
+    if sp > 1 and facts.num_attention_heads and facts.num_attention_heads % sp:
+        raise UserError(f"distributed.sequence_parallel: {sp} does not divide the {facts.num_attention_heads} attention "
+                        f"heads of {facts.class_name} (Ulysses gives each process a slice of the heads)",
+                        where="distributed.sequence_parallel",
+                        hint="use a divisor of the head count, or context_parallel with backend fsdp")
+    return env.world_size // size
 
 
 def concrete_backend(backend: str, world_size: int) -> str:
@@ -224,6 +246,8 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
                             f"{unsupported}", where=where, hint="use `sdpa` (or `flex_attention`) for this model")
     if requested != "auto":
         return requested, None
+    if split_size(plan.distributed) > 1:
+        return "sdpa", "rows are split over processes (context / sequence parallelism run sdpa)"
     if env.device != "cuda":
         return "sdpa", f"the device is {env.device} (varlen's kernel is CUDA-only)"
     if env.varlen_missing:
@@ -266,6 +290,10 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
         # The chunked loss runs the LM head outside the root module's forward: FSDP2 has resharded it
         # by then and ZeRO-3 would recompute against partitioned weights.
         chunked, off = False, "sharded parameters (fsdp / ZeRO-3)"
+    elif chunked and split_size(plan.distributed) > 1:
+        # Each process holds a piece of the row: the labels come shifted by the Trainer
+        # (shift_labels), which the model's own loss takes and the chunked loss does not.
+        chunked, off = False, "rows split over processes (context / sequence parallelism)"
     elif chunked and env.world_size > 1 and model_type in TRANSFORMED_LOGITS:
         # Such models take the chunked loss by calling their decoder directly, past DDP's wrapper.
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
@@ -346,44 +374,3 @@ def target_modules(plan: Plan, facts: ModelFacts) -> tuple[tuple[str, ...], tupl
                             where="adapter.trainable_modules",
                             hint=f"parameter names look like {facts.parameter_names[0]!r}")
     return layers + adapter.trainable_modules, layers
-
-
-def steps_per_epoch(plan: Plan, train_rows: int, world_size: int) -> int:
-    """Optimizer steps of one epoch as transformers' Trainer counts them: each process's dataloader
-    holds ceil(batches / processes) micro batches (Accelerate keeps batches even), and an epoch takes
-    ceil(that / accumulation) steps."""
-    t = plan.training
-    if t.stage == "grpo":  # each prompt is sampled num_generations times; micro_batch_size counts completions
-        train_rows *= t.grpo.num_generations
-    batches = math.ceil(math.ceil(train_rows / t.micro_batch_size) / world_size)
-    return max(math.ceil(batches / t.gradient_accumulation), 1)
-
-
-def total_steps(plan: Plan, train_rows: int, world_size: int) -> int:
-    """Optimizer steps of the run: max_steps when set, else epochs x steps_per_epoch."""
-    t = plan.training
-    if t.max_steps:
-        return t.max_steps
-    return math.ceil(t.epochs * steps_per_epoch(plan, train_rows, world_size))
-
-
-def cadences(plan: Plan, per_epoch: int, warnings: list[str]) -> dict:
-    """Evaluation and checkpoint intervals in optimizer steps: the step counts as given, or N per
-    epoch made steps (every per_epoch // N steps, at least every step). keep_best checkpoints at
-    every evaluation, so that each evaluated step can be the one kept."""
-    t, out = plan.training, plan.output
-
-    def per(count: int | None, key: str) -> int | None:
-        if not count:
-            return None
-        if count > per_epoch:
-            warnings.append(f"note: {key}: {count} asks for more than the {per_epoch} optimizer step"
-                            f"{'s' * (per_epoch != 1)} of an epoch: every step")
-        return max(per_epoch // count, 1)
-
-    eval_steps = t.eval_every or per(t.evals_per_epoch, "training.evals_per_epoch")
-    save_steps = out.save_every or per(out.saves_per_epoch, "output.saves_per_epoch")
-    if out.keep_best:
-        save_steps = eval_steps
-    return {"steps_per_epoch": per_epoch, "eval_steps": eval_steps, "save_steps": save_steps}
-

@@ -102,6 +102,7 @@ def smoke_overrides(config_path, overrides=(), steps: int = 2) -> list[str]:
            "training.micro_batch_size=1", "training.gradient_accumulation=2", "sequence.max_length=128",
            "sequence.allow_all_truncated=true",  # rows cut to 128 tokens on purpose: the code path is the point
            "distributed.backend=single", "distributed.num_processes=null", "distributed.num_machines=1",
+           "distributed.context_parallel=1", "distributed.sequence_parallel=1",  # one process splits no row
            "tracking.wandb=null", "tracking.log_every=1", "output.save_every=null", "output.saves_per_epoch=null",
            "output.overwrite=true",
            f"output.dir={Path(plan.data.cache_dir) / 'smoke-runs' / plan.name}"]

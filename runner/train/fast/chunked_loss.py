@@ -112,6 +112,9 @@ def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None, chunk_tok
         finally:
             base.set_output_embeddings(head)
         hidden = out.logits if hasattr(out, "logits") else out[0]
+        weight = getattr(head, "weight", None)
+        if weight is not None and weight.is_floating_point() and hidden.dtype != weight.dtype:
+            hidden = hidden.to(weight.dtype)  # a forward may upcast its logits (here the hidden states) to fp32
         return chunked_causal_lm_loss(hidden, head, inputs["labels"], num_items_in_batch, chunk_tokens)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", None)
     if decoder is None:
