@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.importers import axolotl_datasets as ds
+from runner.importers import axolotl_datasets as ds, scale
 from runner.importers.axolotl_keys import (DIRECT, IMPLIED, LORA_INITS, OPTIMIZERS, PPO_HINT, PPO_REFUSED,
                                            PREFIX_UNSUPPORTED, QUANT_KEYS, RL_STAGES, SCHEDULERS, SOURCE_DEFAULTS,
                                            UNSUPPORTED)
@@ -20,6 +20,7 @@ def translate(data: dict, source: Path, out_dir: Path) -> Translation:
     """The runner config for one Axolotl config (already parsed), paths written relative to out_dir."""
     tr = Translation("axolotl", source)
     keys = dict(data)
+    taken = scale.take(keys, scale.AXOLOTL_KEYS)  # judged once the rest is translated
     _model_and_adapter(keys, tr)
     _stage(keys, tr)
     bases = [source.parent, Path.cwd()]
@@ -30,6 +31,7 @@ def translate(data: dict, source: Path, out_dir: Path) -> Translation:
     _vision(keys, tr)
     for key, value in keys.items():
         _simple(key, value, tr)
+    scale.axolotl(taken, tr)
     _consistency(tr)
     for dotted, value in SOURCE_DEFAULTS.items():
         if tr.get(dotted) is None:

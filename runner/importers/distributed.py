@@ -27,7 +27,7 @@ def fsdp_from_config(options: list[str], config: dict, tr: Translation, prefix: 
             tr.skip(f"fsdp.{word}", word, "runner's FSDP2 shards fully (full_shard) or keeps parameters after forward (shard_grad_op)")
     for raw_key, value in config.items():
         key = raw_key[5:] if raw_key.startswith("fsdp_") else raw_key
-        where = f"{prefix}.{raw_key}"
+        where = f"{prefix}.{raw_key}" if prefix else raw_key
         if is_unset(value):
             tr.idle.append(where)
         elif key == "offload_params":

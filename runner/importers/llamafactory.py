@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.importers import llamafactory_datasets as lfd
+from runner.importers import llamafactory_datasets as lfd, scale
 from runner.importers.axolotl_keys import OPTIMIZERS, SCHEDULERS
 from runner.importers.common import (Translation, as_number, pop_key as _pop, set_direct, drop_lora_keys, fsdp_qlora_storage, is_unset,
                                      split_list)
@@ -69,7 +69,8 @@ UNSUPPORTED = {
     "infer_backend": "inference setting", "offload_folder": "no weight offload folder", "use_kv_cache": "inference setting",
     "infer_dtype": "inference setting", "ms_hub_token": "ModelScope is not supported", "om_hub_token": "Modelers is not supported",
     "print_param_status": "runner prints trainable/total parameters", "quantization_device_map": "no quantized device map",
-    "fp8": "no FP8 training", "fp8_backend": "no FP8 training", "fp8_enable_fsdp_float8_all_gather": "no FP8 training",
+    "use_hyper_parallel": "no HyperParallel backend (runner: ddp, fsdp, deepspeed)",
+    "hyper_parallel_args": "no HyperParallel backend", "hyper_parallel_cp_size": "no HyperParallel backend",
     "video_max_pixels": "video frames follow vision.max_pixels", "video_min_pixels": "video frames follow vision.min_pixels",
     "media_dir": "runner reads media paths relative to the data file",
     "export_dir": "use `runner merge`", "export_size": "use `runner merge`", "export_device": "use `runner merge`",
@@ -113,6 +114,8 @@ def translate(data: dict, source: Path, out_dir: Path, dataset_info=None) -> Tra
     tr = Translation("llamafactory", source)
     keys = dict(data)
     bases = [source.parent, Path.cwd()]
+    taken = scale.take(keys, scale.LLAMAFACTORY_KEYS)  # judged once the rest is translated
+    packing_key, template = "neat_packing" if keys.get("neat_packing") else "packing", keys.get("template")
     _stage_and_adapter(keys, tr)
     _template(keys, tr)
     _datasets(keys, tr, bases, out_dir, dataset_info)
@@ -120,6 +123,7 @@ def translate(data: dict, source: Path, out_dir: Path, dataset_info=None) -> Tra
     _vision_parts(keys, tr)
     for key, value in keys.items():
         _simple(key, value, tr)
+    scale.llamafactory(taken, tr, packing_key, template)
     fsdp_qlora_storage(tr)
     drop_lora_keys(tr, {"r": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "dora": "use_dora",
                         "rslora": "use_rslora", "init": "pissa_init", "loraplus_lr_ratio": "loraplus_lr_ratio",
@@ -373,13 +377,17 @@ def _training(keys: dict, tr: Translation, bases: list[Path], out_dir: Path) -> 
     if _pop(keys, "disable_tqdm", tr):
         tr.set("tracking.progress_bar", False)
     fsdp, fsdp_config = _pop(keys, "fsdp", tr), _pop(keys, "fsdp_config", tr)
-    deepspeed = _pop(keys, "deepspeed", tr)
+    deepspeed, wrap = _pop(keys, "deepspeed", tr), _pop(keys, "fsdp_transformer_layer_cls_to_wrap", tr)
     if fsdp or fsdp_config:
         tr.set("distributed.backend", "fsdp")
         if isinstance(fsdp_config, str):
             tr.skip("fsdp_config", fsdp_config, "give FSDP settings inline; runner does not read an FSDP JSON file")
             fsdp_config = {}
         fsdp_from_config(split_list(fsdp) if fsdp else [], fsdp_config or {}, tr, "fsdp_config")
+    if wrap is not None and fsdp:  # TrainingArguments' older top-level spelling of fsdp_config's key
+        fsdp_from_config([], {"fsdp_transformer_layer_cls_to_wrap": wrap}, tr, "")
+    elif wrap is not None:
+        tr.skip("fsdp_transformer_layer_cls_to_wrap", wrap, "no fsdp: the run is not sharded")
     if deepspeed:
         tr.set("distributed.backend", "deepspeed")
         deepspeed_from_file(str(deepspeed), tr, "deepspeed", bases, out_dir)
