@@ -83,6 +83,23 @@ def test_debug_lets_the_library_lines_through(tmp_path):
     assert "Loading weights" in loud.stderr  # transformers' own bar, shown only with --debug
 
 
+def test_torch_warnings_stay_quiet_after_dynamo_loads():
+    # torchao (imported by transformers wherever it is installed) loads torch._dynamo, which reset the
+    # "torch" logger to WARNING: its pytree deprecation notices reached every run's terminal.
+    code = ("import logging\nfrom runner import quiet\nquiet.quiet_libraries(False)\nimport torch._dynamo\n"
+            "logging.getLogger('torch.utils._pytree').warning('library notice')\n"
+            "print(logging.getLogger('torch').level)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "library notice" not in out.stderr and out.stdout.strip() == "40", out.stdout + out.stderr
+    debug = code.replace("quiet_libraries(False)", "quiet_libraries(True)")
+    out = subprocess.run([sys.executable, "-c", debug], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert "library notice" in out.stderr, out.stdout + out.stderr
+
+
 def test_two_processes_print_each_line_once(tmp_path):
     # Before: the plan's warning three times (launcher and each rank), library lines twice.
     model_dir = save_tiny_model(tmp_path / "model")
