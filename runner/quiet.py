@@ -6,7 +6,8 @@ What the libraries print on a plain run, and where each is kept off the terminal
 - Python warnings raised inside the libraries (deprecations, PEFT's notices): one filter on their
   modules. runner's own warnings are printed lines, never Python warnings.
 - Log records of level WARNING and below (transformers, datasets, accelerate, bitsandbytes' and
-  kernels' notices): the documented verbosity variables, and the loggers' levels.
+  kernels' notices): the documented verbosity variables (TORCH_LOGS for torch's own loggers), and the
+  loggers' levels.
 - Progress bars of weight loading: transformers' tqdm hook (a public API); its GGUF reader draws a
   bar of plain tqdm, which `_quiet_gguf_bar` points at transformers' own tqdm (the one private
   name used here; tests/test_quiet_terminal.py runs the real GGUF load to pin it).
@@ -50,6 +51,9 @@ def quiet_libraries(debug: bool, *, gguf: bool = False) -> None:
     for name in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
         os.environ.setdefault(name, "error")  # read when the library first configures its logger
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's per-rank notices, read when torch loads
+    # torch resets its "torch" logger to WARNING when torch._dynamo first loads (torchao, imported by
+    # transformers wherever it is installed, brings it), undoing the level set below; TORCH_LOGS is what it reads then.
+    os.environ.setdefault("TORCH_LOGS", "-all")
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging

@@ -146,17 +146,43 @@ PEEKING = {
               "<|im_end|>\n{% endfor %}",
     "compare": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] == 'a' %}A{% endif %}"
                "{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    # Contents captured as plain text and changed there, or read by C code: the probe sees no access.
+    "filter_block": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% filter trim %}{{ m['content'] }}"
+                    "{% endfilter %}<|im_end|>\n{% endfor %}",
+    "filter_lower": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% filter lower %}{{ m['content'] }}"
+                    "{% endfilter %}<|im_end|>\n{% endfor %}",
+    "set_block": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% set c %}{{ m['content'] }}{% endset %}"
+                 "{{ c | trim }}<|im_end|>\n{% endfor %}",
+    "macro": "{% macro say(x) %}{{ x }}{% endmacro %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+             "{{ say(m['content']) | trim }}<|im_end|>\n{% endfor %}",
+    "wordcount": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ m['content'] | wordcount }}"
+                 "<|im_end|>\n{% endfor %}",
+    "in_literal": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] in 'yes no' %}YN{% endif %}"
+                  "{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    "is_in": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is in 'yes no' %}YN{% endif %}"
+             "{{ m['content'] }}<|im_end|>\n{% endfor %}",
 }
+
+
+def _pair(user, assistant):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], "tools": None}
+
+
+# One shape whose first rows (the verified ones) read the same either way: only the shape's own proof
+# can keep the later rows right.
+BENIGN_FIRST = [_pair("hi", "fine"), _pair("hello", "good"), _pair("yo", "ok"), _pair("hey", "sure"),
+                _pair(" Leading Space ", "Two Words"), _pair("5", "yes"), _pair("a b c", "UP\n")]
 
 
 @pytest.mark.parametrize("kind", sorted(PEEKING))
 def test_templates_that_look_into_contents_render_row_by_row(kind, monkeypatch):
     tokenizer = tok("tiny")
     renderer = renderer_for(tokenizer, None, PEEKING[kind])
-    items = [Item(r, f"rows:{i}") for i, r in enumerate(tricky_rows() + dataset_rows()[:20])]
-    fast, exact, by_shape = both(items, tokenizer, renderer, monkeypatch=monkeypatch)
-    assert fast == exact
-    assert by_shape == 0
+    for rows in (tricky_rows() + dataset_rows()[:20], BENIGN_FIRST):
+        items = [Item(r, f"rows:{i}") for i, r in enumerate(rows)]
+        fast, exact, by_shape = both(items, tokenizer, renderer, monkeypatch=monkeypatch)
+        assert fast == exact
+        assert by_shape == 0
 
 
 def test_an_opaque_custom_template_goes_by_shape(monkeypatch):

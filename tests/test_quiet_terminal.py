@@ -83,6 +83,37 @@ def test_debug_lets_the_library_lines_through(tmp_path):
     assert "Loading weights" in loud.stderr  # transformers' own bar, shown only with --debug
 
 
+def test_torch_warnings_stay_quiet_after_dynamo_loads():
+    # torchao (imported by transformers wherever it is installed) loads torch._dynamo, which reset the
+    # "torch" logger to WARNING: its pytree deprecation notices reached every run's terminal.
+    code = ("import logging\nfrom runner import quiet\nquiet.quiet_libraries(False)\nimport torch._dynamo\n"
+            "logging.getLogger('torch.utils._pytree').warning('library notice')\n"
+            "print(logging.getLogger('torch').level)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "library notice" not in out.stderr and out.stdout.strip() == "40", out.stdout + out.stderr
+    debug = code.replace("quiet_libraries(False)", "quiet_libraries(True)")
+    out = subprocess.run([sys.executable, "-c", debug], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert "library notice" in out.stderr, out.stdout + out.stderr
+
+
+def test_smoke_run_building_its_tiny_model_prints_only_runner_lines(tmp_path):
+    # The tiny model is built and saved before the plan exists: its save bar and the libraries'
+    # import notices once reached the terminal there.
+    data = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"  # as tests/test_data_support.SHARED
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{path: meta-llama/Llama-3.1-8B}}\nadapter: {{kind: lora, r: 4}}\n"
+                   f"datasets:\n  - {{path: {data}, format: alpaca, num_samples: 8}}\n"
+                   f"data: {{cache_dir: {tmp_path / 'cache'}}}\n")
+    out = runner_cli("train", str(cfg), "--smoke")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "cache" / "smoke" / "llama").is_dir()  # built in this run
+    assert library_lines(out.stdout + out.stderr) == [], out.stdout + out.stderr
+
+
 def test_two_processes_print_each_line_once(tmp_path):
     # Before: the plan's warning three times (launcher and each rank), library lines twice.
     model_dir = save_tiny_model(tmp_path / "model")

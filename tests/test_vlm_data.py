@@ -195,6 +195,17 @@ def test_packing_refused_with_the_reason(tmp_path, vlm_dirs, family):
     assert "Qwen2.5-VL" in str(err.value)  # what packing does cover
 
 
+@pytest.mark.parametrize("split", [{"backend": "fsdp", "context_parallel": 2},
+                                   {"backend": "deepspeed", "sequence_parallel": 2}])
+def test_rows_split_over_processes_refused(tmp_path, vlm_dirs, split):
+    """Context / sequence parallelism cut input ids, labels and positions, never pixel values: the
+    pieces of an image row cannot meet their features."""
+    key = next(k for k in split if k != "backend")
+    with pytest.raises(UserError) as err:
+        prepared(tmp_path, vlm_dirs["qwen2_5_vl"], distributed=split)
+    assert err.value.where == f"distributed.{key}" and "image tokens without their features" in str(err.value)
+
+
 def test_packed_qwen_rows_stay_samples_in_the_cache(tmp_path, vlm_dirs):
     """A micro batch is packed by the collator (runner.data.vlm_collate): the cached rows keep each
     sample's text and media."""

@@ -13,6 +13,10 @@ nothing else. That is proven per shape, not assumed:
   leaves by an unrecorded route (`tojson`, `join`) makes it fall back too; templates that turn
   contents into plain strings where they can no longer be followed (Jinja's `~`, `%`, `format`)
   are not probed at all;
+- a content captured as plain text (`{% filter %}` and `{% set %}` blocks, a macro's result) and
+  changed there, or read by C code a probe cannot see (`| wordcount`, `in 'a literal'`), keeps the
+  sentinels intact: each shape is also rendered with awkward contents (spaces around, capitals,
+  several words, a number) and must equal its filling with them; `in` a string literal is not probed;
 - the generation prompt of each trained turn must be a prefix of the whole rendering, and every
   span boundary must fall outside a content, so that the positions carry over to any contents;
 - the first rows of every shape, and one row in VERIFY_EVERY after that, are also rendered by
@@ -176,6 +180,11 @@ def _opaque_syntax(renderer) -> bool:
         return False
     if any(True for _ in tree.find_all((nodes.Concat, nodes.Mod))):
         return False
+    # `content in 'yes no'` is answered by str's own C code, which never asks the probe.
+    literals = [op.expr for c in tree.find_all(nodes.Compare) for op in c.ops if op.op in ("in", "notin")]
+    literals += [t.args[0] for t in tree.find_all(nodes.Test) if t.name == "in" and t.args]
+    if any(isinstance(e, nodes.Const) and isinstance(e.value, str) for e in literals):
+        return False
     return not any(f.name in _UNTRACKED_FILTERS for f in tree.find_all(nodes.Filter))
 
 
@@ -232,7 +241,19 @@ def _probe(renderer, key: tuple, train_on: str):
         return None
     if spans[0] != full:
         return None
-    return _split(full, spans[1], sentinels)
+    shape = _split(full, spans[1], sentinels)
+    if shape is None:
+        return None
+    for awkward in (" Two Words\n", "7"):
+        contents = [f"{awkward}{i}" if filled else "" for i, (_, filled) in enumerate(key)]
+        plain = [{"role": role, "content": c} for (role, _), c in zip(key, contents)]
+        try:
+            same = renderer.spans(plain, None, train_on) == shape.fill(contents)
+        except Exception:
+            return None
+        if not same:
+            return None
+    return shape
 
 
 def _split(full: str, spans: list, sentinels: dict):

@@ -27,15 +27,16 @@ def run(target, *, overwrite: bool = False, callbacks=(), resume_changed: bool =
     if isinstance(target, argparse.Namespace):
         from runner.plan.resolve import make_plan
 
+        from runner import quiet
+        from runner.launch import EXIT_DIR_ENV
+
         overrides = list(target.overrides)
         if getattr(target, "smoke", False):
             from runner.train.smoke import smoke_overrides
 
+            quiet.quiet_libraries(getattr(target, "debug", False))  # the tiny model is built and saved here
             overrides += smoke_overrides(target.config, overrides)
         plan = make_plan(target.config, overrides, write_cache=True)
-        from runner import quiet
-        from runner.launch import EXIT_DIR_ENV
-
         quiet.quiet_libraries(getattr(target, "debug", False), gguf=bool(plan.model.gguf_file))
         quiet.keep_out_bitsandbytes(plan, training=True)
         if _is_main() and EXIT_DIR_ENV not in os.environ:  # `runner launch` printed them once already
