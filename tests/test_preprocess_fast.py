@@ -161,6 +161,10 @@ PEEKING = {
                   "{{ m['content'] }}<|im_end|>\n{% endfor %}",
     "is_in": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is in 'yes no' %}YN{% endif %}"
              "{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    "in_variable": "{% set words = 'yes no' %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                   "{% if m['content'] in words %}YN{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    "in_chained": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if '' < m['content'] in 'yes no' %}YN"
+                  "{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}",
 }
 
 

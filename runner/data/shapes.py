@@ -180,10 +180,20 @@ def _opaque_syntax(renderer) -> bool:
         return False
     if any(True for _ in tree.find_all((nodes.Concat, nodes.Mod))):
         return False
-    # `content in 'yes no'` is answered by str's own C code, which never asks the probe.
-    literals = [op.expr for c in tree.find_all(nodes.Compare) for op in c.ops if op.op in ("in", "notin")]
-    literals += [t.args[0] for t in tree.find_all(nodes.Test) if t.name == "in" and t.args]
-    if any(isinstance(e, nodes.Const) and isinstance(e.value, str) for e in literals):
+    # `content in 'yes no'` (or in a variable holding a string) is answered by str's own C code,
+    # which never asks the probe. A membership test is followed only when its container is a literal
+    # list, tuple or dict (their elements compare through the probe's __eq__) or its left side is a
+    # literal (`'tool_calls' in message`: a probe on the right is asked through __contains__).
+    tests = []
+    for compare in tree.find_all(nodes.Compare):
+        left = compare.expr
+        for op in compare.ops:  # `a < b in c`: b is the left side of `in`
+            if op.op in ("in", "notin"):
+                tests.append((left, op.expr))
+            left = op.expr
+    tests += [(t.node, t.args[0]) for t in tree.find_all(nodes.Test) if t.name == "in" and t.args]
+    containers = (nodes.List, nodes.Tuple, nodes.Dict)
+    if any(not isinstance(right, containers) and not isinstance(left, nodes.Const) for left, right in tests):
         return False
     return not any(f.name in _UNTRACKED_FILTERS for f in tree.find_all(nodes.Filter))
 
