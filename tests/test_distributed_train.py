@@ -175,7 +175,9 @@ def test_fsdp2_lora_shards_on_two_cpu_processes_and_saves_a_loadable_adapter(tmp
     # Saved with the default sharded state dict type: gathered into ordinary safetensors all the same.
     adapter = safetensors(run / "adapter_model.safetensors")
     for key, value in adapter.items():
-        assert type(value) is torch.Tensor and value.allclose(reference["adapter"][key], atol=1e-6), key
+        # FSDP2 reduce-scatters the gradients: fp32 sums in another order than one process, a few
+        # 1e-6 apart after Adam's steps (3.6e-6 seen on weights of 0.19)
+        assert type(value) is torch.Tensor and value.allclose(reference["adapter"][key], atol=1e-5), key
     torch.set_num_threads(1)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run)
     ids = torch.tensor([[1, 5, 9, 14, 3]])
@@ -283,8 +285,8 @@ def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, ba
     assert fast["chunked_loss"] is chunked, fast
     assert losses(tmp_path / "run") == pytest.approx(reference["losses"], rel=1e-5)
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
-    for key, value in adapter.items():
-        assert value.allclose(reference["adapter"][key], atol=1e-6), key
+    for key, value in adapter.items():  # fsdp: reduce-scattered fp32 sums, see the test above
+        assert value.allclose(reference["adapter"][key], atol=1e-6 if backend == "ddp" else 1e-5), key
 
 
 def test_chunked_loss_under_ddp_trains_the_lm_head_as_one_process_does(tmp_path, model_dir):
