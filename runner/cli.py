@@ -68,6 +68,10 @@ def main(argv=None) -> int:
     try:
         code = _main(argv)
         return code
+    except BrokenPipeError:  # `runner plan cfg.yaml | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        code = 141  # 128 + SIGPIPE, as a program the pipe ended would report
+        return code
     finally:
         if "RUNNER_EXIT_DIR" in os.environ:  # started by `runner launch`: report this rank's own code
             from runner.launch import record_exit

@@ -129,7 +129,7 @@ def split_rows(plan, world: int) -> dict | None:
     size = values and (values.get("cp_size") or values.get("sp_size"))
     if size and world % size:
         key = "context_parallel" if "cp_size" in values else "sequence_parallel"
-        raise UserError(f"distributed.{key}: {size} does not divide the {world} processes of this launch",
+        raise UserError(f"{size} does not divide the {world} processes of this launch",
                         where=f"distributed.{key}", hint=f"launch a multiple of {size} processes (--num-processes)")
     return values
 

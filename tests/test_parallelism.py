@@ -229,10 +229,10 @@ def test_chunked_loss_is_off_when_rows_are_split(tmp_path):
 
 
 @pytest.mark.parametrize("tail,world,model,words", [
-    (CP_OK, 3, {}, "context_parallel: 2 does not divide the 3 processes"),
+    (CP_OK, 3, {}, "distributed.context_parallel: 2 does not divide the 3 processes"),
     (SP_OK.replace("sequence_parallel: 2", "sequence_parallel: 4"), 4, {"num_attention_heads": 6},
-     "does not divide the 6 attention heads"),
-    (SP_OK, 1, {}, "sequence_parallel: 2 does not divide the 1 processes"),
+     "distributed.sequence_parallel: 4 does not divide the 6 attention heads"),
+    (SP_OK, 1, {}, "distributed.sequence_parallel: 2 does not divide the 1 processes"),
 ])
 def test_a_launch_that_cannot_split_is_refused_before_loading(tmp_path, tail, world, model, words):
     from situations import facts, gpu, runtime
@@ -240,7 +240,8 @@ def test_a_launch_that_cannot_split_is_refused_before_loading(tmp_path, tail, wo
     plan = make_plan(write(tmp_path, tail))
     with pytest.raises(UserError) as err:
         runtime(plan, gpu(world_size=world, visible_gpus=world), facts(**model))
-    assert words in err.value.message and err.value.where.startswith("distributed.")
+    assert words in str(err.value) and err.value.where.startswith("distributed.")
+    assert not err.value.message.startswith("distributed."), "the key is said once, as where"
 
 
 def test_the_real_model_facts_hold_the_head_count(tmp_path):
@@ -323,7 +324,7 @@ def test_runner_launch_shows_the_split_for_its_world_and_refuses_one_that_does_n
     # One process per visible device (none here: one on the CPU): the launch refuses it.
     assert main(["launch", str(path), "--cpu", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "distributed.context_parallel: 2 does not divide the 1 processes of this launch" in err
+    assert "distributed.context_parallel: error: 2 does not divide the 1 processes of this launch" in err
     assert not (tmp_path / "out").exists(), "nothing is written when the launch is refused"
 
 

@@ -56,3 +56,15 @@ def test_train_and_preprocess_planning_still_caches_digests(big_data_config, mon
     entries = json.loads(Path(".runner_cache/digests.json").read_text())
     assert any("big.json" in key for key in entries)
     assert cached.hashes == plain.hashes == make_plan(big_data_config).hashes
+
+
+def test_plan_into_a_pipe_its_reader_left_ends_quietly():
+    """`runner plan cfg.yaml | head -1`: the reader closes the pipe; runner stops without a
+    BrokenPipeError traceback and reports it the way a program the pipe ended does (141)."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "plan", str(REPO / "cookbook" / "quickstart.yaml")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # no reader: the first write fails with EPIPE
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]

@@ -207,10 +207,10 @@ def split_rows(plan: Plan, env: Environment, facts: ModelFacts) -> int:
     if size == 1:
         return env.world_size
     if env.world_size % size:
-        raise UserError(f"distributed.{key}: {size} does not divide the {env.world_size} processes of this launch",
+        raise UserError(f"{size} does not divide the {env.world_size} processes of this launch",
                         where=f"distributed.{key}", hint=f"launch a multiple of {size} processes, or lower {key}")
     if sp > 1 and facts.num_attention_heads and facts.num_attention_heads % sp:
-        raise UserError(f"distributed.sequence_parallel: {sp} does not divide the {facts.num_attention_heads} attention "
+        raise UserError(f"{sp} does not divide the {facts.num_attention_heads} attention "
                         f"heads of {facts.class_name} (Ulysses gives each process a slice of the heads)",
                         where="distributed.sequence_parallel",
                         hint="use a divisor of the head count, or context_parallel with backend fsdp")
