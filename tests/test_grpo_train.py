@@ -139,24 +139,34 @@ def test_a_reward_with_the_wrong_signature_stops_before_the_first_step(tiny):
     assert not metrics.exists() or not [line for line in metrics.read_text().splitlines() if '"train"' in line]
 
 
-def test_continuous_batching_sizes_its_cache_to_one_generation_round(tiny):
-    """With training.grpo.continuous_batching the KV cache holds one generation round (completions x
-    max_length), not TRL's default of half the free memory: on a CPU that default took half the
-    machine's RAM per process (12 GB on a 24 GB machine) and got a second run killed for memory."""
-    root, model, _ = tiny
-    config = _config(root, model, "paged", [{"function": str(root / "mine.py") + ":vowels"}],
+def _peak_rss_gib(root, model, name, paged: bool) -> float:
+    """runner train of a 2-step GRPO run in a wrapper that reports its own peak resident memory."""
+    config = _config(root, model, name, [],
                      training={"max_steps": 2, "grpo": {"num_generations": 4, "max_completion_length": 8,
-                                                        "beta": 0.0, "continuous_batching": True,
+                                                        "beta": 0.0, "continuous_batching": paged,
                                                         "rewards": [{"function": "format", "args": {"pattern": "a"}}]}})
-    # runner in a wrapper that reports its own peak resident memory (KiB on Linux) when it ends
     wrapper = ("import resource, runpy, sys\nsys.argv = ['runner', 'train', sys.argv[1]]\n"
                "try:\n    runpy.run_module('runner', run_name='__main__')\nfinally:\n"
                "    print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", wrapper, str(config)], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=600)
-    run = root / "paged" / "run"
+    run = root / name / "run"
     assert (run / "RUN_COMPLETE").is_file(), proc.stderr[-3000:]
     train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert [r["step"] for r in train] == [1, 2] and all(r["completions/mean_length"] > 0 for r in train)
-    peak_gib = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 2**20
-    assert peak_gib < 3, f"peak RSS {peak_gib:.1f} GiB: the paged cache was sized to the machine, not the run"
+    return int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) / 2**20
+
+
+def test_continuous_batching_sizes_its_cache_to_one_generation_round(tiny):
+    """With training.grpo.continuous_batching the KV cache holds one generation round (completions x
+    max_length), not TRL's default of half the free memory: on a CPU that default took half the
+    machine's RAM per process (12 GB on a 24 GB machine) and got a second run killed for memory.
+    The same run generating without it is the yardstick: a cache of one round adds little (seen: +0.5
+    to +2.3 GiB of allocator and thread overhead), TRL's default half of the machine's memory."""
+    root, model, _ = tiny
+    plain = _peak_rss_gib(root, model, "plain", paged=False)
+    paged = _peak_rss_gib(root, model, "paged", paged=True)
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    allowed = max(machine / 5, 1.0)  # well under the half TRL's default takes
+    assert paged < plain + allowed, (f"peak RSS {paged:.1f} GiB against {plain:.1f} without continuous batching "
+                                     f"(machine {machine:.0f} GiB)")
