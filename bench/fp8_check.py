@@ -83,7 +83,7 @@ def run_layer(mode: str, x, w, a, b, grad):
         if cached is None:
             cached = fp8_lora.FP8Weight(w, "fp8" if mode == "fp8-fp8bwd" else "bf16")
             w._fp8 = {**getattr(w, "_fp8", {}), mode: cached}
-        y = fp8_lora.FP8LoRALinear.apply(x, None, w, None, a, b, 2.0, cached)
+        y = _LoRALinear.apply(x, None, w, None, a, b, 2.0, cached)
     y.backward(grad)
     return y, x.grad
 

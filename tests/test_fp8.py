@@ -14,7 +14,7 @@ from situations import facts, gpu, runtime
 from runner.cli import main
 from runner.errors import UserError
 from runner.plan.resolve import make_plan
-from runner.train.fast import fp8_lora
+from runner.train.fast import fp8_lora, fused_lora
 from runner.train.fast.fused_lora import fuse_lora
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
@@ -166,7 +166,7 @@ def test_fp8_backward_is_the_fp8_matmul_and_bf16_backward_exact_to_the_weight():
     grads = {}
     for mode in ("fp8", "bf16"):
         x.grad = None
-        out = fp8_lora.FP8LoRALinear.apply(x, None, weight, None, a, b, 0.5, fp8_lora.FP8Weight(weight, mode))
+        out = fused_lora._LoRALinear.apply(x, None, weight, None, a, b, 0.5, fp8_lora.FP8Weight(weight, mode))
         out.backward(g)
         grads[mode] = x.grad.clone()
     exact = g @ weight + 0.5 * (g @ b.detach()) @ a.detach()

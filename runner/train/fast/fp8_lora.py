@@ -1,7 +1,8 @@
 """LoRA over a frozen base in FP8 (`training.precision: fp8` with adapter.kind lora).
 
 y = x W^T + b + s (x_l A^T) B^T, where x W^T runs as a float8 matmul (`torch._scaled_mm`, e4m3,
-row-wise scales) and the low-rank term stays in bf16, added in place as in fused_lora.
+row-wise scales) and the low-rank term stays in bf16: fused_lora._LoRALinear runs it, given this
+module's cached FP8Weight.
 
 Why not torchao's Float8Linear: it is built for trained weights. Each step it recasts the weight
 to FP8 and computes the weight gradient; a frozen base needs neither. Here the weight is cast once
@@ -97,51 +98,6 @@ def scaled_mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_
     out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, bias=fused_bias, out_dtype=out_dtype,
                            use_fast_accum=fast_accum)
     return out if bias is None or fused_bias is not None else out.add_(bias)
-
-
-class FP8LoRALinear(torch.autograd.Function):
-    """fused_lora._LoRALinear with the base matmul (and optionally its input gradient) in FP8."""
-
-    @staticmethod
-    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scale: float, cached: FP8Weight):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        xl = x2 if x_lora is None else x_lora.reshape(-1, shape[-1])
-        a = lora_a.to(x.dtype)
-        b = lora_b.to(x.dtype)
-        xa = xl @ a.t()
-        out = scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias, fast_accum=True)
-        out.addmm_(xa, b.t(), alpha=scale)
-        ctx.save_for_backward(xl, xa, weight, a, b)
-        ctx.cached = cached   # frozen: held, not saved as a graph input
-        ctx.separate = x_lora is not None
-        ctx.dtypes = (lora_a.dtype, lora_b.dtype)
-        ctx.scale = scale
-        ctx.shape = shape
-        return out.view(*shape[:-1], out.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        xl, xa, weight, a, b = ctx.saved_tensors
-        g = grad_out.reshape(-1, grad_out.shape[-1])
-        g_xa = (g @ b).mul_(ctx.scale)
-        grad_b = (g.t() @ xa).mul_(ctx.scale) if ctx.needs_input_grad[5] else None
-        grad_a = g_xa.t() @ xl if ctx.needs_input_grad[4] else None
-        grad_x = grad_xl = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            cached = ctx.cached
-            if cached.cols is not None:
-                grad_x = scaled_mm(g, cached.cols, cached.col_scale, g.dtype)
-            else:
-                grad_x = g @ weight
-            if ctx.separate:
-                grad_xl = (g_xa @ a).view(ctx.shape)
-            else:
-                grad_x.addmm_(g_xa, a)
-            grad_x = grad_x.view(ctx.shape)
-        return (grad_x, grad_xl, None, None,
-                grad_a.to(ctx.dtypes[0]) if grad_a is not None else None,
-                grad_b.to(ctx.dtypes[1]) if grad_b is not None else None, None, None)
 
 
 def cached_weight(layer, backward: str) -> FP8Weight:

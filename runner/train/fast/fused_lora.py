@@ -24,21 +24,27 @@ from runner.train.fast import fp8_lora
 
 
 class _LoRALinear(torch.autograd.Function):
-    """y = x W^T + b + s (x_l A^T) B^T; x_l is x itself, or x after LoRA dropout (passed separately)."""
+    """y = x W^T + b + s (x_l A^T) B^T; x_l is x itself, or x after LoRA dropout (passed separately).
+    With `cached` (an fp8_lora.FP8Weight of the frozen W) the base matmul runs in FP8, and so does
+    the input gradient's when the cache holds W^T's FP8 copy too."""
 
     @staticmethod
-    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scale: float):
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scale: float, cached=None):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xl = x2 if x_lora is None else x_lora.reshape(-1, shape[-1])
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
         xa = xl @ a.t()
-        out = F.linear(x2, weight, bias)
+        if cached is None:
+            out = F.linear(x2, weight, bias)
+        else:
+            out = fp8_lora.scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias, fast_accum=True)
         out.addmm_(xa, b.t(), alpha=scale)
         # The base weight is frozen: backward needs only the low-rank input, and the adapter in the
         # input's dtype (tiny, and no recast).
         ctx.save_for_backward(xl, xa, weight, a, b)
+        ctx.cached = cached   # frozen: held, not saved as a graph input
         ctx.separate = x_lora is not None
         ctx.dtypes = (lora_a.dtype, lora_b.dtype)
         ctx.scale = scale
@@ -54,7 +60,11 @@ class _LoRALinear(torch.autograd.Function):
         grad_a = g_xa.t() @ xl if ctx.needs_input_grad[4] else None
         grad_x = grad_xl = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_x = g @ weight
+            cached = ctx.cached
+            if cached is not None and cached.cols is not None:
+                grad_x = fp8_lora.scaled_mm(g, cached.cols, cached.col_scale, g.dtype)
+            else:
+                grad_x = g @ weight
             if ctx.separate:
                 grad_xl = (g_xa @ a).view(ctx.shape)
             else:
@@ -62,7 +72,7 @@ class _LoRALinear(torch.autograd.Function):
             grad_x = grad_x.view(ctx.shape)
         return (grad_x, grad_xl, None, None,
                 grad_a.to(ctx.dtypes[0]) if grad_a is not None else None,
-                grad_b.to(ctx.dtypes[1]) if grad_b is not None else None, None)
+                grad_b.to(ctx.dtypes[1]) if grad_b is not None else None, None, None)
 
 
 def _fusable(layer, x, kwargs) -> str | None:
@@ -98,12 +108,10 @@ def _forward(self, x, *args, **kwargs):
     x_lora = dropout(x) if isinstance(dropout, torch.nn.Dropout) and dropout.training and dropout.p > 0 else None
     backward = getattr(self, "_runner_fp8_backward", None)
     with torch.autocast(x.device.type, enabled=False):
-        if backward is not None and fp8_lora.fp8_fits(base.in_features, base.out_features):
-            return fp8_lora.FP8LoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A[name].weight,
-                                                self.lora_B[name].weight, float(self.scaling[name]),
-                                                fp8_lora.cached_weight(self, backward))
+        fp8 = backward is not None and fp8_lora.fp8_fits(base.in_features, base.out_features)
         return _LoRALinear.apply(x, x_lora, base.weight, base.bias, self.lora_A[name].weight,
-                                 self.lora_B[name].weight, float(self.scaling[name]))
+                                 self.lora_B[name].weight, float(self.scaling[name]),
+                                 fp8_lora.cached_weight(self, backward) if fp8 else None)
 
 
 def fuse_lora(model, fp8_backward: str | None = None) -> int:
