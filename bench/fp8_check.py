@@ -1,13 +1,17 @@
 """training.precision fp8 on one GPU, in one process: numbers, speed and loss curves against bf16.
 
-    python bench/fp8_check.py --out DIR [--parts a,b,c,d,e8,e3] [--steps 200] [--data ../shared/data] [--smoke]
+    python bench/fp8_check.py --out DIR [--parts q,a,b,c,d,e8,e3] [--steps 200] [--data ../shared/data] [--smoke]
 
+q   the activation quantizer (runner.train.fast.fp8_quant): the Triton kernel against the eager
+    version, bit for bit, on random and awkward rows, and each one's time (plus torch.compile's) per
+    projection input width at 8192 tokens
 a   numerics: the FP8 LoRA layer (runner.train.fast.fp8_lora) against an fp64 reference on the
     Llama-3-8B projection shapes, forward and input gradient, beside plain bf16's own error
 b   microbench per projection shape, 8192 tokens: forward + backward of the fused bf16 LoRA layer,
     FP8 with a bf16 input gradient, FP8 with an FP8 input gradient (milliseconds, speed-up)
 c   LoRA r16 all-linear on the Llama-3-8B shape (random init on the GPU), rows of 2048, tokens/s for
-    bf16, fp8 (bf16 backward), fp8 (fp8 backward)
+    bf16, fp8 (bf16 backward), fp8 (fp8 backward), fp8 with the FP8 backward on the MLP's wide
+    projections only, and fp8 on the wide projections only (LORA_MODES)
 d   full fine-tune of the Llama-3.2-3B shape, rows of 2048 packed from 4 samples of 512 (restarting
     position ids), tokens/s: bf16 eager varlen (runner's full1b recipe), then bf16 and fp8 (torchao)
     each compiled with sdpa (its packed mask) and with varlen (a graph break at each attention call)
@@ -37,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.train.fast import fp8_lora  # noqa: E402
+from runner.train.fast import fp8_lora, fp8_quant  # noqa: E402
 from runner.train.fast.fused_lora import _LoRALinear, fuse_lora  # noqa: E402
 
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -86,6 +90,37 @@ def run_layer(mode: str, x, w, a, b, grad):
         y = _LoRALinear.apply(x, None, w, None, a, b, 2.0, cached)
     y.backward(grad)
     return y, x.grad
+
+
+def part_quantizer(cfg, device, dtype, tokens, iters) -> dict:
+    out = {}
+    compiled = torch.compile(fp8_quant.quantize_rows, dynamic=True)
+    g = torch.Generator(device=device).manual_seed(0)
+    for width in sorted({cfg["hidden_size"], cfg["intermediate_size"], 100}):
+        x = torch.randn(tokens, width, device=device, dtype=dtype, generator=g)
+        x[0].zero_()                                       # an all-zero row
+        x[1] *= 1e4                                        # a row far above 448
+        x[2] *= 1e-6                                       # a tiny row
+        x[3, 0] = 3e4                                      # one outlier in a row
+        ref_q, ref_s = fp8_quant.quantize_rows(x)
+        row = {}
+        fns = {"eager": fp8_quant.quantize_rows, "compiled": compiled}
+        if device == "cuda":
+            fns["triton"] = fp8_quant.quantize_triton
+            q, s_ = fp8_quant.quantize_triton(x)
+            row["triton_bitwise_equal"] = bool(torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
+                                               and torch.equal(s_, ref_s))
+        for name, fn in fns.items():
+            for _ in range(3):
+                fn(x)
+            start = now(device)
+            for _ in range(iters):
+                fn(x)
+            row[f"{name}_ms"] = (now(device) - start) / iters * 1e3
+        out[str(width)] = row
+        print(f"q width {width}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in row.items()), flush=True)
+    return out
 
 
 def part_numerics(cfg, device, dtype, tokens) -> dict:
@@ -159,11 +194,24 @@ def lora_model(cfg, device, dtype):
     return model
 
 
+LORA_MODES = ("bf16", "fp8-bf16bwd", "fp8-fp8bwd", "fp8-widefp8bwd", "fp8wide-bf16bwd")
+
+
+def wide(module) -> bool:
+    """The MLP's projections (one side at least twice the other), not attention's square or narrow ones."""
+    k, n = module.base_layer.in_features, module.base_layer.out_features
+    return max(k, n) >= 2 * min(k, n)
+
+
 def set_lora_mode(model, mode: str) -> None:
-    """bf16: the fused bf16 path; fp8-bf16bwd / fp8-fp8bwd: the FP8 base with that input gradient."""
-    backward = {"bf16": None, "fp8-bf16bwd": "bf16", "fp8-fp8bwd": "fp8"}[mode]
+    """bf16: the fused bf16 path; fp8-bf16bwd / fp8-fp8bwd: the FP8 base with that input gradient;
+    fp8-widefp8bwd: the FP8 input gradient on the wide layers only; fp8wide-bf16bwd: FP8 on the wide
+    layers only (attention's projections stay bf16)."""
     for module in model.modules():
         if hasattr(module, "_runner_peft_forward"):
+            backward = {"bf16": None, "fp8-bf16bwd": "bf16", "fp8-fp8bwd": "fp8",
+                        "fp8-widefp8bwd": "fp8" if wide(module) else "bf16",
+                        "fp8wide-bf16bwd": "bf16" if wide(module) else None}[mode]
             module._runner_fp8_backward = backward
             fp8_lora.drop_cache(module)
 
@@ -220,7 +268,7 @@ def random_ids(vocab: int, n: int) -> torch.Tensor:
 def part_lora_speed(cfg, device, dtype, rows, length, warmup, timed) -> dict:
     model = lora_model(cfg, device, dtype)
     out = {}
-    for mode in ("bf16", "fp8-bf16bwd", "fp8-fp8bwd"):
+    for mode in LORA_MODES:
         set_lora_mode(model, mode)
         res = train(model, batches(random_ids(cfg["vocab_size"], rows * length * (warmup + timed)), rows, length,
                                    device), warmup + timed, device, 1e-5, warmup)
@@ -326,7 +374,7 @@ def plot(name: str, runs: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--parts", default="a,b,c,d,e8,e3")
+    ap.add_argument("--parts", default="q,a,b,c,d,e8,e3")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--data", type=Path, default=next((d for d in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data")
                                                        if d.is_dir()), ROOT / "shared" / "data"))
@@ -343,6 +391,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "smoke": args.smoke, "tolerance": TOLERANCE, "window": WINDOW}
+    if "q" in parts:
+        result["quantizer"] = part_quantizer(cfg8, device, dtype, tokens, 2 if args.smoke else 50)
     if "a" in parts:
         result["numerics"] = part_numerics(cfg8, device, dtype, tokens)
     if "b" in parts:

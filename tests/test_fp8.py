@@ -14,7 +14,7 @@ from situations import facts, gpu, runtime
 from runner.cli import main
 from runner.errors import UserError
 from runner.plan.resolve import make_plan
-from runner.train.fast import fp8_lora, fused_lora
+from runner.train.fast import fp8_lora, fp8_quant, fused_lora
 from runner.train.fast.fused_lora import fuse_lora
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
@@ -105,13 +105,49 @@ def test_arguments_train_fp8_under_bf16_autocast(tmp_path):
 
 def test_quantize_rows_scales_each_row_to_the_fp8_range():
     t = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [1e-3, 3e4, -7.0, 2.0]])
-    q, scale = fp8_lora.quantize_rows(t)
+    q, scale = fp8_quant.quantize_rows(t)
     assert q.dtype == torch.float8_e4m3fn and scale.shape == (3, 1) and scale.dtype == torch.float32
     assert q.float().abs().amax(dim=1).tolist() == [448.0, 0.0, 448.0]      # each row's amax maps to 448
     back = q.float() * scale
     assert torch.equal(back[1], torch.zeros(4))                             # a zero row stays zero, finite
     big = t.abs() > t.abs().amax(dim=1, keepdim=True) / 64                  # values well inside the range
     assert ((back - t).abs()[big] <= t.abs()[big] / 16).all()               # within e4m3's rounding step
+
+
+def test_a_shared_input_is_quantized_once_and_again_when_it_changes():
+    x = torch.randn(2, 8, 32)
+    first = fp8_quant.quantize(x.reshape(-1, 32), x)
+    assert fp8_quant.quantize(x.reshape(-1, 32), x) is first                 # k and v after q: reused
+    other = x.clone()
+    assert fp8_quant.quantize(other.reshape(-1, 32), other) is not first     # another tensor, equal values
+    again = fp8_quant.quantize(x.reshape(-1, 32), x)
+    assert again is not first and torch.equal(again[0].float(), first[0].float())   # only the last is kept
+    x.mul_(2.0)                                                              # written in place: quantized anew
+    doubled = fp8_quant.quantize(x.reshape(-1, 32), x)
+    assert doubled is not again and torch.allclose(doubled[1], 2 * again[1])
+    assert fp8_quant.quantize(x[:1].reshape(-1, 32), x) is not doubled       # another view of it: its own shape
+    fp8_quant.forget()
+
+
+def test_sharing_changes_no_number_of_the_fp8_model(monkeypatch):
+    model = tiny_lora()
+    fuse_lora(model, fp8_backward="bf16")
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+    loss_and_grads(model, ids)                                             # casts the weights first
+    calls = []
+    real = fp8_quant.quantize_rows
+    monkeypatch.setattr(fp8_quant, "quantize_rows", lambda t: calls.append(t.shape) or real(t))
+    shared_loss, shared_grads = loss_and_grads(model, ids)
+    shared_calls = len(calls)
+    calls.clear()
+    shared = fp8_quant.quantize
+    monkeypatch.setattr(fp8_lora, "quantize", lambda t, source=None: shared(t))   # each layer for itself
+    alone_loss, alone_grads = loss_and_grads(model, ids)
+    # per layer: q, k and v share one quantization, gate and up another, o and down their own: 4 of 7
+    assert (shared_calls, len(calls)) == (2 * 4, 2 * 7)
+    assert torch.equal(shared_loss, alone_loss)
+    assert all(torch.equal(shared_grads[n], alone_grads[n]) for n in alone_grads)
+    fp8_quant.forget()
 
 
 # --- the FP8 LoRA layer -----------------------------------------------------------------------------
@@ -314,15 +350,17 @@ def test_fp8_check_smoke_writes_numbers_and_curves(tmp_path, shared_data):
 
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, str(repo / "bench" / "fp8_check.py"), "--smoke", "--out", str(tmp_path),
-                           "--parts", "a,c,e8", "--data", str(shared_data)],
+                           "--parts", "q,a,c,e8", "--data", str(shared_data)],
                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "fp8_check-a_c_e8.json").read_text())
+    result = json.loads((tmp_path / "fp8_check-a_c_e8_q.json").read_text())
+    assert set(result["quantizer"]) == {"64", "128", "100"}                 # the widths, timed
+    assert all(row["eager_ms"] > 0 and row["compiled_ms"] > 0 for row in result["quantizer"].values())
     for row in result["numerics"].values():
         assert row["bf16"]["out_rel_err"] < 1e-5                      # fp32 on the CPU: the exact path
         assert 1e-3 < row["fp8-fp8bwd"]["out_rel_err"] < TOLERANCE    # float8 rounding, within tolerance
         assert row["fp8-bf16bwd"]["grad_x_rel_err"] < 1e-5 < row["fp8-fp8bwd"]["grad_x_rel_err"] < TOLERANCE
-    assert set(result["lora8b_speed"]) == {"bf16", "fp8-bf16bwd", "fp8-fp8bwd"}
+    assert set(result["lora8b_speed"]) == {"bf16", "fp8-bf16bwd", "fp8-fp8bwd", "fp8-widefp8bwd", "fp8wide-bf16bwd"}
     curves = result["curves"]["lora8b"]
     assert len(curves["bf16"]["losses"]) == len(curves["fp8-fp8bwd"]["losses"]) == 3
     assert curves["within_tolerance"] and (tmp_path / "fp8_loss_lora8b.png").stat().st_size > 10_000

@@ -24,43 +24,14 @@ from __future__ import annotations
 
 import torch
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max      # 448
+from runner.train.fast.fp8_quant import quantize, quantize_rows
+
 # The input gradient's precision in training: "fp8" runs the frozen base's backward matmul on the
 # FP8 tensor cores too, for a second FP8 copy of each weight (1 byte per parameter); "bf16" keeps it
 # exact to the bf16 weight. Measured on an H100 (bench/fp8_check.py part c, LoRA 8B, rows of 2048):
 # bf16 backward 12,515 tokens/s, FP8 backward 11,803 (the extra activation quantization outweighs
 # the faster matmul on the 4096-wide projections), all-bf16 11,949.
 BACKWARD = "bf16"
-EPS = 1e-12                         # an all-zero row gets scale EPS / 448, not 0 (no division by zero)
-
-
-def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t / scale as float8 e4m3, scale [rows, 1] float32) with scale = amax of the row / 448."""
-    t = t.contiguous().float()   # the FP8 result keeps t's layout, and _scaled_mm wants rows contiguous
-    amax = t.abs().amax(dim=-1, keepdim=True)
-    scale = amax.clamp(min=EPS) / FP8_MAX
-    return (t / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
-
-
-_COMPILED: list = []
-
-
-def quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows, compiled on CUDA (one fused pass over the activation instead of five). Where
-    torch.compile cannot build it (no Triton), the eager version, said once."""
-    if not t.is_cuda:
-        return quantize_rows(t)
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(quantize_rows, dynamic=True))
-    try:
-        return _COMPILED[0](t)
-    except torch._dynamo.exc.BackendCompilerFailed as err:
-        import warnings
-
-        warnings.warn(f"FP8 activation quantization runs uncompiled (slower): {str(err).splitlines()[0]}")
-        _COMPILED[0] = quantize_rows
-        return quantize_rows(t)
 
 
 def fp8_fits(in_features: int, out_features: int) -> bool:
@@ -88,12 +59,13 @@ def key_of(weight: torch.Tensor) -> tuple:
 
 
 def scaled_mm(a: torch.Tensor, b_rows: torch.Tensor, b_scale: torch.Tensor, out_dtype, bias=None,
-              fast_accum: bool = False):
+              fast_accum: bool = False, source: torch.Tensor | None = None):
     """a [M, K] (any float) times b^T, b given as FP8 rows [N, K] with scales (1, N): a quantized
     per row, one float8 matmul, the output in out_dtype. fast_accum: Hopper's faster accumulation
     without periodic promotion to fp32; used for the forward, as torchao's recipes do, never for
-    gradients."""
-    aq, a_scale = quantize(a)
+    gradients. source: the tensor `a` is a view of, when other layers read it too (q, k, v): its
+    quantization is done once (fp8_quant.quantize)."""
+    aq, a_scale = quantize(a, source)
     fused_bias = bias if out_dtype == torch.bfloat16 else None   # _scaled_mm adds a bias to bf16 output only
     out = torch._scaled_mm(aq, b_rows.t(), scale_a=a_scale, scale_b=b_scale, bias=fused_bias, out_dtype=out_dtype,
                            use_fast_accum=fast_accum)

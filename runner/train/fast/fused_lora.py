@@ -39,7 +39,7 @@ class _LoRALinear(torch.autograd.Function):
         if cached is None:
             out = F.linear(x2, weight, bias)
         else:
-            out = fp8_lora.scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias, fast_accum=True)
+            out = fp8_lora.scaled_mm(x2, cached.rows, cached.row_scale, x.dtype, bias, fast_accum=True, source=x)
         out.addmm_(xa, b.t(), alpha=scale)
         # The base weight is frozen: backward needs only the low-rank input, and the adapter in the
         # input's dtype (tiny, and no recast).
