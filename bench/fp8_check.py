@@ -108,8 +108,14 @@ def part_quantizer(cfg, device, dtype, tokens, iters) -> dict:
         if device == "cuda":
             fns["triton"] = fp8_quant.quantize_triton
             q, s_ = fp8_quant.quantize_triton(x)
-            row["triton_bitwise_equal"] = bool(torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
-                                               and torch.equal(s_, ref_s))
+            differ = q.view(torch.uint8) != ref_q.view(torch.uint8)
+            row["triton_bitwise_equal"] = bool(not differ.any() and torch.equal(s_, ref_s))
+            row["scales_equal"] = bool(torch.equal(s_, ref_s))
+            row["values_differing"] = int(differ.sum())
+            if differ.any():
+                i = differ.nonzero()[0].tolist()
+                row["first_difference"] = {"at": i, "input": float(x[i[0], i[1]]), "scale": float(ref_s[i[0], 0]),
+                                           "eager": float(ref_q[i[0], i[1]].float()), "triton": float(q[i[0], i[1]].float())}
         for name, fn in fns.items():
             for _ in range(3):
                 fn(x)
