@@ -7,8 +7,9 @@ the scaled row as float8), and the result is shared by the projections that read
 close to host-bound at these sizes: a torch.compile'd function spends its guards and several
 launches per call, which measured slower than the bf16 matmul it was meant to speed up on the
 4096-wide projections (bench/fp8_check.py part b). Elsewhere (CPU, no Triton) the eager version,
-which the kernel matches bit for bit (the division is IEEE round-to-nearest in both, the cast to
-float8 rounds to nearest even)."""
+which the kernel matches bit for bit (the scale is amax times the same float32 constant, the
+division is IEEE round-to-nearest in both, and the cast to float8 rounds to nearest even; checked on
+the GPU by bench/fp8_check.py part q)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max      # 448
+INV_FP8_MAX = 1.0 / FP8_MAX         # the scale is amax times this float32 constant, in both versions
 EPS = 1e-12                         # an all-zero row gets scale EPS / 448, not 0 (no division by zero)
 
 
@@ -25,7 +27,7 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(t / scale as float8 e4m3, scale [rows, 1] float32) with scale = amax of the row / 448."""
     t = t.contiguous().float()   # the FP8 result keeps t's layout, and _scaled_mm wants rows contiguous
     amax = t.abs().amax(dim=-1, keepdim=True)
-    scale = amax.clamp(min=EPS) / FP8_MAX
+    scale = amax.clamp(min=EPS) * INV_FP8_MAX   # not "/ 448": CUDA divides by a scalar as this product
     return (t / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
@@ -43,7 +45,7 @@ def _triton_kernel():
         return None
 
     @triton.jit
-    def quantize_kernel(x_ptr, q_ptr, s_ptr, cols, x_stride, eps, fmax, BLOCK: tl.constexpr):
+    def quantize_kernel(x_ptr, q_ptr, s_ptr, cols, x_stride, eps, fmax, inv_fmax, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         x_row = x_ptr + row * x_stride
         q_row = q_ptr + row * cols
@@ -52,7 +54,7 @@ def _triton_kernel():
             offs = start + tl.arange(0, BLOCK)
             v = tl.load(x_row + offs, mask=offs < cols, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(v))
-        scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), eps), fmax)
+        scale = tl.maximum(tl.max(amax, axis=0), eps) * inv_fmax
         tl.store(s_ptr + row, scale)
         for start in range(0, cols, BLOCK):
             offs = start + tl.arange(0, BLOCK)
@@ -75,7 +77,7 @@ def quantize_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
     q = torch.empty((rows, cols), dtype=FP8, device=t.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=t.device)
     block = min(4096, max(16, 1 << (cols - 1).bit_length()))
-    kernel[(rows,)](t, q, scale, cols, t.stride(0), EPS, FP8_MAX, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    kernel[(rows,)](t, q, scale, cols, t.stride(0), EPS, FP8_MAX, INV_FP8_MAX, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return q, scale
 
 
