@@ -146,8 +146,11 @@ def test_ddp_two_processes_match_one_process(reference, ddp_run):
     assert losses(ddp_run["run"]) == pytest.approx(reference["losses"], rel=1e-5)
     adapter = safetensors(ddp_run["run"] / "adapter_model.safetensors")
     assert adapter.keys() == reference["adapter"].keys()
+    # all-reduce sums the two halves' gradients in another order than one process does: float32
+    # noise that Adam's normalisation carries into the weights (3e-6 seen on weights of 0.19, where
+    # one rank's gradient lost or doubled moves them by 1e-3)
     for key, value in adapter.items():
-        assert value.allclose(reference["adapter"][key], atol=1e-6), key
+        assert value.allclose(reference["adapter"][key], atol=1e-5), key
     plan = json.loads((ddp_run["run"] / "plan.json").read_text())
     assert plan["runtime"]["world_size"] == 2 and plan["runtime"]["backend"] == "ddp"
     assert (ddp_run["run"] / "accelerate_config.yaml").is_file()
@@ -286,7 +289,7 @@ def test_default_fast_path_under_ddp_and_fsdp(tmp_path, model_dir, reference, ba
     assert losses(tmp_path / "run") == pytest.approx(reference["losses"], rel=1e-5)
     adapter = safetensors(tmp_path / "run" / "adapter_model.safetensors")
     for key, value in adapter.items():  # fsdp: reduce-scattered fp32 sums, see the test above
-        assert value.allclose(reference["adapter"][key], atol=1e-6 if backend == "ddp" else 1e-5), key
+        assert value.allclose(reference["adapter"][key], atol=1e-5), key
 
 
 def test_chunked_loss_under_ddp_trains_the_lm_head_as_one_process_does(tmp_path, model_dir):
