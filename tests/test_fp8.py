@@ -114,6 +114,37 @@ def test_quantize_rows_scales_each_row_to_the_fp8_range():
     assert ((back - t).abs()[big] <= t.abs()[big] / 16).all()               # within e4m3's rounding step
 
 
+KERNEL_CHECK = """
+import torch
+from runner.train.fast import fp8_quant
+g = torch.Generator().manual_seed(0)
+for cols in (64, 200, 4100):                       # one block, a ragged block, several blocks
+    x = torch.randn(24, cols, generator=g)
+    x[0].zero_(); x[1] *= 1e4; x[2] *= 1e-6        # a zero row, a row far above 448, a tiny row
+    x[3, 0] = 3e4                                  # an outlier: the rest of its row lands on FP8 subnormals
+    x[4, :5] = torch.tensor([448.0, -448.0, 1e-30, -0.0, 2.0 ** -9])
+    for dtype in (torch.float32, torch.bfloat16):
+        t = x.to(dtype)
+        q, scale = fp8_quant.quantize_triton(t)
+        ref_q, ref_scale = fp8_quant.quantize_rows(t)
+        assert torch.equal(scale, ref_scale), (cols, dtype)
+        assert torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8)), (cols, dtype)
+print("bitwise equal")
+"""
+
+
+def test_the_triton_kernel_equals_the_eager_quantization_bit_for_bit():
+    """The GPU kernel's own code, run by Triton's CPU interpreter, against torch's float8 cast."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="Triton is not installed (the GPU build of torch brings it)")
+    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=dict(os.environ, TRITON_INTERPRET="1"),
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and "bitwise equal" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_a_shared_input_is_quantized_once_and_again_when_it_changes():
     x = torch.randn(2, 8, 32)
     first = fp8_quant.quantize(x.reshape(-1, 32), x)

@@ -6,10 +6,11 @@ the scaled row as float8), and the result is shared by the projections that read
 (q, k and v; gate and up): each call after the first reuses it. Both matter because the step is
 close to host-bound at these sizes: a torch.compile'd function spends its guards and several
 launches per call, which measured slower than the bf16 matmul it was meant to speed up on the
-4096-wide projections (bench/fp8_check.py part b). Elsewhere (CPU, no Triton) the eager version,
-which the kernel matches bit for bit (the scale is amax times the same float32 constant, the
-division is IEEE round-to-nearest in both, and the cast to float8 rounds to nearest even; checked on
-the GPU by bench/fp8_check.py part q)."""
+4096-wide projections (bench/fp8_check.py part b). Elsewhere (CPU, no Triton) the eager version.
+The two agree bit for bit: the scale is amax times the same float32 constant, the division is IEEE
+round-to-nearest in both, and the kernel rounds to float8 with torch's own integer algorithm
+(tests/test_fp8.py runs the kernel in Triton's CPU interpreter against the eager version;
+bench/fp8_check.py part q compares them on the GPU)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,15 @@ def _triton_kernel():
             offs = start + tl.arange(0, BLOCK)
             v = tl.load(x_row + offs, mask=offs < cols, other=0.0).to(tl.float32)
             q = tl.minimum(tl.maximum(tl.math.div_rn(v, scale), -fmax), fmax)
-            tl.store(q_row + offs, q.to(tl.float8e4nv), mask=offs < cols)
+            # float32 -> float8 e4m3fn bits, rounding to nearest even: c10's fp8e4m3fn_from_fp32_value
+            # in integer arithmetic (int64: uint32 wrap-around is an explicit mask), the same on the
+            # GPU and in Triton's CPU interpreter (whose float8 cast is not this rounding)
+            bits = q.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+            f = bits & 0x7FFFFFFF
+            small = ((tl.abs(q) + 16384.0).to(tl.int32, bitcast=True).to(tl.int64) - (141 << 23)) & 0xFF
+            normal = (((f + 0xC407FFFF + ((f >> 20) & 1)) & 0xFFFFFFFF) >> 20) & 0xFF
+            code = tl.where(f >= (1087 << 20), 0x7F, tl.where(f < (121 << 23), small, normal))
+            tl.store(q_row + offs, (code | (((bits >> 31) & 1) << 7)).to(tl.uint8), mask=offs < cols)
 
     _KERNEL.append(quantize_kernel)
     return quantize_kernel
@@ -76,8 +85,9 @@ def quantize_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
     rows, cols = t.shape
     q = torch.empty((rows, cols), dtype=FP8, device=t.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=t.device)
+    bits = q.view(torch.uint8)
     block = min(4096, max(16, 1 << (cols - 1).bit_length()))
-    kernel[(rows,)](t, q, scale, cols, t.stride(0), EPS, FP8_MAX, INV_FP8_MAX, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    kernel[(rows,)](t, bits, scale, cols, t.stride(0), EPS, FP8_MAX, INV_FP8_MAX, BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return q, scale
 
 
