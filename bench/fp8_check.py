@@ -2,7 +2,7 @@
 
     python bench/fp8_check.py --out DIR [--parts q,a,b,c,d,e8,e3] [--steps 200] [--data ../shared/data] [--smoke]
 
-q   (q, a and b are in bench/fp8_layer.py) the activation quantizer (runner.train.fast.fp8_quant): the Triton kernel against the eager
+q   the activation quantizer (runner.train.fast.fp8_quant): the Triton kernel against the eager
     version, bit for bit, on random and awkward rows, and each one's time (plus torch.compile's) per
     projection input width at 8192 tokens
 a   numerics: the FP8 LoRA layer (runner.train.fast.fp8_lora) against an fp64 reference on the
@@ -20,7 +20,7 @@ e8  loss curves, LoRA 8B, over --steps steps on real text (wiki_demo + c4_demo, 
     TOLERANCE, plotted to DIR/fp8_loss_lora8b.png
 e3  the same for the full 3B fine-tune (bf16 compiled vs fp8 compiled): DIR/fp8_loss_full3b.png
 
-Compiled variants compile each decoder layer (one compilation serves every layer: seconds, not
+Parts q, a and b live in bench/fp8_layer.py. Compiled variants compile each decoder layer (one compilation serves every layer: seconds, not
 minutes); runner's training.torch_compile compiles the whole model through the Trainer, the same
 kernels with the layer boundaries fused as well. Writes DIR/fp8_check-PARTS.json (every number and
 loss) and prints one line per measurement. --smoke: a 2-layer, 64-wide model on the CPU in fp32
