@@ -145,6 +145,16 @@ def test_the_triton_kernel_equals_the_eager_quantization_bit_for_bit():
     assert proc.returncode == 0 and "bitwise equal" in proc.stdout, proc.stderr[-3000:]
 
 
+def test_a_kernel_that_does_not_build_falls_back_to_eager_with_a_warning(monkeypatch):
+    pytest.importorskip("triton", reason="Triton is not installed (the GPU build of torch brings it)")
+    monkeypatch.setattr(fp8_quant, "_KERNEL", [])
+    monkeypatch.setattr(fp8_quant, "_BUILT", set())
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.warns(UserWarning, match="runs in eager PyTorch"):
+        assert fp8_quant.quantize_triton(torch.randn(4, 32)) is None     # no GPU driver here: it cannot build
+    assert fp8_quant._KERNEL == [None] and fp8_quant.quantize_triton(torch.randn(4, 32)) is None
+
+
 def test_a_shared_input_is_quantized_once_and_again_when_it_changes():
     x = torch.randn(2, 8, 32)
     first = fp8_quant.quantize(x.reshape(-1, 32), x)

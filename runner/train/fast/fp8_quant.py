@@ -76,7 +76,8 @@ def _triton_kernel():
 
 
 def quantize_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """quantize_rows as one kernel launch on a CUDA tensor [rows, cols]; None where Triton is missing."""
+    """quantize_rows as one kernel launch on a CUDA tensor [rows, cols]; None where Triton is missing
+    or its kernel did not build (then the callers quantize in eager PyTorch)."""
     kernel = _triton_kernel()
     if kernel is None:
         return None
@@ -87,8 +88,23 @@ def quantize_triton(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
     scale = torch.empty((rows, 1), dtype=torch.float32, device=t.device)
     bits = q.view(torch.uint8)
     block = min(4096, max(16, 1 << (cols - 1).bit_length()))
-    kernel[(rows,)](t, bits, scale, cols, t.stride(0), EPS, FP8_MAX, INV_FP8_MAX, BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    try:
+        kernel[(rows,)](t, bits, scale, cols, t.stride(0), EPS, FP8_MAX, INV_FP8_MAX, BLOCK=block,
+                        num_warps=8 if block >= 2048 else 4)
+    except Exception as err:  # noqa: BLE001 - Triton's build errors share no base class
+        if block in _BUILT:
+            raise
+        import warnings   # the first launch of a block size builds it: a Triton that cannot, said once
+
+        warnings.warn(f"FP8 activation quantization runs in eager PyTorch (slower): the Triton kernel did not "
+                      f"build: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+        _KERNEL[0] = None
+        return None
+    _BUILT.add(block)
     return q, scale
+
+
+_BUILT: set = set()   # block sizes whose kernel has compiled and run once
 
 
 class _Last:
