@@ -10,8 +10,9 @@ and cached (the cache is checked against the weight's storage and version at eac
 by merge / unmerge, which write the weight through `.data` where no version counts), and backward
 computes only the input gradient.
 
-Scales: one per row of the activation (per token) and one per output row of the weight, computed
-fresh for the activation each call (dynamic), amax / 448 so nothing saturates. The input gradient
+Scales: one per row of the activation (per token) and one per output row of the weight, amax / 448
+so nothing saturates; the activation's are computed from each input (dynamic), once for the
+projections that read the same input (fp8_quant.quantize). The input gradient
 g W runs in FP8 too when `backward="fp8"` (g quantized per token, W^T cached per input column: a
 second FP8 copy of the weight), or in bf16 against the bf16 weight when `backward="bf16"`.
 
