@@ -91,6 +91,9 @@ def test_fp8_joins_the_plan_hash_and_bf16_hashes_as_before():
     assert "fp8" not in bf16.reproducible()["fast_path"]
     fp8 = runtime(plan(), HOPPER)
     assert fp8.reproducible()["fast_path"]["fp8"] == "lora-base"
+    assert fp8.reproducible()["fast_path"]["fp8_backward"] == fp8_lora.BACKWARD == "fp8"
+    assert "fp8_backward" not in runtime(plan(config="full.yaml"), gpu(compute_capability=(9, 0),
+                                                                       torchao_available=True)).reproducible()["fast_path"]
 
 
 def test_arguments_train_fp8_under_bf16_autocast(tmp_path):
@@ -347,9 +350,11 @@ def test_torchao_swaps_the_decoder_linears_but_not_the_head():
 
 # --- the recipe carries the Runtime out --------------------------------------------------------------
 
-def set_up(config: str, **env_changes):
+def set_up(config: str, backward: str | None = None, **env_changes):
     """The recipe's model for `config` with precision fp8, as decided for an sm90 GPU (built here on
-    the CPU, where torch._scaled_mm also runs float8)."""
+    the CPU, where torch._scaled_mm also runs float8); `backward` replaces the recorded fp8_backward."""
+    import dataclasses
+
     from runner.data import load_tokenizer
     from runner.train import stages
     from runner.train.recipe import setup_model
@@ -357,6 +362,8 @@ def set_up(config: str, **env_changes):
 
     p = plan("model.random_init=true", config=config)
     decided = runtime(p, gpu(compute_capability=(9, 0), **env_changes), model_facts(p))
+    if backward:
+        decided = dataclasses.replace(decided, fast_path=dataclasses.replace(decided.fast_path, fp8_backward=backward))
     p = p.with_runtime(decided)
     return setup_model(p, stages.get(p.training.stage), load_tokenizer(p), is_main=False)
 
@@ -370,6 +377,12 @@ def test_the_recipe_routes_lora_through_the_fp8_base():
     model.model(input_ids=ids).logits.sum().backward()
     fits = [m for m in routed if fp8_lora.fp8_fits(m.base_layer.in_features, m.base_layer.out_features)]
     assert fits and all(m._runner_fp8 is not None for m in fits)     # each fitting layer ran in FP8
+
+
+def test_the_recipe_trains_the_recorded_fp8_backward():
+    model = set_up("lora.yaml", backward="bf16")
+    routed = [m for m in model.model.modules() if getattr(m, "_runner_fp8_backward", None)]
+    assert routed and {m._runner_fp8_backward for m in routed} == {"bf16"}
 
 
 def test_the_recipe_converts_a_full_fine_tune_with_torchao():

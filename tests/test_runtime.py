@@ -85,7 +85,7 @@ def test_dtype_and_precision(dtype, precision, machine, want_dtype, want_precisi
     (gpu(), facts(), (), "varlen", None),
     (env(), facts(), (), "sdpa", "the device is cpu"),
     (gpu(varlen_missing="torch 2.4 has no varlen_attn (needs >= 2.9)"), facts(), (), "sdpa", "needs >= 2.9"),
-    (gpu(), facts(), ("training.torch_compile=true",), "sdpa", "torch_compile"),
+    (gpu(), facts(), ("training.torch_compile=true",), "varlen", None),   # varlen runs outside each layer's graph
     (gpu(), facts(uses_attention_interface=False), (), "sdpa", "attention interface"),
     (gpu(), facts(varlen_unsupported="it soft-caps its attention scores"), (), "sdpa", "soft-caps"),
     (gpu(), facts(), ("model.attn_implementation=eager",), "eager", None),
@@ -118,6 +118,23 @@ def test_flash_attention_2_needs_the_package_and_a_gpu():
 
 
 # --- fast path ----------------------------------------------------------------------------------------
+
+def test_torch_compile_is_recorded_as_compiled_layers_and_joins_the_hash():
+    off = runtime(plan(), gpu())
+    on = runtime(plan("training.torch_compile=true"), gpu(), facts(checkpointable_layers=12))
+    assert off.fast_path.compiled_layers is None and "compiled_layers" not in off.reproducible()["fast_path"]
+    assert on.fast_path.compiled_layers == "12/12" == on.reproducible()["fast_path"]["compiled_layers"]
+
+
+@pytest.mark.parametrize("overrides, model, message", [
+    (("distributed.backend=fsdp",), facts(checkpointable_layers=12, decoder_layer_class="LlamaDecoderLayer"), "fsdp"),
+    ((), facts(checkpointable_layers=0), "has none"),
+])
+def test_torch_compile_refusals_name_the_key(overrides, model, message):
+    with pytest.raises(UserError, match=message) as err:
+        runtime(plan("training.torch_compile=true", *overrides), gpu(), model)
+    assert err.value.where == "training.torch_compile"
+
 
 def test_liger_on_a_gpu_where_installed_and_the_family_fits():
     assert runtime(plan(), gpu(liger_available=True)).fast_path.liger

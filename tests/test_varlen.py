@@ -206,8 +206,8 @@ def test_auto_picks_varlen_only_where_it_is_known_to_run():
         assert auto(model, here) == ("varlen", None)
     name, why = auto(model, env())
     assert name == "sdpa" and "cpu" in why
-    name, why = auto(model, here, "training.torch_compile=true")
-    assert name == "sdpa" and "torch_compile" in why
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        assert auto(model, here, "training.torch_compile=true") == ("varlen", None)
     name, why = auto(_model("sdpa", "qwen2", use_sliding_window=True, sliding_window=8), here)
     assert name == "sdpa" and "sliding-window" in why
 

@@ -40,6 +40,10 @@ class FastPath:
     checkpointed_layers: str | None    # "N/M" of the decoder layers recomputed, None when off
     # training.precision fp8: "lora-base" (runner's FP8 frozen-base LoRA) or "torchao" (float8 training)
     fp8: str | None = None
+    # fp8 "lora-base": the frozen base's input gradient, "fp8" (FP8 tensor cores) or "bf16" (exact)
+    fp8_backward: str | None = None
+    # training.torch_compile: "N/N", every decoder layer compiled on its own (fast/compile.py)
+    compiled_layers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,9 @@ class Runtime:
         del out["cuda_alloc_conf"]
         if not out["optimizer_modules"]:  # the plain optimizers: hashes as before the field existed
             del out["optimizer_modules"]
-        if out["fast_path"]["fp8"] is None:  # likewise for every precision but fp8
-            del out["fast_path"]["fp8"]
+        for key in ("fp8", "fp8_backward", "compiled_layers"):  # likewise where they are off
+            if out["fast_path"][key] is None:
+                del out["fast_path"][key]
         return out
 
 

@@ -49,7 +49,6 @@ def common_arguments(plan: Plan, runtime: Runtime, *, output_dir: str, has_eval:
         logging_nan_inf_filter=False,  # RunnerMixin handles non-finite losses; the filter syncs every step
         dataloader_num_workers=0,
         dataloader_pin_memory=True,  # Trainer turns it off itself on a CPU
-        torch_compile=runtime.fast_path.torch_compile,
         **backend_arguments(plan, runtime),
     )
     if runtime.device == "cpu":

@@ -153,7 +153,7 @@ def setup_model(plan: Plan, stage, tokenizer, is_main: bool) -> Model:
     if rt.fast_path.liger:
         from runner.train.fast.liger import apply_liger
 
-        apply_liger(model)
+        apply_liger(model, layers=not rt.fast_path.torch_compile)
     if plan.training.gradient_checkpointing and plan.adapter.kind != "full":
         model.enable_input_require_grads()  # frozen embeddings would cut the checkpointed graph
     if plan_is_vision(plan):

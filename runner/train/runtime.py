@@ -252,8 +252,6 @@ def decide_attention(plan: Plan, env: Environment, facts: ModelFacts) -> tuple[s
         return "sdpa", f"the device is {env.device} (varlen's kernel is CUDA-only)"
     if env.varlen_missing:
         return "sdpa", env.varlen_missing
-    if plan.training.torch_compile:
-        return "sdpa", "training.torch_compile is on (varlen stays outside the compiled graphs, breaking each layer's)"
     if not facts.uses_attention_interface:
         return "sdpa", f"{facts.class_name} does not use transformers' attention interface"
     unsupported = facts.varlen_unsupported or varlen_refusal(facts.model_type, plan.data.sequence.packing)
@@ -299,7 +297,7 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
         chunked, off = False, f"several processes (DDP) with {model_type!r}, whose forward transforms its logits"
     fused = plan.adapter.kind == "lora" and (training.fused_lora is True or (
         training.fused_lora == "auto" and env.device == "cuda" and not plan.quantization.bits and not sharded))
-    fp8 = None
+    fp8 = fp8_backward = None
     if training.precision == "fp8":
         from runner.data.vlm import FAMILIES as VISION_FAMILIES
 
@@ -308,10 +306,29 @@ def decide_fast_path(plan: Plan, env: Environment, facts: ModelFacts, backend: s
                             where="training.precision", hint="use precision bf16 for vision-language models")
         # checks_fp8 refused LoRA with fused_lora false: FP8 LoRA is the fused function's FP8 form.
         fp8, fused = ("lora-base", True) if plan.adapter.kind == "lora" else ("torchao", fused)
+        if fp8 == "lora-base":
+            from runner.train.fast.fp8_lora import BACKWARD as fp8_backward
     return FastPath(liger=liger, chunked_loss=chunked, chunked_loss_off_because=off, fused_lora=fused,
                     torch_compile=training.torch_compile, non_blocking_copies=env.device == "cuda",
                     checkpointed_layers=checkpointed_layers(training.gradient_checkpointing,
-                                                            facts.checkpointable_layers), fp8=fp8)
+                                                            facts.checkpointable_layers), fp8=fp8, fp8_backward=fp8_backward,
+                    compiled_layers=compiled_layers(plan, facts, backend))
+
+
+def compiled_layers(plan: Plan, facts: ModelFacts, backend: str) -> str | None:
+    """training.torch_compile compiles each decoder layer on its own (runner.train.fast.compile)."""
+    if not plan.training.torch_compile:
+        return None
+    where = "training.torch_compile"
+    if backend in ("fsdp", "deepspeed"):
+        raise UserError(f"training.torch_compile with distributed.backend {backend} is not supported: runner compiles "
+                        "each decoder layer, and the sharding hooks on those layers are not measured compiled",
+                        where=where, hint="turn torch_compile off, or train with ddp / one process")
+    if not facts.checkpointable_layers:
+        raise UserError(f"training.torch_compile: runner compiles each decoder layer, and {facts.class_name} has none "
+                        "that it can find (transformers' GradientCheckpointingLayer)", where=where,
+                        hint="turn torch_compile off for this model")
+    return f"{facts.checkpointable_layers}/{facts.checkpointable_layers}"
 
 
 def checkpointed_layers(setting, layers: int) -> str | None:
