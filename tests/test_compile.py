@@ -15,7 +15,7 @@ from runner.train.fast.compile import compile_layers
 torch.set_num_threads(1)
 
 
-def _train(tmp_path, name, adapter, compiled: bool, checkpointing: bool = False):
+def _train(tmp_path, name, adapter, compiled: bool, checkpointing: bool = False, fused: bool = False):
     from tests.tiny_model import save_tiny_model, write_config
 
     model_dir = tmp_path / "model"
@@ -24,7 +24,7 @@ def _train(tmp_path, name, adapter, compiled: bool, checkpointing: bool = False)
     cfg = write_config(tmp_path / name, model_dir, stage="pt", adapter=adapter,
                        sequence={"max_length": 64, "packing": True, "truncation": "split"},
                        training={"max_steps": 3, "micro_batch_size": 2, "torch_compile": compiled,
-                                 "gradient_checkpointing": checkpointing})
+                                 "gradient_checkpointing": checkpointing, "fused_lora": fused})
     assert main(["train", str(cfg)]) == 0
     return tmp_path / name / "run"
 
@@ -34,13 +34,18 @@ def _losses(run_dir):
     return [r["loss"] for r in rows if "loss" in r and "train_runtime" not in r]
 
 
-@pytest.mark.parametrize("adapter, checkpointing", [({"kind": "full"}, False), ({"kind": "lora", "r": 8}, True)])
-def test_compiled_layers_train_the_eager_losses(tmp_path, adapter, checkpointing):
-    eager = _train(tmp_path, "eager", adapter, False, checkpointing)
-    compiled = _train(tmp_path, "compiled", adapter, True, checkpointing)
+@pytest.mark.parametrize("adapter, checkpointing, fused", [
+    ({"kind": "full"}, False, False),
+    ({"kind": "lora", "r": 8}, True, False),
+    ({"kind": "lora", "r": 8}, False, True),   # runner's fused LoRA function inside the compiled graph
+])
+def test_compiled_layers_train_the_eager_losses(tmp_path, adapter, checkpointing, fused):
+    eager = _train(tmp_path, "eager", adapter, False, checkpointing, fused)
+    compiled = _train(tmp_path, "compiled", adapter, True, checkpointing, fused)
     plan = json.loads((compiled / "plan.json").read_text())
     layers = plan["runtime"]["fast_path"]["compiled_layers"]
     assert layers and layers.split("/")[0] == layers.split("/")[1] != "0"
+    assert plan["runtime"]["fast_path"]["fused_lora"] is fused
     assert json.loads((eager / "plan.json").read_text())["hashes"]["plan"] != plan["hashes"]["plan"]
     a, b = _losses(eager), _losses(compiled)
     assert len(a) == len(b) == 3
