@@ -5,8 +5,8 @@ as a library keeps its own logging and warning settings: only the CLI calls this
 What the libraries print on a plain run, and where each is kept off the terminal:
 - Python warnings raised inside the libraries (deprecations, PEFT's notices): one filter on their
   modules. runner's own warnings are printed lines, never Python warnings.
-- Log records of level WARNING and below (transformers, datasets, accelerate, bitsandbytes' and
-  kernels' notices): the documented verbosity variables (TORCH_LOGS for torch's own loggers), and the
+- Log records of level WARNING and below (transformers, datasets, accelerate, bitsandbytes',
+  kernels' and Liger's notices): the documented verbosity variables (TORCH_LOGS for torch's own loggers), and the
   loggers' levels.
 - Progress bars of weight loading: transformers' tqdm hook (a public API); its GGUF reader draws a
   bar of plain tqdm, which `_quiet_gguf_bar` points at transformers' own tqdm (the one private
@@ -28,9 +28,12 @@ import sys
 import warnings
 from pathlib import Path
 
-LIBRARY_MODULES = r"(transformers|peft|trl|accelerate|datasets|huggingface_hub|torch|bitsandbytes|kernels|safetensors)(\.|$)"
+LIBRARY_MODULES = (r"(transformers|peft|trl|accelerate|datasets|huggingface_hub|torch|bitsandbytes|kernels|safetensors"
+                   r"|liger_kernel)(\.|$)")
 # transformers and datasets configure their loggers from TRANSFORMERS_VERBOSITY / DATASETS_VERBOSITY.
-LIBRARY_LOGGERS = ("peft", "trl", "accelerate", "huggingface_hub", "bitsandbytes", "kernels", "torch")
+# liger_kernel: at its first kernel call it logs one warning per optional backend it cannot import
+# (CuTe DSL, Ascend), while its Triton kernels, the ones runner uses, load fine.
+LIBRARY_LOGGERS = ("peft", "trl", "accelerate", "huggingface_hub", "bitsandbytes", "kernels", "torch", "liger_kernel")
 WANDB_OFFLINE_NOTICE = "[INFO] Running in WANDB offline mode"
 # Optimizers that transformers builds from bitsandbytes.
 BNB_OPTIMIZER_MARKS = ("8bit", "paged_")

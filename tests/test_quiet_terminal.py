@@ -100,6 +100,19 @@ def test_torch_warnings_stay_quiet_after_dynamo_loads():
     assert "library notice" in out.stderr, out.stdout + out.stderr
 
 
+def test_liger_backend_notices_stay_quiet():
+    # At its first kernel call Liger logs one warning per optional backend it cannot import (CuTe DSL,
+    # Ascend) through its module loggers; its Triton kernels, the ones runner uses, are unaffected.
+    code = ("import logging\nfrom runner import quiet\nquiet.quiet_libraries({debug})\n"
+            "logging.basicConfig()\n"
+            "logging.getLogger('liger_kernel.backends.registry').warning('Backend impl could not be imported')")
+    for debug, shown in ((False, False), (True, True)):
+        out = subprocess.run([sys.executable, "-c", code.format(debug=debug)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert ("could not be imported" in out.stderr) is shown, out.stderr
+
+
 def test_smoke_run_building_its_tiny_model_prints_only_runner_lines(tmp_path):
     # The tiny model is built and saved before the plan exists: its save bar and the libraries'
     # import notices once reached the terminal there.
