@@ -4,6 +4,7 @@ quiet, single-threaded, offline environment so tests are reproducible on 2 cores
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(autouse=True)
+def bitsandbytes_back_after_a_cli_run():
+    """`runner train` run in-process marks bitsandbytes unavailable for the rest of its process when
+    the run does not use it (runner.quiet.keep_out_bitsandbytes: a CLI process runs one command).
+    The test process runs many: a later QLoRA test must find it again, whatever the test order."""
+    absent = object()
+    before = sys.modules.get("bitsandbytes", absent)
+    yield
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None and before is not None:
+        if before is absent:
+            del sys.modules["bitsandbytes"]
+        else:
+            sys.modules["bitsandbytes"] = before
 
 
 @pytest.fixture(scope="session")
