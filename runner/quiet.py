@@ -6,8 +6,8 @@ What the libraries print on a plain run, and where each is kept off the terminal
 - Python warnings raised inside the libraries (deprecations, PEFT's notices): one filter on their
   modules. runner's own warnings are printed lines, never Python warnings.
 - Log records of level WARNING and below (transformers, datasets, accelerate, bitsandbytes',
-  kernels' and Liger's notices): the documented verbosity variables (TORCH_LOGS for torch's own loggers), and the
-  loggers' levels.
+  kernels' and Liger's notices): the documented verbosity variables (TORCH_LOGS for torch's own
+  loggers), and the loggers' levels.
 - Progress bars of weight loading: transformers' tqdm hook (a public API); its GGUF reader draws a
   bar of plain tqdm, which `_quiet_gguf_bar` points at transformers' own tqdm (the one private
   name used here; tests/test_quiet_terminal.py runs the real GGUF load to pin it).

@@ -46,7 +46,6 @@ def test_compiled_layers_train_the_eager_losses(tmp_path, adapter, checkpointing
     layers = plan["runtime"]["fast_path"]["compiled_layers"]
     assert layers and layers.split("/")[0] == layers.split("/")[1] != "0"
     assert plan["runtime"]["fast_path"]["fused_lora"] is fused
-    assert json.loads((eager / "plan.json").read_text())["hashes"]["plan"] != plan["hashes"]["plan"]
     a, b = _losses(eager), _losses(compiled)
     assert len(a) == len(b) == 3
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-5)
