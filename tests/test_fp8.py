@@ -15,6 +15,7 @@ from runner.cli import main
 from runner.errors import UserError
 from runner.plan.resolve import make_plan
 from runner.train.fast import fp8_lora, fp8_quant, fused_lora
+from runner.train.runtime import FP8_BACKWARD
 from runner.train.fast.fused_lora import fuse_lora
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
@@ -91,7 +92,7 @@ def test_fp8_joins_the_plan_hash_and_bf16_hashes_as_before():
     assert "fp8" not in bf16.reproducible()["fast_path"]
     fp8 = runtime(plan(), HOPPER)
     assert fp8.reproducible()["fast_path"]["fp8"] == "lora-base"
-    assert fp8.reproducible()["fast_path"]["fp8_backward"] == fp8_lora.BACKWARD == "fp8"
+    assert fp8.reproducible()["fast_path"]["fp8_backward"] == FP8_BACKWARD == "fp8"
     assert "fp8_backward" not in runtime(plan(config="full.yaml"), gpu(compute_capability=(9, 0),
                                                                        torchao_available=True)).reproducible()["fast_path"]
 
@@ -372,7 +373,7 @@ def test_the_recipe_routes_lora_through_the_fp8_base():
     model = set_up("lora.yaml")
     routed = [m for m in model.model.modules() if getattr(m, "_runner_fp8_backward", None)]
     assert model.fused_lora_layers == len(routed) > 0
-    assert {m._runner_fp8_backward for m in routed} == {fp8_lora.BACKWARD}
+    assert {m._runner_fp8_backward for m in routed} == {FP8_BACKWARD}
     ids = torch.randint(0, model.model.get_input_embeddings().num_embeddings, (1, 16))
     model.model(input_ids=ids).logits.sum().backward()
     fits = [m for m in routed if fp8_lora.fp8_fits(m.base_layer.in_features, m.base_layer.out_features)]

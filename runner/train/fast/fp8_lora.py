@@ -27,13 +27,6 @@ import torch
 
 from runner.train.fast.fp8_quant import quantize, quantize_rows
 
-# The input gradient's precision in training, the Runtime's default (plan.json records it as
-# fast_path.fp8_backward): "fp8" runs the frozen base's backward matmul on the FP8 tensor cores too,
-# for a second FP8 copy of each weight (1 byte per parameter); "bf16" keeps it exact to the bf16 weight. Measured on an H100 (bench/fp8_check.py part c, LoRA 8B, rows of 2048,
-# activations quantized by fp8_quant's kernel): FP8 backward 13,584 tokens/s, bf16 backward 11,976,
-# all-bf16 11,968; FP8 backward on the MLP's projections only 13,325.
-BACKWARD = "fp8"
-
 
 def fp8_fits(in_features: int, out_features: int) -> bool:
     """Whether torch._scaled_mm can take this layer's matmuls (forward and input gradient)."""

@@ -10,11 +10,11 @@ def swap_layers(model, fast) -> tuple[int, str | None]:
     fp8 = getattr(fast, "fp8", None)   # None in a plan.json written before precision fp8 existed
     fused, note = 0, None
     if fast.fused_lora:
-        from runner.train.fast.fp8_lora import BACKWARD
         from runner.train.fast.fused_lora import fuse_lora
+        from runner.train.runtime import FP8_BACKWARD
 
         # A plan.json written before fp8_backward was recorded: today's default.
-        backward = (getattr(fast, "fp8_backward", None) or BACKWARD) if fp8 == "lora-base" else None
+        backward = (fast.fp8_backward or FP8_BACKWARD) if fp8 == "lora-base" else None
         fused = fuse_lora(model, fp8_backward=backward)
     if fp8 == "torchao":
         from runner.train.fast.fp8_full import convert_full
