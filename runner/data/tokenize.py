@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from runner.data import fastbpe
 from runner.data.bounded import encode_bounded, max_token_chars
 from runner.data.formats import RowError
 from runner.data.render import Renderer, RenderTimeout, TemplateRenderError, time_bound
@@ -131,13 +132,15 @@ def _encode_bounded(tokenizer, texts, seq, offsets=False, add_special_tokens=Fal
 def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
     """Token ids, and (with offsets=True) per-row offset lookups for the loss mask."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    engine = fastbpe.engine_for(tokenizer) if backend is not None else None
     ids, offs = [], []
     for i in range(0, len(texts), BATCH):
-        if backend is not None:  # the Rust tokenizer directly: same ids, no per-token Python offsets
-            encodings = backend.encode_batch(texts[i:i + BATCH], add_special_tokens=add_special_tokens)
-            ids += [e.ids for e in encodings]
-            if offsets:
-                offs += [EncodingOffsets(e) for e in encodings]
+        if backend is not None:  # the Rust tokenizer directly (or tiktoken, where it is the same: fastbpe)
+            batch = texts[i:i + BATCH]
+            fast = fastbpe.encode_batch(engine, batch, offsets, add_special_tokens) if engine and engine.trusted else None
+            encodings = fast[1] if fast else backend.encode_batch(batch, add_special_tokens=add_special_tokens)
+            ids += fast[0] if fast else [e.ids for e in encodings]
+            offs += [EncodingOffsets(e) for e in encodings] if offsets else []  # no per-token Python offsets
             continue
         enc = tokenizer(texts[i:i + BATCH], add_special_tokens=add_special_tokens,
                         return_offsets_mapping=offsets, return_attention_mask=False)
