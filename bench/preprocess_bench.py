@@ -6,6 +6,7 @@ with tool calls), SmolLM2-135M-Instruct's tokenizer and its own chat template. W
 bench/results/preprocess.md.
 
 - runner: read + normalise + render (by shape) + tokenize + loss mask + length policy (`_build`, no cache).
+- runner, tokenizers only: the same with tiktoken off (RUNNER_TIKTOKEN=0, runner.data.fastbpe).
 - baseline: rows already in a `datasets.Dataset`, mapped to chat messages and through
   `apply_chat_template(tokenize=True)`: token ids only, no loss mask.
 - baseline + mask: the same with `return_assistant_tokens_mask=True` on the generation-marked
@@ -59,9 +60,13 @@ def to_messages(row: dict) -> list:
     return [{"role": SHAREGPT_ROLES[m["from"]], "content": m["value"]} for m in row["conversations"]]
 
 
-def time_runner(plan, tokenizer) -> tuple[float, int]:
+def time_runner(plan, tokenizer, tiktoken: bool = True) -> tuple[float, int]:
+    """`tiktoken=False`: the Rust `tokenizers` library tokenizes every text (RUNNER_TIKTOKEN=0)."""
+    from runner.data import fastbpe
     from runner.data.build import _build
 
+    os.environ["RUNNER_TIKTOKEN"] = "1" if tiktoken else "0"
+    fastbpe._ENGINES.clear()
     start = time.perf_counter()
     train, _, stats = _build(plan, tokenizer, progress=False)
     return time.perf_counter() - start, stats["train"]["rows"]
@@ -133,13 +138,14 @@ def main() -> int:
         for name, path, fmt, repeats, masked in jobs:
             plan = plan_for(Path(tmp), model_dir, str(path), fmt)
             rows = json.loads(path.read_text())
-            timings = {"runner": []}
+            timings = {"runner": [], "runner, tokenizers only": []}
             if not args.no_baseline:
                 timings["baseline"] = []
                 if masked:
                     timings["baseline + mask"] = []
             for _ in range(repeats):
                 timings["runner"].append(time_runner(plan, tokenizer))
+                timings["runner, tokenizers only"].append(time_runner(plan, tokenizer, tiktoken=False))
                 if "baseline" in timings:
                     timings["baseline"].append(time_baseline(rows, tokenizer, None, mask=False))
                 if "baseline + mask" in timings:
@@ -164,7 +170,7 @@ def repeated(tmp: Path, n: int) -> Path:
 
 
 def write(results, args) -> None:
-    versions = ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "tokenizers", "datasets", "trl"))
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("transformers", "tokenizers", "tiktoken", "datasets", "trl"))
     lines = [
         "# Preprocessing throughput",
         "",
@@ -183,8 +189,11 @@ def write(results, args) -> None:
         "",
         "- **runner**: `runner.data.build._build` without the cache: read the JSON file, normalise rows, render "
         "with the training template (once per conversation shape, rows put together from its fixed parts: "
-        "runner.data.shapes), tokenize whole texts in batches, compute the loss mask (spans + token offsets) and "
+        "runner.data.shapes), tokenize whole texts in batches (ASCII texts through tiktoken, which gives this "
+        "tokenizer's ids and offsets: runner.data.fastbpe), compute the loss mask (spans + token offsets) and "
         "apply the length policy. Outputs `input_ids` + `labels`, the same bytes as rendering every row.",
+        "- **runner, tokenizers only**: the same with `RUNNER_TIKTOKEN=0`: the Rust `tokenizers` library "
+        "tokenizes every text (the same bytes out: tests/test_fastbpe.py).",
         "- **baseline**: `datasets.Dataset.map` over the same rows (already loaded) calling "
         "`tokenizer.apply_chat_template(messages, tokenize=True)`: token ids only, no loss mask.",
         "- **baseline + mask**: the same with `return_assistant_tokens_mask=True` and the generation-marked "

@@ -207,6 +207,23 @@ def test_tokenizers_tiktoken_would_not_reproduce_are_refused(case):
     assert reason in (fastbpe.why_not(_changed(change)) or "")
 
 
+def test_an_entry_the_merges_do_not_reach_whole_is_refused():
+    """bc's merge ranks before ab's, so tokenizers (without ignore_merges) makes [a, bc] of 'abc'
+    while tiktoken takes the entry 'abc' whole: the static checks pass, the merge check does not."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = fastbpe.byte_chars()
+    vocab = {chars[b]: b for b in range(256)}
+    vocab.update({"bc": 256, "ab": 257, "abc": 258})
+    tok_ = Tokenizer(models.BPE(vocab=vocab, merges=[("b", "c"), ("a", "b"), ("ab", "c")]))
+    tok_.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t = PreTrainedTokenizerFast(tokenizer_object=tok_)
+    assert t.backend_tokenizer.encode("abc", add_special_tokens=False).ids == [97, 256]
+    assert fastbpe.why_not(json.loads(t.backend_tokenizer.to_str())) is None
+    assert fastbpe.engine_for(t) is None
+
+
 def _divergent():
     """A vocabulary where tiktoken merges a pair that no merge rule names: 'b'+'c' has an id lower
     than 'a'+'b' but only (a, b) is a merge, so tokenizers gives [ab, c] and tiktoken [a, bc]."""
