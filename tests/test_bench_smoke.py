@@ -146,16 +146,16 @@ def test_full1b_smoke_runs_runner_and_its_baseline(tmp_path):
 
 
 def test_run_stamped_keeps_the_output_and_times_each_line_even_when_cut_off():
-    import harness
+    import sides
 
     code = "import time; print('building', flush=True); time.sleep(0.3); print('\\rbar 1\\rbar 2', flush=True)"
-    out, stamped, rc = harness.run_stamped([sys.executable, "-c", code], env=dict(os.environ), timeout=30)
+    out, stamped, rc = sides.run_stamped([sys.executable, "-c", code], env=dict(os.environ), timeout=30)
     assert rc == 0 and out == "building\n\rbar 1\rbar 2\n", "the plain output is what the parsers read"
     first, second = stamped.rstrip("\n").split("\n")
     assert first.endswith("] building") and second.endswith("] \rbar 1\rbar 2")
     assert float(second[1:].split(" s]")[0]) >= 0.3
     code = "import time; print('loading', flush=True); time.sleep(30)"
-    out, stamped, rc = harness.run_stamped([sys.executable, "-c", code], env=dict(os.environ), timeout=1.5)
+    out, stamped, rc = sides.run_stamped([sys.executable, "-c", code], env=dict(os.environ), timeout=1.5)
     assert rc == 124 and out == "loading\n" and "] loading" in stamped
 
 
