@@ -253,6 +253,27 @@ def test_a_difference_found_while_tokenizing_sends_the_rest_to_tokenizers(capsys
     assert _encode(t, texts)[0] == ids and fastbpe.TEXTS_ENCODED == before  # not asked again
 
 
+def test_a_split_regex_that_skips_characters_is_caught_on_any_text(capsys):
+    """tiktoken drops what the split regex does not match; tokenizers keeps it as a piece. The
+    byte count of every text's tokens shows it, whether or not the text is among those checked."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok_ = Tokenizer(models.BPE())
+    tok_.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"[a-z]+| "), behavior="isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok_.decoder = decoders.ByteLevel()
+    tok_.train_from_iterator(_corpus()[:200], trainer=trainers.BpeTrainer(
+        vocab_size=600, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t = PreTrainedTokenizerFast(tokenizer_object=tok_)
+    engine = fastbpe.engine_for(t)
+    assert engine is not None
+    texts = ["plain words only here"] * 200 + ["digits 123 and dots..."]  # one text of 201, not among the checked
+    ids, _ = _encode(t, texts)
+    assert ids == [e.ids for e in t.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert not engine.trusted and "differ" in capsys.readouterr().err
+
+
 def _encode_in_child(texts):
     t = tokenizer("tiny")
     return fastbpe.engine_for(t).encode(texts)

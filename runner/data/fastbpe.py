@@ -219,32 +219,35 @@ class FastBPE:
         encode = self.encoding.encode
         return [encode(t, allowed_special="all") for t in texts]
 
-    def ends(self, rows: list) -> list:
-        """Each row's token end offsets (its bytes so far after each token), all rows at once."""
+    def ends(self, rows: list, offsets: bool):
+        """(each row's byte count, each row's token end offsets or None), all rows at once."""
         import numpy as np
 
         sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(sizes.sum()))
-        cum = np.cumsum(self._lengths[flat])
+        cum = np.concatenate([[0], np.cumsum(self._lengths[flat])])
         starts = np.cumsum(sizes) - sizes
-        base = np.where(starts > 0, cum[np.maximum(starts - 1, 0)] if len(cum) else 0, 0)
-        every = (cum - np.repeat(base, sizes)).tolist()
-        return [every[a:a + n] for a, n in zip(starts.tolist(), sizes.tolist())]
+        totals = (cum[starts + sizes] - cum[starts]).tolist()
+        if not offsets:
+            return totals, [None] * len(rows)
+        every = (cum[1:] - np.repeat(cum[starts], sizes)).tolist()
+        return totals, [every[a:a + n] for a, n in zip(starts.tolist(), sizes.tolist())]
 
     def agrees(self, texts: list, ids: list) -> bool:
-        """`tokenizers` gives the same ids and offsets for a spread of these ASCII texts; on the
-        first difference the engine is not used again."""
+        """`tokenizers` gives the same ids and offsets for a spread of these ASCII texts."""
         step = max(1, len(texts) // CHECKED_PER_BATCH)
         picked = list(range(0, len(texts), step))[:CHECKED_PER_BATCH]
         reference = self.backend.encode_batch([texts[i] for i in picked], add_special_tokens=False)
         for i, ref in zip(picked, reference):
             mine = ByteEncoding(ids[i], self)
             if ref.ids != ids[i] or ref.offsets != [mine.token_to_chars(t) for t in range(len(ids[i]))]:
-                self.trusted = False
-                print("warning: tiktoken and the tokenizer differ on a text of this data; tokenizing the rest with "
-                      "the tokenizer itself (report it, with the tokenizer, to runner)", file=sys.stderr)
                 return False
         return True
+
+    def distrust(self) -> None:
+        self.trusted = False
+        print("warning: tiktoken and the tokenizer differ on a text of this data; tokenizing the rest with the "
+              "tokenizer itself (report it, with the tokenizer, to runner)", file=sys.stderr)
 
 
 def _lstrip(text: str) -> str:
@@ -297,11 +300,15 @@ def encode_batch(engine: FastBPE, texts: list, offsets: bool, add_special_tokens
     global TEXTS_ENCODED
     fast_ids = engine.encode([texts[i] for i in fast])
     TEXTS_ENCODED += len(fast)
-    if not engine.agrees([texts[i] for i in fast], fast_ids):
+    totals, row_ends = engine.ends(fast_ids, offsets)
+    # Every byte of a text is in its tokens: a split regex that skips characters (tiktoken drops
+    # what it does not match, tokenizers keeps it) shows here, on any text.
+    if any(n != len(texts[i]) for i, n in zip(fast, totals)) or not engine.agrees([texts[i] for i in fast], fast_ids):
+        engine.distrust()
         return None
     ids, encodings = [None] * len(texts), [None] * len(texts)
     before, after = engine.around if add_special_tokens else ([], [])
-    for i, row, ends in zip(fast, fast_ids, engine.ends(fast_ids) if offsets else [None] * len(fast)):
+    for i, row, ends in zip(fast, fast_ids, row_ends):
         ids[i] = before + row + after if before or after else row
         if offsets:
             encodings[i] = ByteEncoding(row, engine, ends)
