@@ -111,6 +111,7 @@ def test_texts_tiktoken_does_not_take_go_to_tokenizers(which):
 def _columns(monkeypatch, tokenizer_, stage, items, renderer=None, template=None, seq=None, fast=True):
     monkeypatch.setenv("RUNNER_TIKTOKEN", "1" if fast else "0")
     fastbpe._ENGINES.clear()
+    fastbpe.engine_for(tokenizer_)  # set up ahead: these few rows alone would not
     before = fastbpe.TEXTS_ENCODED
     enc = tokenize_items(items, stage, tokenizer_, renderer, template or {"train_on": "assistant"},
                          seq or {"max_length": 100_000}, progress=False)
@@ -272,6 +273,19 @@ def test_a_split_regex_that_skips_characters_is_caught_on_any_text(capsys):
     ids, _ = _encode(t, texts)
     assert ids == [e.ids for e in t.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
     assert not engine.trusted and "differ" in capsys.readouterr().err
+
+
+def test_a_few_texts_do_not_pay_for_the_setup():
+    t = tokenizer("tiny")
+    fastbpe._ENGINES.pop(t, None)
+    assert fastbpe.engine_for(t, fastbpe.MIN_TEXTS_FOR_SETUP - 1) is None and t not in fastbpe._ENGINES
+    before = fastbpe.TEXTS_ENCODED
+    texts = ["a short text"] * fastbpe.MIN_TEXTS_FOR_SETUP
+    ids, _ = _encode(t, texts[:100])
+    assert fastbpe.TEXTS_ENCODED == before
+    assert _encode(t, texts)[0] == [ids[0]] * len(texts)
+    assert fastbpe.TEXTS_ENCODED - before == len(texts)
+    assert _encode(t, texts[:100])[0] == ids and fastbpe.TEXTS_ENCODED - before == len(texts) + 100  # set up now
 
 
 def _encode_in_child(texts):

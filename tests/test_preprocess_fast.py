@@ -259,3 +259,24 @@ def test_cache_entry_is_byte_identical(tmp_path, monkeypatch):
         files.append({p.relative_to(entry).as_posix(): p.read_bytes() for p in sorted(entry.rglob("*")) if p.is_file()})
     assert files[0].keys() == files[1].keys() and len(files[0]) > 3
     assert files[0] == files[1]
+
+
+def test_the_cycle_collector_is_off_only_while_the_splits_are_built():
+    import gc
+
+    from runner.data.build import cycle_collection_paused
+
+    assert gc.isenabled()
+    with cycle_collection_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(UserError), cycle_collection_paused():
+        raise UserError("a data error in the middle of a build")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cycle_collection_paused():
+            pass
+        assert not gc.isenabled(), "a caller's own choice stays"
+    finally:
+        gc.enable()

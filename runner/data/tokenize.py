@@ -132,7 +132,7 @@ def _encode_bounded(tokenizer, texts, seq, offsets=False, add_special_tokens=Fal
 def _encode(tokenizer, texts, offsets=False, add_special_tokens=False):
     """Token ids, and (with offsets=True) per-row offset lookups for the loss mask."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    engine = fastbpe.engine_for(tokenizer) if backend is not None else None
+    engine = fastbpe.engine_for(tokenizer, len(texts)) if backend is not None else None
     ids, offs = [], []
     for i in range(0, len(texts), BATCH):
         if backend is not None:  # the Rust tokenizer directly (or tiktoken, where it is the same: fastbpe)
