@@ -261,22 +261,25 @@ def test_cache_entry_is_byte_identical(tmp_path, monkeypatch):
     assert files[0] == files[1]
 
 
-def test_the_cycle_collector_is_off_only_while_the_splits_are_built():
+def test_only_young_objects_are_collected_while_the_splits_are_built():
     import gc
+    import weakref
 
-    from runner.data.build import cycle_collection_paused
+    from runner.data.build import NEVER, YOUNG_THRESHOLD, young_collections_only
 
-    assert gc.isenabled()
-    with cycle_collection_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(UserError), cycle_collection_paused():
+    class Node:
+        pass
+
+    before = gc.get_threshold()
+    with young_collections_only():
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, NEVER, NEVER)
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle, as a refused row's traceback makes
+        gone = weakref.ref(a)
+        del a, b
+        kept = [[i] for i in range(3 * YOUNG_THRESHOLD)]  # allocations that trigger young collections
+        assert gone() is None and len(kept) == 3 * YOUNG_THRESHOLD
+    assert gc.get_threshold() == before
+    with pytest.raises(UserError), young_collections_only():
         raise UserError("a data error in the middle of a build")
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with cycle_collection_paused():
-            pass
-        assert not gc.isenabled(), "a caller's own choice stays"
-    finally:
-        gc.enable()
+    assert gc.get_threshold() == before
