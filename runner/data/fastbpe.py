@@ -1,5 +1,5 @@
 """Byte-level BPE tokenizers run through tiktoken: the same token ids and offsets as the Rust
-`tokenizers` library, in about half its time (bench/results/preprocess.md).
+`tokenizers` library, in under a third of its time on two cores (bench/results/preprocess.md).
 
 Only where the two are the same algorithm, which is decided from tokenizer.json before any text is
 seen (`why_not`): a BPE model over bytes with every merge's result ranked in merge order, every
