@@ -2,12 +2,13 @@
 `tokenizers` library, in under a third of its time on two cores (bench/results/preprocess.md).
 
 Only where the two are the same algorithm, which is decided from tokenizer.json before any text is
-seen (`why_not`): a BPE model over bytes with every merge's result ranked in merge order, every
-entry made by the merges alone, no normalizer, one regex split, added tokens that split the text as
-they are, no truncation or padding. Then ASCII texts only: for them a token's characters are its bytes, so its offsets (and
-the ByteLevel post-processor's trimming of spaces) follow from the bytes alone; any other text
-goes to `tokenizers`. Every batch is also checked: a spread of its texts is encoded by both, ids
-and offsets compared, and one difference sends the rest of the run to `tokenizers` with a warning.
+seen (`why_not`, `_merges_make_every_entry`): a BPE model over bytes with every merge's result
+ranked in merge order, every entry made by the merges alone, no normalizer, one regex split, added
+tokens that split the text as they are, no truncation or padding. Then ASCII texts only: for them a
+token's characters are its bytes, so its offsets (and the ByteLevel post-processor's trimming of
+spaces) follow from the bytes alone; any other text goes to `tokenizers`. Every batch is checked:
+each text's tokens must hold all its bytes, and a spread of its texts is encoded by both, ids and
+offsets compared. One difference sends the rest of the run to `tokenizers`, with a warning.
 """
 
 from __future__ import annotations
