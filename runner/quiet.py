@@ -1,4 +1,5 @@
-"""A quiet terminal for the `runner` commands that load models (train, generate, merge): runner's own
+"""A quiet terminal for the `runner` commands that load models or tokenizers (train, preprocess,
+generate, merge): runner's own
 progress and warnings, and the libraries' chatter only with --debug. A program that imports runner
 as a library keeps its own logging and warning settings: only the CLI calls this module.
 

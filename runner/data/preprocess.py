@@ -28,7 +28,12 @@ def run(args) -> int:
     from runner.errors import UserError
     from runner.plan.resolve import make_plan
 
+    from runner import quiet
+
     plan = make_plan(args.config, args.overrides, write_cache=True)
+    # Loading the tokenizer and the template's helpers imports transformers and trl, and through them
+    # torchao where it is installed: their notices only with --debug.
+    quiet.quiet_libraries(getattr(args, "debug", False), gguf=bool(plan.model.gguf_file))
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     loaded = {}

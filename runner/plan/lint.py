@@ -74,6 +74,10 @@ def _entry(e: UserError, severity: str) -> dict:
 
 
 def run(args) -> int:
+    if args.deep:  # the tokenizers load through transformers (and trl, torchao): their notices only with --debug
+        from runner import quiet
+
+        quiet.quiet_libraries(getattr(args, "debug", False))
     results = lint_files(args.files, deep=args.deep)
     failed = any(not r.ok or (args.strict and r.warnings) for r in results)
     if args.format == "json":
