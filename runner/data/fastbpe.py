@@ -85,12 +85,18 @@ def _pre_split(pre) -> str | None:
     return None
 
 
+def _post_steps(post) -> list:
+    """The post-processor's steps: none, one, or a Sequence's."""
+    if post is None:
+        return []
+    return post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+
+
 def _around(post) -> tuple[list, list] | None:
     """The ids a TemplateProcessing step puts before and after a single text when special tokens are
     added; None when that is not just fixed ids around the text."""
-    steps = [] if post is None else post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
     before, after = [], []
-    for step in steps:
+    for step in _post_steps(post):
         if step.get("type") != "TemplateProcessing":
             continue
         parts, seen = (before, after), 0
@@ -109,9 +115,8 @@ def _around(post) -> tuple[list, list] | None:
 def _trimming(post) -> tuple[bool, bool] | None:
     """(trim_offsets, add_prefix_space) of the post-processor's ByteLevel step; None when a step
     could change the ids or offsets in other ways."""
-    steps = [] if post is None else post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
     trim = (False, False)
-    for step in steps:
+    for step in _post_steps(post):
         if step.get("type") == "ByteLevel":
             trim = (bool(step.get("trim_offsets")), bool(step.get("add_prefix_space")))
         elif step.get("type") != "TemplateProcessing":  # adds tokens only with add_special_tokens
